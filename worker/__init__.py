@@ -1,0 +1,3 @@
+"""After-sales e-mail automation for online sellers."""
+
+__version__ = "0.1.0"

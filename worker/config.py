@@ -1,0 +1,232 @@
+"""Settings, validated once at start-up.
+
+Read from ``config/worker.yaml`` (or ``--config``/``WORKER_CONFIG``); every leaf setting can be
+overridden by an environment variable named ``WORKER_`` plus its path in upper case joined by
+``_`` (``smtp.host`` -> ``WORKER_SMTP_HOST``, ``from`` -> ``WORKER_FROM``). Secrets
+(``smtp.password``) are accepted from the environment only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from email.headerregistry import Address
+from email.utils import parseaddr
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from worker.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("config/worker.yaml")
+SECRETS = frozenset({("smtp", "password")})
+_DURATION = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``7d``, ``12h``, ``1d12h``, ``90m``, ``30s`` -> timedelta."""
+    match = _DURATION.match(text)
+    if not text.strip() or match is None:
+        raise ValueError(f"{text!r} is not a duration like 7d, 12h, 1d12h or 90m")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+class TlsMode(StrEnum):
+    NONE = "none"
+    STARTTLS = "starttls"
+    IMPLICIT = "implicit"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _no_crlf(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("must not contain a line break (it would reach a mail header)")
+    return value
+
+
+class SmtpSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8025, ge=1, le=65535)
+    tls: TlsMode = TlsMode.NONE
+    username: str | None = None
+    password: str | None = None
+    timeout_s: float = Field(30.0, gt=0, description="Per SMTP command.")
+    message_deadline_s: float = Field(120.0, gt=0, description="Whole message, retries included.")
+    concurrency: int = Field(4, ge=1, le=64, description="Parallel SMTP connections.")
+    attempts: int = Field(4, ge=1, le=20, description="Tries per message within one pass.")
+    retry_after_s: float = Field(900.0, ge=0, description="Wait before the next pass retries.")
+    max_passes: int = Field(
+        6, ge=1, description="Passes a transiently failing message is retried before failing."
+    )
+    backoff_initial_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(30.0, ge=0)
+    helo_name: str | None = None
+    validate_certs: bool = True
+
+    _crlf = field_validator("host", "username", "helo_name")(
+        lambda v: v if v is None else _no_crlf(v)
+    )
+
+
+class SellerSettings(_Strict):
+    name: str = "Our shop"
+    signature: str = "Customer service"
+
+    _crlf = field_validator("name", "signature")(_no_crlf)
+
+
+class UnsubscribeSettings(_Strict):
+    mailto: str | None = Field(None, description="Address for List-Unsubscribe mailto:")
+    url: str | None = Field(None, description="https endpoint; enables List-Unsubscribe-Post.")
+
+    @field_validator("mailto", "url")
+    @classmethod
+    def _check(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        _no_crlf(value)
+        if any(c in value for c in "<>, \t"):
+            raise ValueError("must not contain '<', '>', ',' or spaces")
+        return value
+
+
+def _address(value: str) -> str:
+    _no_crlf(value)
+    name, addr = parseaddr(value)
+    if "@" not in addr:
+        raise ValueError(f"{value!r} is not an address like 'Shop <service@shop.example>'")
+    Address(display_name=name, addr_spec=addr)  # raises on characters a header cannot carry
+    return value
+
+
+class Settings(_Strict):
+    database_url: str = Field("sqlite:///var/worker.db", alias="database_url")
+    sender: str = Field("Our shop <service@shop.example>", alias="from")
+    reply_to: str | None = None
+    seller: SellerSettings = SellerSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    unsubscribe: UnsubscribeSettings = UnsubscribeSettings()
+    campaigns_dir: Path = Path("campaigns")
+    templates_dir: Path = Path("templates")
+    default_locale: str = "en"
+    default_timezone: str = "UTC"
+    dispute_cooldown: timedelta = timedelta(days=3)
+    poll_interval_s: float = Field(60.0, gt=0)
+    shutdown_timeout_s: float = Field(30.0, gt=0)
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    _addresses = field_validator("sender")(_address)
+
+    @field_validator("reply_to")
+    @classmethod
+    def _reply_to(cls, value: str | None) -> str | None:
+        return value if value is None else _address(value)
+
+    @field_validator("dispute_cooldown", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @property
+    def sender_domain(self) -> str:
+        return parseaddr(self.sender)[1].rpartition("@")[2]
+
+
+def _flatten_env_names(
+    prefix: tuple[str, ...], model: type[BaseModel]
+) -> dict[str, tuple[str, ...]]:
+    names: dict[str, tuple[str, ...]] = {}
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        path = (*prefix, key)
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names.update(_flatten_env_names(path, annotation))
+        else:
+            names["WORKER_" + "_".join(path).upper()] = path
+    return names
+
+
+ENV_NAMES = _flatten_env_names((), Settings)
+"""Every environment variable the worker reads, mapped to its settings path."""
+
+
+def _set_path(data: dict[str, Any], path: tuple[str, ...], value: str) -> None:
+    node = data
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror}", where=str(path)) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", where=where) from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError("the top level must be a mapping of settings", where=str(path))
+    return loaded
+
+
+def _refuse_secrets(data: Mapping[str, Any], path: Path) -> None:
+    for secret in SECRETS:
+        node: Any = data
+        for key in secret:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if node is not None:
+            env = "WORKER_" + "_".join(secret).upper()
+            raise ConfigError(
+                f"{'.'.join(secret)} must not be in a file; set {env} in the environment",
+                where=str(path),
+            )
+
+
+def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the file (if any), apply ``WORKER_*`` overrides, validate everything at once."""
+    env = os.environ if environ is None else environ
+    explicit = path is not None or "WORKER_CONFIG" in env
+    config_path = path or Path(env.get("WORKER_CONFIG", DEFAULT_CONFIG_PATH))
+    data: dict[str, Any] = {}
+    if config_path.exists() or explicit:
+        data = _read_yaml(config_path)
+        _refuse_secrets(data, config_path)
+    for name, settings_path in ENV_NAMES.items():
+        if name in env:
+            _set_path(data, settings_path, env[name])
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(problems, where=str(config_path)) from exc
