@@ -1,0 +1,260 @@
+"""A scripted aiosmtpd server on 127.0.0.1 port 0 for SMTP client tests.
+
+Each test scripts the server's misbehaviour (replies per command, dropped connections, a
+server that never answers) and reads what the server saw (connections, concurrent sessions,
+DATA commands). No mock ever stands in for the SMTP conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+DROP = "drop"
+"""Scripted reply: close the connection instead of answering."""
+HANG = "hang"
+"""Scripted reply: never answer (until the client goes away)."""
+
+
+@dataclass
+class Seen:
+    """What the server observed, for assertions."""
+
+    connections: int = 0
+    open_now: int = 0
+    max_open: int = 0
+    data_commands: int = 0
+    in_data: int = 0
+    max_in_data: int = 0
+    messages: list[bytes] = field(default_factory=list)
+    recipients: list[str] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def changed(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_until(self, condition: Callable[[Seen], bool], timeout_s: float = 5.0) -> None:
+        """Until ``condition`` holds for what the server saw; TimeoutError after ``timeout_s``."""
+        async with asyncio.timeout(timeout_s):
+            while not condition(self):
+                await self._changed.wait()
+
+
+@dataclass
+class Script:
+    """Replies to play, per command, in order; once a list is used up the server accepts."""
+
+    mail: list[str] = field(default_factory=list)
+    rcpt: list[str] = field(default_factory=list)
+    data: list[str] = field(default_factory=list)
+    hold_data_s: float = 0.0
+    """Keep each message in the DATA phase this long, so sessions overlap."""
+
+
+class _Handler:
+    def __init__(self, script: Script, seen: Seen) -> None:
+        self.script = script
+        self.seen = seen
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        reply = await _play(server, self.script.mail)
+        if reply is None:
+            envelope.mail_from = address
+            return "250 OK"
+        return reply
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        reply = await _play(server, self.script.rcpt)
+        if reply is None:
+            envelope.rcpt_tos.append(address)
+            self.seen.recipients.append(address)
+            return "250 OK"
+        return reply
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.seen.in_data += 1
+        self.seen.max_in_data = max(self.seen.max_in_data, self.seen.in_data)
+        try:
+            if self.script.hold_data_s:
+                await asyncio.sleep(self.script.hold_data_s)
+            reply = await _play(server, self.script.data)
+        finally:
+            self.seen.in_data -= 1
+        if reply is None:
+            self.seen.messages.append(envelope.original_content or b"")
+            return f"250 2.0.0 Ok: queued as M{len(self.seen.messages)}"
+        return reply
+
+
+async def _play(server: SMTP, replies: list[str]) -> str | None:
+    if not replies:
+        return None
+    reply = replies.pop(0)
+    if reply == DROP:
+        assert server.transport is not None
+        server.transport.close()
+        return ""
+    if reply == HANG:
+        await asyncio.Event().wait()  # cancelled by aiosmtpd when the client disconnects
+    return reply
+
+
+class _CountingSMTP(SMTP):
+    seen: Seen
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None  # STARTTLS calls this again on the same session
+        super().connection_made(transport)
+        if first:
+            self.seen.connections += 1
+            self.seen.open_now += 1
+            self.seen.max_open = max(self.seen.max_open, self.seen.open_now)
+            self.seen.changed()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self.seen.open_now -= 1
+        self.seen.changed()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self.seen.data_commands += 1
+        await super().smtp_DATA(arg)
+
+
+@dataclass
+class ScriptedServer:
+    port: int
+    seen: Seen
+    script: Script
+
+
+@asynccontextmanager
+async def scripted_server(
+    script: Script | None = None,
+    *,
+    starttls: ssl.SSLContext | None = None,
+    implicit_tls: ssl.SSLContext | None = None,
+    authenticator: Callable[..., AuthResult] | None = None,
+) -> AsyncIterator[ScriptedServer]:
+    """Serve on 127.0.0.1, a free port; STARTTLS offered only when ``starttls`` is given."""
+    script = script or Script()
+    seen = Seen()
+    handler = _Handler(script, seen)
+    loop = asyncio.get_running_loop()
+
+    def factory() -> SMTP:
+        smtp = _CountingSMTP(
+            handler,
+            hostname="scripted.test",
+            enable_SMTPUTF8=True,
+            tls_context=starttls,
+            authenticator=authenticator,
+            auth_require_tls=False,
+            loop=loop,
+        )
+        smtp.seen = seen
+        return smtp
+
+    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=implicit_tls)
+    try:
+        yield ScriptedServer(server.sockets[0].getsockname()[1], seen, script)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@asynccontextmanager
+async def silent_server() -> AsyncIterator[int]:
+    """Accepts connections and never says a word: a relay that hangs before its greeting."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.read()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nobody listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def password_check(username: str, password: str) -> Callable[..., AuthResult]:
+    """An aiosmtpd authenticator accepting exactly one LOGIN/PLAIN pair."""
+
+    def check(server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth: Any) -> Any:
+        ok = auth.login == username.encode() and auth.password == password.encode()
+        return AuthResult(success=ok, handled=False)  # aiosmtpd then replies 535
+
+    return check
+
+
+@dataclass(frozen=True)
+class Cert:
+    cert: Path
+    key: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+@pytest.fixture(scope="session")
+def self_signed_cert(tmp_path_factory: pytest.TempPathFactory) -> Cert:
+    """A throwaway self-signed certificate for 127.0.0.1, made with the openssl command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        message = "the openssl command is needed to make a test certificate (apt-get install openssl)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    folder = tmp_path_factory.mktemp("tls")
+    cert = Cert(folder / "cert.pem", folder / "key.pem")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(cert.key), "-out", str(cert.cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert
+
+
+class RecordingSleep:
+    """Injected in place of asyncio.sleep: records backoff delays and returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
