@@ -86,6 +86,8 @@ class Order:
     shipped_at: datetime | None = None
     delivered_at: datetime | None = None
     review_url: str | None = None
+    timezone: str | None = None
+    """IANA zone of the buyer when the feed knows it; else the country decides."""
 
 
 @dataclass(frozen=True, slots=True)

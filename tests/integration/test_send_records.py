@@ -1,0 +1,158 @@
+"""Every send is a row that moves scheduled -> sending -> sent | failed | in_doubt, exactly once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from tests.conftest import settings_for
+from worker.clock import FixedClock
+from worker.daemon import Daemon, load_checked_campaigns
+from worker.domain import Order, SendState, SuppressionReason
+from worker.render import Renderer
+from worker.sink import RejectRule, Sink, SinkOptions
+from worker.store import Store
+
+DELIVERED = datetime(2026, 3, 2, 11, 0, tzinfo=UTC)
+CHECK_IN_DUE = DELIVERED + timedelta(days=7, hours=1)
+
+
+def _orders(*emails: str) -> list[Order]:
+    return [
+        Order(f"SHOP-{n}", "shop", email, "Ann", ("Kettle",), "en", "GB", delivered_at=DELIVERED)
+        for n, email in enumerate(emails, start=1)
+    ]
+
+
+def _daemon(store: Store, port: int, clock: FixedClock, **smtp: object) -> Daemon:
+    base = settings_for(store, port)
+    settings = settings_for(store, port, smtp={**base.smtp.model_dump(), **smtp})
+    renderer = Renderer(settings.templates_dir, settings.default_locale)
+    return Daemon(settings, store, load_checked_campaigns(settings, renderer), renderer, clock)
+
+
+class ProcessKilled(BaseException):
+    """Stands for SIGKILL: nothing in the worker catches a BaseException it does not know."""
+
+
+class CrashAfterAcceptance(Store):
+    """The process dies after the server's 250 but before the database commit."""
+
+    def mark_sent(self, send_id: int, reply: str, now: datetime) -> bool:
+        raise ProcessKilled("killed between 250 and commit")
+
+
+async def test_crash_between_acceptance_and_commit_leaves_in_doubt_and_never_resends(
+    store: Store, sink: Sink
+) -> None:
+    store.upsert_orders(_orders("ann@example.com"), DELIVERED)
+    crashing = CrashAfterAcceptance(store.engine)
+    clock = FixedClock(CHECK_IN_DUE)
+    with pytest.raises(ProcessKilled):
+        await _daemon(crashing, sink.port, clock).run_pass()
+    assert len(sink.received) == 1
+    assert [r.state for r in store.sends()] == [SendState.SENDING]
+
+    clock.advance(timedelta(hours=1))
+    restarted = _daemon(store, sink.port, clock)
+    with capture_logs() as logs:
+        report = await restarted.run_pass()
+    assert [r.state for r in store.sends()] == [SendState.IN_DOUBT]
+    assert any(e["event"] == "send.in_doubt" and e["reason"] == "claim_expired" for e in logs)
+    assert not report.ok
+    clock.advance(timedelta(hours=6))
+    await restarted.run_pass()
+    assert len(sink.received) == 1, "an in-doubt message is never re-sent automatically"
+
+
+async def test_connection_lost_after_final_dot_is_in_doubt(store: Store, tmp_path: Path) -> None:
+    store.upsert_orders(_orders("ann@example.com"), DELIVERED)
+    options = SinkOptions(port=0, maildir=tmp_path / "sink", drop_after_data="ann@*")
+    async with Sink(options) as dropping:
+        clock = FixedClock(CHECK_IN_DUE)
+        daemon = _daemon(store, dropping.port, clock)
+        await daemon.run_pass()
+        clock.advance(timedelta(hours=2))
+        await daemon.run_pass()
+    assert len(dropping.received) == 1
+    [row] = store.sends()
+    assert row.state is SendState.IN_DOUBT and row.attempts == 1
+
+
+async def test_hard_bounce_fails_the_send_and_suppresses_the_buyer(
+    store: Store, tmp_path: Path
+) -> None:
+    store.upsert_orders(_orders("gone@example.com"), DELIVERED)
+    rule = RejectRule.parse(
+        "gone@*=550 5.1.1 <gone@example.com>: Recipient address rejected: User unknown"
+    )
+    async with Sink(SinkOptions(port=0, maildir=tmp_path / "sink", reject=(rule,))) as refusing:
+        with capture_logs() as logs:
+            report = await _daemon(store, refusing.port, FixedClock(CHECK_IN_DUE)).run_pass()
+    [row] = store.sends()
+    assert row.state is SendState.FAILED and "5.1.1" in row.reason
+    assert [(s.email, s.reason) for s in store.suppressions()] == [
+        ("gone@example.com", SuppressionReason.HARD_BOUNCE)
+    ]
+    assert any(e["event"] == "suppression.added" for e in logs)
+    assert not report.ok
+
+
+async def test_policy_rejection_is_our_problem_and_suppresses_no_one(
+    store: Store, tmp_path: Path
+) -> None:
+    store.upsert_orders(_orders("ann@example.com"), DELIVERED)
+    rule = RejectRule.parse(
+        "*=550 5.7.1 Service unavailable; client host blocked using a reputation list"
+    )
+    async with Sink(SinkOptions(port=0, maildir=tmp_path / "sink", reject=(rule,))) as refusing:
+        await _daemon(store, refusing.port, FixedClock(CHECK_IN_DUE)).run_pass()
+    [row] = store.sends()
+    assert row.state is SendState.FAILED and "5.7.1" in row.reason
+    assert store.suppressions() == []
+
+
+async def test_transient_refusal_is_retried_on_a_later_pass(store: Store, tmp_path: Path) -> None:
+    store.upsert_orders(_orders("ann@example.com"), DELIVERED)
+    rule = RejectRule.parse("*=451 4.3.0 Try again later")
+    clock = FixedClock(CHECK_IN_DUE)
+    async with Sink(SinkOptions(port=0, maildir=tmp_path / "sink", reject=(rule,))) as busy:
+        report = await _daemon(store, busy.port, clock).run_pass()
+    assert report.outcomes["retry"] == 1
+    [row] = store.sends()
+    assert row.state is SendState.SCHEDULED and row.not_before is not None and "451" in row.reason
+    async with Sink(SinkOptions(port=0, maildir=tmp_path / "sink2")) as healthy:
+        daemon = _daemon(store, healthy.port, clock)
+        await daemon.run_pass()
+        assert healthy.received == [], "waits for not_before"
+        clock.at = row.not_before
+        await daemon.run_pass()
+        assert len(healthy.received) == 1
+    [row] = store.sends()
+    assert row.state is SendState.SENT and row.attempts == 2
+
+
+async def test_unreachable_server_gives_up_after_max_passes(store: Store) -> None:
+    store.upsert_orders(_orders("ann@example.com"), DELIVERED)
+    clock = FixedClock(CHECK_IN_DUE)
+    daemon = _daemon(store, 9, clock, max_passes=2, retry_after_s=60)  # port 9 (discard): refused
+    await daemon.run_pass()
+    clock.advance(timedelta(minutes=2))
+    report = await daemon.run_pass()
+    [row] = store.sends()
+    assert row.state is SendState.FAILED and row.reason.startswith("gave up after 2 passes")
+    assert not report.ok
+
+
+async def test_concurrent_daemons_send_each_message_once(store: Store, sink: Sink) -> None:
+    import asyncio
+
+    store.upsert_orders(_orders(*(f"buyer{n}@example.com" for n in range(30))), DELIVERED)
+    clock = FixedClock(CHECK_IN_DUE)
+    first, second = (_daemon(store, sink.port, clock, concurrency=3) for _ in range(2))
+    await asyncio.gather(first.run_pass(), second.run_pass())
+    assert len(sink.received) == 30
+    assert len({m["To"] for m in sink.received}) == 30

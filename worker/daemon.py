@@ -1,0 +1,346 @@
+"""The loop: plan, record, send, sleep until the next due time or the poll interval.
+
+One pass reads the store, asks the pure planner what is due, records skips, then hands due
+sends to a bounded set of delivery tasks. Each task claims one send (committed before any
+SMTP talk), renders, sends, and records the outcome without an await in between, so a
+cancellation cannot lose a result that the server already acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.utils import parseaddr
+from zoneinfo import ZoneInfo
+
+from worker import logs
+from worker.campaign import load_campaigns
+from worker.clock import Clock
+from worker.compose import compose, message_id_for
+from worker.config import Settings
+from worker.domain import Campaign, Review, Send, SuppressionReason, TriggerEvent
+from worker.errors import CampaignError, WorkerError
+from worker.plan import Decision, OrderHistory, Plan, Policy, plan
+from worker.render import Renderer, message_context, sample_context
+from worker.send import Failed, InDoubt, Mailer, Outcome, Retry, Sent
+from worker.store import Store
+
+log = logs.get("worker.daemon")
+
+
+@dataclass
+class PassReport:
+    """What one pass did; ``--once`` exits non-zero unless ``ok``."""
+
+    now: datetime
+    outcomes: Counter[str] = field(default_factory=Counter)
+    waiting: Counter[str] = field(default_factory=Counter)
+    next_wakeup: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not (self.outcomes["failed"] or self.outcomes["in_doubt"] or self.outcomes["error"])
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "now": self.now.isoformat(),
+            **{
+                k: self.outcomes[k]
+                for k in ("sent", "skipped", "retry", "failed", "in_doubt", "error")
+            },
+            "waiting": sum(self.waiting.values()),
+            "next_wakeup": self.next_wakeup.isoformat() if self.next_wakeup else None,
+        }
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(
+        dispute_cooldown=settings.dispute_cooldown, default_zone=ZoneInfo(settings.default_timezone)
+    )
+
+
+def load_checked_campaigns(settings: Settings, renderer: Renderer) -> list[Campaign]:
+    """Campaigns and every template they use, rendered once against a sample order."""
+    campaigns = load_campaigns(settings.campaigns_dir)
+    sample = sample_context(settings.seller, settings.default_locale)
+    for campaign in campaigns:
+        for step in campaign.steps:
+            line = campaign.step_lines.get(step.id)
+            where = f"{campaign.source}:{line}" if line else campaign.source
+            if not (settings.templates_dir / step.template).is_dir():
+                raise CampaignError(
+                    f"steps.{step.id}.template: no folder {settings.templates_dir / step.template}",
+                    where=where,
+                )
+            # Only a step triggered by a review may use `review` in its template.
+            reviewed = step.trigger.event is TriggerEvent.REVIEWED
+            renderer.check([step.template], sample if reviewed else {**sample, "review": None})
+    return campaigns
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        campaigns: Sequence[Campaign],
+        renderer: Renderer,
+        clock: Clock,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.campaigns = list(campaigns)
+        self.renderer = renderer
+        self.clock = clock
+        self.policy = policy_from(settings)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.envelope_from = parseaddr(settings.sender)[1]
+
+    def plan(self, at: datetime | None = None) -> Plan:
+        """A dry run: what would be sent at ``at`` and why the rest would not."""
+        moment = at or self.clock.now()
+        return plan(self.store.histories(), self.campaigns, moment, self.policy)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Pass after pass until ``stop`` is set; waits on whichever comes first."""
+        log.info(
+            "daemon.started", worker=self.worker_id, campaigns=[c.name for c in self.campaigns]
+        )
+        while not stop.is_set():
+            report = await self.run_pass(stop)
+            await _wait(stop, self._sleep_s(report))
+        log.info("daemon.stopped", worker=self.worker_id)
+
+    def _sleep_s(self, report: PassReport) -> float:
+        delay = self.settings.poll_interval_s
+        if report.next_wakeup is not None:
+            delay = min(delay, (report.next_wakeup - self.clock.now()).total_seconds())
+        return max(delay, 0.5)
+
+    async def run_pass(self, stop: asyncio.Event | None = None) -> PassReport:
+        now = self.clock.now()
+        report = PassReport(now)
+        self._expire_stale_claims(now, report)
+        histories = {h.order.order_id: h for h in self.store.histories()}
+        decided = plan(histories.values(), self.campaigns, now, self.policy)
+        for decision in decided.waiting:
+            report.waiting[decision.reason.split(":")[0]] += 1
+            log.debug("send.waiting", **_fields(decision))
+        for decision in decided.skipped:
+            self._record_skip(decision, now, report)
+        queue: asyncio.Queue[tuple[Decision, int]] = asyncio.Queue()
+        for decision in decided.due:
+            row = self.store.schedule(
+                decision.order_id, decision.campaign, decision.step, decision.at or now, now
+            )
+            queue.put_nowait((decision, row.id))
+        if not queue.empty():
+            await self._deliver_all(queue, histories, report, stop or asyncio.Event())
+        report.next_wakeup = decided.next_wakeup()
+        log.info("pass.finished", **report.summary())
+        return report
+
+    def _expire_stale_claims(self, now: datetime, report: PassReport) -> None:
+        margin = timedelta(seconds=2 * self.settings.smtp.message_deadline_s + 60)
+        for row in self.store.expire_claims(now - margin, now):
+            report.outcomes["in_doubt"] += 1
+            log.warning(
+                "send.in_doubt",
+                send_id=row.id,
+                order=row.order_id,
+                campaign=row.campaign,
+                step=row.step,
+                message_id=row.message_id,
+                reason="claim_expired",
+            )
+
+    def _record_skip(self, decision: Decision, now: datetime, report: PassReport) -> None:
+        self.store.record_skip(
+            decision.order_id,
+            decision.campaign,
+            decision.step,
+            decision.at or now,
+            decision.reason,
+            now,
+        )
+        report.outcomes["skipped"] += 1
+        log.info("send.skipped", **_fields(decision))
+
+    async def _deliver_all(
+        self,
+        queue: asyncio.Queue[tuple[Decision, int]],
+        histories: dict[str, OrderHistory],
+        report: PassReport,
+        stop: asyncio.Event,
+    ) -> None:
+        async with Mailer(self.settings.smtp) as mailer:
+            tasks = [
+                asyncio.create_task(self._deliver_from(queue, mailer, histories, report, stop))
+                for _ in range(min(self.settings.smtp.concurrency, queue.qsize()))
+            ]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+
+    async def _deliver_from(
+        self,
+        queue: asyncio.Queue[tuple[Decision, int]],
+        mailer: Mailer,
+        histories: dict[str, OrderHistory],
+        report: PassReport,
+        stop: asyncio.Event,
+    ) -> None:
+        """Take no new work once ``stop`` is set; finish what was claimed."""
+        while not stop.is_set() and not queue.empty():
+            decision, send_id = queue.get_nowait()
+            claimed = self.store.claim(
+                [send_id], self.clock.now(), self.worker_id, self._message_id
+            )
+            if not claimed:
+                log.info("send.claimed_elsewhere", **_fields(decision))
+                continue
+            await self._deliver(claimed[0], histories[decision.order_id], mailer, report)
+
+    def _message_id(self, send: Send) -> str:
+        return message_id_for(send, self.settings.sender_domain)
+
+    async def _deliver(
+        self, send: Send, history: OrderHistory, mailer: Mailer, report: PassReport
+    ) -> None:
+        order = history.order
+        step = next(c for c in self.campaigns if c.name == send.campaign).step(send.step)
+        try:
+            locale = history.customer.locale or order.locale
+            context = message_context(
+                order,
+                self.settings.seller,
+                _latest_review(history),
+                locale or self.settings.default_locale,
+            )
+            rendered = self.renderer.render(step.template, locale, context)
+            message = compose(
+                rendered, send=send, order=order, settings=self.settings, now=self.clock.now()
+            )
+        except WorkerError as exc:
+            self._record(send, Failed(f"cannot build the message: {exc}", None, False), report)
+            return
+        try:
+            outcome = await mailer.send(
+                message, sender=self.envelope_from, recipient=order.buyer_email
+            )
+        except asyncio.CancelledError:
+            self._record(send, InDoubt("stopped during the SMTP conversation"), report)
+            raise
+        except Exception as exc:  # a bug must not leave the row claimed for ever
+            self._record(
+                send, InDoubt(f"unexpected error during the SMTP conversation: {exc!r}"), report
+            )
+            raise
+        self._record(send, outcome, report)
+
+    def _record(self, send: Send, outcome: Outcome, report: PassReport) -> None:
+        """Synchronous on purpose: no await, so cancellation cannot split send and record."""
+        now = self.clock.now()
+        fields = {
+            "send_id": send.id,
+            "order": send.order_id,
+            "campaign": send.campaign,
+            "step": send.step,
+            "message_id": send.message_id,
+            "attempt": send.attempts,
+        }
+        if isinstance(outcome, Sent):
+            self.store.mark_sent(send.id, outcome.reply, now)
+            report.outcomes["sent"] += 1
+            log.info("send.sent", **fields, relay_message_id=outcome.relay_message_id)
+        elif isinstance(outcome, Retry) and send.attempts < self.settings.smtp.max_passes:
+            not_before = now + timedelta(seconds=self.settings.smtp.retry_after_s)
+            self.store.release(send.id, outcome.reason, not_before, now)
+            report.outcomes["retry"] += 1
+            log.warning(
+                "send.retry_later",
+                **fields,
+                reason=outcome.reason,
+                not_before=not_before.isoformat(),
+            )
+        elif isinstance(outcome, Retry):
+            reason = f"gave up after {send.attempts} passes: {outcome.reason}"
+            self.store.mark_failed(send.id, reason, now)
+            report.outcomes["failed"] += 1
+            log.error("send.failed", **fields, reason=reason)
+        elif isinstance(outcome, Failed):
+            self.store.mark_failed(send.id, outcome.reason, now)
+            report.outcomes["failed"] += 1
+            log.error(
+                "send.failed",
+                **fields,
+                reason=outcome.reason,
+                code=outcome.code,
+                suppress=outcome.suppress,
+            )
+            if outcome.suppress:
+                self._suppress_recipient(send, outcome, now)
+        else:
+            self.store.mark_in_doubt(send.id, outcome.reason, now)
+            report.outcomes["in_doubt"] += 1
+            log.warning("send.in_doubt", **fields, reason=outcome.reason)
+
+    def _suppress_recipient(self, send: Send, outcome: Failed, now: datetime) -> None:
+        email = self.store.order(send.order_id).buyer_email
+        if self.store.suppress(email, SuppressionReason.HARD_BOUNCE, now, outcome.reason):
+            log.warning(
+                "suppression.added", email=email, reason="hard_bounce", detail=outcome.reason
+            )
+
+
+def _latest_review(history: OrderHistory) -> Review | None:
+    return max(history.reviews, key=lambda r: r.reviewed_at, default=None)
+
+
+def _fields(decision: Decision) -> dict[str, object]:
+    return {
+        "order": decision.order_id,
+        "campaign": decision.campaign,
+        "step": decision.step,
+        "reason": decision.reason,
+        "at": decision.at.isoformat() if decision.at else None,
+    }
+
+
+async def run_until_stopped(daemon: Daemon, stop: asyncio.Event, shutdown_timeout_s: float) -> None:
+    """Run until stopped; then let in-flight sends finish, cancelling them after the timeout.
+
+    A cancelled send is recorded ``in_doubt`` by :meth:`Daemon._deliver`, never lost.
+    """
+    task = asyncio.create_task(daemon.run(stop))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not task.done():
+        log.info("daemon.stopping", timeout_s=shutdown_timeout_s)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=shutdown_timeout_s)
+        except TimeoutError:
+            log.warning("daemon.shutdown_timeout", timeout_s=shutdown_timeout_s)
+            task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        pass

@@ -1,0 +1,298 @@
+"""Which campaign step is due for which order, and why every other one is not.
+
+A pure function of (order histories, campaigns, now, policy): no I/O, no wall clock, so the
+daemon, the ``worker plan`` dry run and the tests all get the same answer for the same data.
+Every event counts from its own timestamp: a dispute opened on 3 March is not open on 1 March,
+a review dated in the future has not happened yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from worker.domain import (
+    TERMINAL_STATES,
+    Campaign,
+    CampaignStep,
+    Condition,
+    Customer,
+    Dispute,
+    Order,
+    Reply,
+    Review,
+    Send,
+    SendState,
+    Suppression,
+    TriggerEvent,
+)
+from worker.localtime import in_window, next_open, zone_for
+
+_FOREVER = datetime.max.replace(tzinfo=ZoneInfo("UTC"))
+
+
+class Verdict(StrEnum):
+    DUE = "due"
+    """Send now: the row is (or will be) scheduled and may be claimed."""
+    WAIT = "wait"
+    """Not yet; ``at`` says when to look again (None: waits for an event)."""
+    SKIP = "skip"
+    """Never: recorded as a ``skipped`` send row with the reason."""
+    DONE = "done"
+    """A terminal send row already exists."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Rules no campaign file can change."""
+
+    dispute_cooldown: timedelta = timedelta(days=3)
+    default_zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+
+
+@dataclass(frozen=True, slots=True)
+class OrderHistory:
+    """Everything the planner may know about one order, as stored."""
+
+    order: Order
+    customer: Customer
+    disputes: tuple[Dispute, ...] = ()
+    """Every dispute of this buyer, on any order: one open case pauses all their mail."""
+    reviews: tuple[Review, ...] = ()
+    replies: tuple[Reply, ...] = ()
+    sends: Mapping[tuple[str, str], Send] = field(default_factory=dict)
+    suppression: Suppression | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    order_id: str
+    campaign: str
+    step: str
+    verdict: Verdict
+    reason: str
+    at: datetime | None = None
+    """DUE: the effective due time; WAIT: when to look again; SKIP/DONE: when it was due."""
+    send_id: int | None = None
+    state: SendState | None = None
+    """The stored row's state, when there is a row."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    decisions: tuple[Decision, ...]
+    now: datetime
+
+    def _with(self, verdict: Verdict) -> list[Decision]:
+        return [d for d in self.decisions if d.verdict is verdict]
+
+    @property
+    def due(self) -> list[Decision]:
+        return self._with(Verdict.DUE)
+
+    @property
+    def waiting(self) -> list[Decision]:
+        return self._with(Verdict.WAIT)
+
+    @property
+    def skipped(self) -> list[Decision]:
+        return self._with(Verdict.SKIP)
+
+    def next_wakeup(self) -> datetime | None:
+        """The earliest future moment at which some waiting step may become due."""
+        times = [d.at for d in self.waiting if d.at is not None and d.at > self.now]
+        return min(times, default=None)
+
+
+def stable_delay(step: CampaignStep, order_id: str, campaign: str) -> timedelta:
+    """A point inside ``delay_min..delay_max`` that is the same on every run for this order."""
+    span = step.delay_max - step.delay_min
+    if not span:
+        return step.delay_min
+    digest = hashlib.sha256(f"{order_id}|{campaign}|{step.id}".encode()).digest()
+    fraction = int.from_bytes(digest[:8], "big") / 2**64
+    minutes = int(span.total_seconds() // 60 * fraction)
+    return step.delay_min + timedelta(minutes=minutes)
+
+
+def plan(
+    histories: Iterable[OrderHistory],
+    campaigns: Sequence[Campaign],
+    now: datetime,
+    policy: Policy,
+) -> Plan:
+    """Decide every (order, campaign, step) at ``now``."""
+    active = [c for c in campaigns if c.enabled]
+    decisions = [
+        decision
+        for history in histories
+        for campaign in active
+        if history.order.marketplace in campaign.marketplaces
+        for decision in _plan_campaign(history, campaign, now, policy)
+    ]
+    return Plan(tuple(decisions), now)
+
+
+def _plan_campaign(
+    history: OrderHistory, campaign: Campaign, now: datetime, policy: Policy
+) -> Iterator[Decision]:
+    earlier: dict[str, Decision] = {}
+    for step in campaign.steps:
+        decision = _plan_step(history, campaign, step, earlier, now, policy)
+        earlier[step.id] = decision
+        yield decision
+
+
+def _plan_step(
+    history: OrderHistory,
+    campaign: Campaign,
+    step: CampaignStep,
+    earlier: Mapping[str, Decision],
+    now: datetime,
+    policy: Policy,
+) -> Decision:
+    order = history.order
+    row = history.sends.get((campaign.name, step.id))
+
+    def decide(verdict: Verdict, reason: str, at: datetime | None = None) -> Decision:
+        if row is None:
+            return Decision(order.order_id, campaign.name, step.id, verdict, reason, at)
+        return Decision(
+            order.order_id, campaign.name, step.id, verdict, reason, at, row.id, row.state
+        )
+
+    if row is not None and row.state in TERMINAL_STATES:
+        reason = row.state.value + (f": {row.reason}" if row.reason else "")
+        return decide(Verdict.DONE, reason, row.sent_at or row.due_at)
+    if row is not None and row.state is SendState.SENDING:
+        return decide(Verdict.WAIT, "in_flight", None)
+
+    anchor = _anchor(history, step, earlier, now)
+    if isinstance(anchor, Decision):
+        return decide(anchor.verdict, anchor.reason, anchor.at)
+    nominal = anchor + stable_delay(step, order.order_id, campaign.name)
+
+    if (condition := _unless_holds(history, step, now)) is not None:
+        return decide(Verdict.SKIP, condition.value, nominal)
+    if history.suppression is not None and history.suppression.created_at <= now:
+        return decide(Verdict.SKIP, f"suppressed:{history.suppression.reason.value}", nominal)
+
+    zone = zone_for(
+        history.customer.country or order.country, history.customer.timezone, policy.default_zone
+    )
+    blocks = _dispute_blocks(history.disputes, now, policy.dispute_cooldown)
+    eligible = _first_allowed(nominal, blocks, campaign, zone)
+
+    if (block := _block_at(now, blocks)) is not None:
+        reason = "dispute_open" if block[1] is _FOREVER else "dispute_cooldown"
+        return decide(Verdict.WAIT, reason, None if block[1] is _FOREVER else block[1])
+    if eligible > now:
+        return decide(Verdict.WAIT, "not_due" if nominal > now else "outside_send_window", eligible)
+    if now - eligible > step.max_lateness:
+        late_by = _whole_hours(now - eligible)
+        return decide(
+            Verdict.SKIP, f"too_late: {late_by} past due, limit {step.max_lateness}", eligible
+        )
+    if not in_window(now, campaign.send_window, zone):
+        return decide(
+            Verdict.WAIT, "outside_send_window", next_open(now, campaign.send_window, zone)
+        )
+    if row is not None and row.not_before is not None and row.not_before > now:
+        return decide(Verdict.WAIT, f"retry_later: {row.reason}", row.not_before)
+    return decide(Verdict.DUE, "due", eligible)
+
+
+def _anchor(
+    history: OrderHistory, step: CampaignStep, earlier: Mapping[str, Decision], now: datetime
+) -> datetime | Decision:
+    """The moment the step's delay counts from, or why there is none yet."""
+    trigger = step.trigger
+    order = history.order
+    if trigger.step is not None:
+        before = earlier[trigger.step]
+        if before.state is SendState.SENT:
+            return before.at or now
+        if before.verdict in (Verdict.DONE, Verdict.SKIP):
+            return _pending(Verdict.SKIP, f"previous_step_not_sent:{trigger.step}")
+        return _pending(Verdict.WAIT, f"awaiting_step:{trigger.step}")
+    if trigger.event is TriggerEvent.REVIEWED:
+        matching = [
+            r for r in history.reviews if _rating_matches(r.rating, step) and r.reviewed_at <= now
+        ]
+        if not matching:
+            return _pending(Verdict.WAIT, "awaiting_review")
+        return min(r.reviewed_at for r in matching)
+    moment = order.delivered_at if trigger.event is TriggerEvent.DELIVERED else order.shipped_at
+    if moment is None or moment > now:
+        return _pending(Verdict.WAIT, f"awaiting_{trigger.event}", moment)
+    return moment
+
+
+def _pending(verdict: Verdict, reason: str, at: datetime | None = None) -> Decision:
+    return Decision("", "", "", verdict, reason, at)
+
+
+def _rating_matches(rating: int, step: CampaignStep) -> bool:
+    low = step.trigger.min_rating or 1
+    high = step.trigger.max_rating or 5
+    return low <= rating <= high
+
+
+def _unless_holds(history: OrderHistory, step: CampaignStep, now: datetime) -> Condition | None:
+    happened = {
+        Condition.REVIEWED: any(r.reviewed_at <= now for r in history.reviews),
+        Condition.REPLIED: any(r.replied_at <= now for r in history.replies),
+    }
+    return next((c for c in sorted(step.unless) if happened[c]), None)
+
+
+def _dispute_blocks(
+    disputes: Iterable[Dispute], now: datetime, cooldown: timedelta
+) -> list[tuple[datetime, datetime]]:
+    """Intervals in which nothing may go out: open disputes plus the cool-down after each."""
+    blocks = []
+    for dispute in disputes:
+        if dispute.opened_at > now:
+            continue  # not known yet at ``now``
+        closed = (
+            dispute.closed_at
+            if dispute.closed_at is not None and dispute.closed_at <= now
+            else None
+        )
+        blocks.append((dispute.opened_at, _FOREVER if closed is None else closed + cooldown))
+    return sorted(blocks)
+
+
+def _block_at(
+    moment: datetime, blocks: Sequence[tuple[datetime, datetime]]
+) -> tuple[datetime, datetime] | None:
+    covering = [b for b in blocks if b[0] <= moment < b[1]]
+    return max(covering, key=lambda b: b[1], default=None)
+
+
+def _first_allowed(
+    moment: datetime,
+    blocks: Sequence[tuple[datetime, datetime]],
+    campaign: Campaign,
+    zone: ZoneInfo,
+) -> datetime:
+    """The first instant at or after ``moment`` outside every block and inside the send window."""
+    while True:
+        block = _block_at(moment, blocks)
+        if block is not None:
+            if block[1] is _FOREVER:
+                return _FOREVER
+            moment = block[1]
+        opened = next_open(moment, campaign.send_window, zone)
+        if opened == moment and block is None:
+            return moment
+        moment = opened
+
+
+def _whole_hours(delta: timedelta) -> str:
+    hours = int(delta.total_seconds() // 3600)
+    return f"{hours // 24}d{hours % 24}h"
