@@ -301,6 +301,11 @@ class Store:
                 f"no order {order_id!r}; import it first with `worker import orders`"
             )
 
+    def has_order(self, order_id: str) -> bool:
+        with self._connect() as connection:
+            query = select(schema.order.c.order_id).where(schema.order.c.order_id == order_id)
+            return connection.execute(query).first() is not None
+
     def order(self, order_id: str) -> Order:
         with self._connect() as connection:
             row = (

@@ -233,7 +233,7 @@ def self_signed_cert(tmp_path_factory: pytest.TempPathFactory) -> Cert:
     """A throwaway self-signed certificate for 127.0.0.1, made with the openssl command."""
     openssl = shutil.which("openssl")
     if openssl is None:
-        message = "the openssl command is needed to make a test certificate (apt-get install openssl)"
+        message = "the openssl command makes the test certificate (apt-get install openssl)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)

@@ -1,0 +1,513 @@
+"""Reading order, dispute and review feeds: mappings, line numbers, rejects, streaming."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import tracemalloc
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from worker.domain import Dispute, DisputeKind, Order, Review
+from worker.errors import FeedError
+from worker.feeds import (
+    Format,
+    RejectedRow,
+    RejectsFile,
+    normalise_email,
+    parse_dispute_kind,
+    parse_ebay_date,
+    parse_instant,
+    read_disputes,
+    read_orders,
+    read_reviews,
+)
+
+FEEDS = Path(__file__).parent.parent / "fixtures" / "feeds"
+
+
+def at(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, us: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, us, tzinfo=UTC)
+
+
+T = TypeVar("T")
+
+
+def split(items: Iterable[T | RejectedRow]) -> tuple[list[T], list[RejectedRow]]:
+    good: list[T] = []
+    bad: list[RejectedRow] = []
+    for item in items:
+        if isinstance(item, RejectedRow):
+            bad.append(item)
+        else:
+            good.append(item)
+    return good, bad
+
+
+def orders_by_id(path: Path, fmt: Format = Format.GENERIC) -> dict[str, Order]:
+    good, _ = split(read_orders(path, fmt))
+    return {order.order_id: order for order in good}
+
+
+# Generic format ------------------------------------------------------------------------------
+
+
+def test_generic_csv_maps_every_column() -> None:
+    order = orders_by_id(FEEDS / "generic.csv")["E-1001"]
+    assert order == Order(
+        order_id="E-1001",
+        marketplace="ebay",
+        buyer_email="anna.schmidt@example.com",
+        buyer_name="Anna Schmidt",
+        products=("Garlic press", "Silicone spatula"),
+        locale="de-DE",
+        country="DE",
+        ordered_at=at(2026, 2, 1, 8, 15),
+        shipped_at=at(2026, 2, 2),
+        delivered_at=at(2026, 2, 5, 14),
+        review_url=None,
+        timezone="Europe/Berlin",
+    )
+
+
+def test_bad_rows_carry_physical_line_numbers_after_a_multiline_field() -> None:
+    good, bad = split(read_orders(FEEDS / "generic.csv"))
+    assert [o.order_id for o in good] == ["E-1001", "S-1002", "X-1003"]
+    reasons = {row.line: row.reason for row in bad}
+    assert list(reasons) == [6, 7, 8, 9, 11, 12, 14]
+    assert "delivered_at" in reasons[6] and "before shipped_at" in reasons[6]
+    assert "exactly one @" in reasons[7]
+    assert "etsy" in reasons[8]
+    assert "buyer_name" in reasons[9] and "line break" in reasons[9]
+    assert "DEU" in reasons[11]
+    assert "ordered_at" in reasons[12]
+    assert reasons[14] == "order_id is empty"
+
+
+def test_multiline_field_is_kept_in_the_good_row() -> None:
+    order = orders_by_id(FEEDS / "generic.csv")["S-1002"]
+    assert order.review_url == "https://shop.example.com/review/S-1002"
+    assert order.delivered_at == at(2026, 2, 9)
+
+
+def test_tsv_is_read_by_extension() -> None:
+    orders = orders_by_id(FEEDS / "generic.tsv")
+    assert orders["T-1"].products == ("USB-C cable, 2 m",)
+    assert orders["T-2"].delivered_at == at(2026, 3, 2, 23, 30)
+
+
+def test_semicolon_csv_with_bom_and_crlf() -> None:
+    orders = orders_by_id(FEEDS / "semicolon_bom.csv")
+    assert list(orders) == ["M-1", "M-2"]
+    assert orders["M-1"].products == ("Moulin à poivre, acier",)
+    assert orders["M-2"].buyer_email == "jürgen@xn--bcher-kva.example"
+    assert (orders["M-2"].locale, orders["M-2"].country) == ("de-AT", "AT")
+
+
+def test_jsonl_reports_bad_lines_by_number() -> None:
+    good, bad = split(read_orders(FEEDS / "orders.jsonl"))
+    assert [o.order_id for o in good] == ["J-1", "1004"]
+    assert good[0].products == ("Rice cooker", "Rice paddle")
+    assert good[0].delivered_at == at(2026, 3, 1, 1)
+    assert [(r.line, r.reason.split(":")[0]) for r in bad] == [
+        (3, "not valid JSON"),
+        (4, 'a JSON line must be an object like {"order_id"'),
+        (6, "buyer_name must be text or a number, not True"),
+    ]
+    assert bad[0].raw.startswith('{"order_id": "J-2"')
+
+
+def test_tab_separated_txt_is_sniffed(tmp_path: Path) -> None:
+    path = tmp_path / "orders.txt"
+    path.write_text("order_id\tmarketplace\tbuyer_email\nQ-1\tshop\tq@example.com\n")
+    assert list(orders_by_id(path)) == ["Q-1"]
+
+
+# Marketplace formats ------------------------------------------------------------------------
+
+
+def test_amazon_all_orders_report_merges_items_and_skips_cancelled() -> None:
+    good, bad = split(read_orders(FEEDS / "amazon_all_orders.txt", Format.AMAZON))
+    first, second = good
+    assert first == Order(
+        order_id="302-1234567-1234567",
+        marketplace="amazon",
+        buyer_email="abc123xyz@marketplace.amazon.de",
+        buyer_name="Klaus Becker",
+        products=("Edelstahl Knoblauchpresse", "Silikon Backpinsel"),
+        locale="de-DE",
+        country="DE",
+        ordered_at=at(2026, 2, 20, 8, 12, 45),
+    )
+    assert (second.locale, second.ordered_at) == ("en-GB", at(2026, 2, 22, 19, 30))
+    assert second.delivered_at is None
+    assert [(r.line, "cancelled" in r.reason) for r in bad] == [(4, True)]
+
+
+def test_amazon_flat_file_quotes_are_plain_text(tmp_path: Path) -> None:
+    source = tmp_path / "amazon.txt"
+    source.write_text(
+        "amazon-order-id\torder-status\tproduct-name\tbuyer-email\n"
+        '1\tShipped\t"Best" garlic press 7"\ta@example.com\n'
+        '2\tCancelled\t"Pro" whisk\tb@example.com\n'
+    )
+    with RejectsFile(source, fmt=Format.AMAZON) as rejects:
+        good, bad = split(read_orders(source, Format.AMAZON))
+        rejects.add(bad[0])
+    assert good[0].products == ('"Best" garlic press 7"',)
+    lines = rejects.path.read_text().splitlines()
+    assert lines[1].startswith('2\tCancelled\t"Pro" whisk\tb@example.com\tline 3: ')
+
+
+def test_shopify_merges_line_item_rows_into_one_order() -> None:
+    good, bad = split(read_orders(FEEDS / "shopify_orders.csv", Format.SHOPIFY))
+    assert [o.order_id for o in good] == ["#1001", "#1002"]
+    assert good[0] == Order(
+        order_id="#1001",
+        marketplace="shop",
+        buyer_email="emma.rossi@example.it",
+        buyer_name="Emma Rossi",
+        products=("Bamboo cutting board", "Herb scissors, 5 blades", "Oil dispenser"),
+        country="IT",
+        ordered_at=at(2026, 2, 10, 9, 4, 58),
+        shipped_at=at(2026, 2, 11, 15, 40),
+        delivered_at=None,
+    )
+    assert good[1].buyer_name == "Sam Lee"  # Shipping Name empty: Billing Name
+    assert [(r.line, "cancelled" in r.reason) for r in bad] == [(6, True)]
+
+
+def test_ebay_report_with_title_lines_footer_and_multi_item_order() -> None:
+    good, bad = split(read_orders(FEEDS / "ebay_orders.csv", Format.EBAY))
+    assert [o.order_id for o in good] == ["12-11111-22222", "12-33333-44444"]
+    single, multi = good
+    assert single == Order(
+        order_id="12-11111-22222",
+        marketplace="ebay",
+        buyer_email="hans.keller@example.de",
+        buyer_name="Hans Keller",
+        products=("Digital kitchen scale",),
+        country="AT",
+        ordered_at=at(2026, 3, 3),
+        shipped_at=at(2026, 3, 4),
+    )
+    assert multi.products == ("Car phone holder", "Cable organiser")
+    assert (multi.country, multi.ordered_at) == ("US", at(2026, 3, 3))
+    assert [(r.line, r.reason) for r in bad] == [(8, "buyer email is empty")]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Mar-03-26", at(2026, 3, 3)),
+        ("Dec-31-2025", at(2025, 12, 31)),
+        ("03-Mar-26", at(2026, 3, 3)),
+        ("03.03.2026", at(2026, 3, 3)),
+        ("3.3.26", at(2026, 3, 3)),
+        ("03.03.2026 14:05", at(2026, 3, 3, 14, 5)),
+        ("2026-03-03T10:00:00+01:00", at(2026, 3, 3, 9)),
+        ("", None),
+    ],
+)
+def test_ebay_dates(text: str, expected: datetime | None) -> None:
+    assert parse_ebay_date(text) == expected
+
+
+@pytest.mark.parametrize("text", ["Foo-03-26", "31.02.2026", "03/03/2026", "03-04-2026"])
+def test_bad_ebay_dates(text: str) -> None:
+    with pytest.raises(ValueError, match="date"):
+        parse_ebay_date(text)
+
+
+# File-level errors --------------------------------------------------------------------------
+
+
+def test_missing_required_column_names_file_and_column() -> None:
+    path = FEEDS / "missing_column.csv"
+    with pytest.raises(FeedError) as caught:
+        list(read_orders(path))
+    assert caught.value.where == f"{path}:1"
+    assert "marketplace" in caught.value.detail and "buyer_email" in caught.value.detail
+
+
+def test_missing_file_and_not_utf8_and_empty(tmp_path: Path) -> None:
+    with pytest.raises(FeedError, match="cannot read"):
+        list(read_orders(tmp_path / "nope.csv"))
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(
+        b"order_id,marketplace,buyer_email,buyer_name\n1,shop,a@example.com,J\xfcrgen\n"
+    )
+    with pytest.raises(FeedError, match="not UTF-8"):
+        list(read_orders(latin))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(FeedError, match="no header row found"):
+        list(read_orders(empty))
+
+
+def test_eof_header_search_for_ebay_names_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "ebay.csv"
+    path.write_text("Orders report\nSales Record Number,Buyer Email\n1,a@example.com\n")
+    with pytest.raises(FeedError, match="'order number'"):
+        list(read_orders(path, Format.EBAY))
+
+
+def test_progress_bar_stays_off_without_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    assert len(split(read_orders(FEEDS / "generic.tsv", progress=True))[0]) == 2
+    assert capsys.readouterr().err == ""
+
+
+def test_unknown_extension_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "orders.xlsx"
+    path.write_bytes(b"PK")
+    with pytest.raises(FeedError, match=r"\.csv, \.tsv"):
+        list(read_orders(path))
+
+
+# Values -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", None),
+        ("  ", None),
+        ("2026-03-03", at(2026, 3, 3)),
+        ("2026-03-03T14:05", at(2026, 3, 3, 14, 5)),
+        ("2026-03-03T14:05:00Z", at(2026, 3, 3, 14, 5)),
+        ("2026-03-03T14:05:00+01:00", at(2026, 3, 3, 13, 5)),
+        ("2026-03-03 14:05:00 -0500", at(2026, 3, 3, 19, 5)),
+        ("2026-03-03T14:05:00.250+09:00", at(2026, 3, 3, 5, 5, 0, 250000)),
+    ],
+)
+def test_parse_instant(text: str, expected: datetime | None) -> None:
+    parsed = parse_instant(text)
+    assert parsed == expected
+    assert parsed is None or parsed.tzinfo is UTC
+
+
+@pytest.mark.parametrize("text", ["03/03/2026", "2026-02-30", "tomorrow", "2026-03-03T25:00"])
+def test_parse_instant_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="ISO 8601"):
+        parse_instant(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("  Anna.Schmidt@Example.COM ", "anna.schmidt@example.com"),
+        ("jürgen@bücher.example", "jürgen@xn--bcher-kva.example"),
+        ("kunde@STRASSE.de", "kunde@strasse.de"),
+        ("kunde@straße.de", "kunde@xn--strae-oqa.de"),
+        ("a+tag@example.org.", "a+tag@example.org"),
+    ],
+)
+def test_normalise_email(text: str, expected: str) -> None:
+    assert normalise_email(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty"),
+        ("no-at.example.com", "exactly one @"),
+        ("a@b@example.com", "exactly one @"),
+        ("anna schmidt@example.com", "spaces"),
+        ("anna@example.com\r\nBcc: x@example.net", "spaces"),
+        ("@example.com", "before the @"),
+        ("a..b@example.com", "before the @"),
+        ("<a@example.com>", "bad character"),
+        ("a@localhost", "needs a dot"),
+        ("a@exa_mple.com", "bad domain label"),
+        ("a@-example.com", "bad domain label"),
+    ],
+)
+def test_normalise_email_refuses(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        normalise_email(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("INR", DisputeKind.NOT_RECEIVED),
+        ("item not received", DisputeKind.NOT_RECEIVED),
+        ("Not_Received", DisputeKind.NOT_RECEIVED),
+        ("snad", DisputeKind.NOT_AS_DESCRIBED),
+        ("A-to-Z", DisputeKind.A_TO_Z),
+        ("a_to_z", DisputeKind.A_TO_Z),
+        ("eBay case", DisputeKind.EBAY_CASE),
+        ("CHARGEBACK", DisputeKind.CHARGEBACK),
+    ],
+)
+def test_dispute_kind_aliases(text: str, kind: DisputeKind) -> None:
+    assert parse_dispute_kind(text) is kind
+
+
+def test_disputes_file() -> None:
+    good, bad = split(read_disputes(FEEDS / "disputes.csv"))
+    assert [d.kind for d in good] == [
+        DisputeKind.NOT_RECEIVED,
+        DisputeKind.NOT_AS_DESCRIBED,
+        DisputeKind.A_TO_Z,
+        DisputeKind.NOT_RECEIVED,
+        DisputeKind.NOT_RECEIVED,
+        DisputeKind.CHARGEBACK,
+    ]
+    assert good[1] == Dispute(
+        "D-2", DisputeKind.NOT_AS_DESCRIBED, at(2026, 3, 1, 10), at(2026, 3, 5, 10)
+    )
+    assert all(d.source == "import" for d in good)
+    assert [(r.line, r.reason.split()[0]) for r in bad] == [
+        (8, "unknown"),
+        (9, "closed_at"),
+        (10, "opened_at"),
+    ]
+
+
+def test_reviews_file_checks_rating_range() -> None:
+    good, bad = split(read_reviews(FEEDS / "reviews.csv"))
+    assert good == [
+        Review("R-1", 5, at(2026, 3, 1, 11), "import"),
+        Review("R-2", 1, at(2026, 3, 1), "amazon"),
+    ]
+    assert [r.line for r in bad] == [4, 5, 6, 7]
+    assert all("1 to 5" in r.reason for r in bad[:3])
+
+
+def test_header_injection_in_product_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "orders.jsonl"
+    row = {"order_id": "P-1", "marketplace": "shop", "buyer_email": "p@example.com"}
+    path.write_text(
+        json.dumps({**row, "product": "Mug\r\nBcc: x@example.net"})
+        + "\n"
+        + json.dumps({**row, "buyer_name": "Ann\u0000"})
+        + "\n"
+    )
+    _, bad = split(read_orders(path))
+    assert [(r.line, r.reason.split()[0]) for r in bad] == [(1, "product"), (2, "buyer_name")]
+
+
+def test_unclosed_quote_reports_the_lines_it_swallowed(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        "order_id,marketplace,buyer_email,note\n"
+        "1,shop,a@example.com,ok\n"
+        '2,shop,b@example.com,"x"y\n'
+        "3,shop,c@example.com,ok\n"
+        '4,shop,d@example.com,"gift\n'
+        "5,shop,e@example.com,ok\n"
+    )
+    good, bad = split(read_orders(path))
+    assert [o.order_id for o in good] == ["1", "3"]
+    assert [r.reason.split(" (")[0] for r in bad] == [
+        "unreadable CSV at lines 3-3",
+        "unreadable CSV at lines 5-6",
+    ]
+
+
+def test_same_day_date_may_follow_a_timed_event(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        "order_id,marketplace,buyer_email,ordered_at,delivered_at\n"
+        "1,shop,a@example.com,2026-03-03T15:00:00Z,2026-03-03\n"
+        "2,shop,a@example.com,2026-03-03T15:00:00Z,2026-03-03T14:00:00Z\n"
+    )
+    good, bad = split(read_orders(path))
+    assert [o.order_id for o in good] == ["1"]
+    assert [r.line for r in bad] == [3]
+
+
+# Rejects file -------------------------------------------------------------------------------
+
+
+def write_rejects(source: Path, fmt: Format = Format.GENERIC) -> RejectsFile:
+    with RejectsFile(source, fmt=fmt) as rejects:
+        for item in read_orders(source, fmt):
+            if isinstance(item, RejectedRow):
+                rejects.add(item)
+    return rejects
+
+
+def test_rejects_file_beside_csv_with_header_and_error_column(tmp_path: Path) -> None:
+    source = tmp_path / "orders.csv"
+    shutil.copy(FEEDS / "generic.csv", source)
+    rejects = write_rejects(source)
+    assert rejects.path == tmp_path / "orders.rejects.csv"
+    assert rejects.count == 7
+    with rejects.path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    header = (FEEDS / "generic.csv").read_text().splitlines()[0].split(",")
+    assert rows[0] == [*header, "error"]
+    assert [r[0] for r in rows[1:]] == ["B-1", "B-2", "B-3", "B-4", "B-5", "B-6", ""]
+    assert rows[4][3] == "Eve\nBcc: victim@example.net"
+    assert rows[1][-1].startswith("line 6: delivered_at")
+    # The rejects file reads back as a feed: same rows rejected, the error column ignored.
+    again, _ = split(read_orders(rejects.path))
+    assert again == []
+
+
+def test_rejects_file_keeps_the_delimiter_and_finds_ebay_header(tmp_path: Path) -> None:
+    source = tmp_path / "report.csv"
+    shutil.copy(FEEDS / "ebay_orders.csv", source)
+    rejects = write_rejects(source, Format.EBAY)
+    lines = rejects.path.read_text().splitlines()
+    assert lines[0].startswith("Sales Record Number,Order Number,") and lines[0].endswith(",error")
+    assert lines[1].startswith("1205,12-55555-66666,")
+    assert lines[1].endswith(",line 8: buyer email is empty")
+
+
+def test_rejects_file_for_jsonl_adds_error_and_line(tmp_path: Path) -> None:
+    source = tmp_path / "orders.jsonl"
+    shutil.copy(FEEDS / "orders.jsonl", source)
+    rejects = write_rejects(source)
+    objects = [json.loads(line) for line in rejects.path.read_text().splitlines()]
+    assert [(o["_line"], "_raw" in o) for o in objects] == [(3, True), (4, True), (6, False)]
+    assert objects[2]["order_id"] == "J-5"
+    assert objects[2]["_error"].startswith("buyer_name must be text")
+
+
+def test_no_rejects_file_without_rejects(tmp_path: Path) -> None:
+    source = tmp_path / "orders.tsv"
+    shutil.copy(FEEDS / "generic.tsv", source)
+    rejects = write_rejects(source)
+    assert rejects.count == 0
+    assert not rejects.path.exists()
+
+
+def test_rejects_file_with_explicit_header(tmp_path: Path) -> None:
+    source = tmp_path / "disputes.csv"
+    with RejectsFile(source, "order_id;kind;opened_at") as rejects:
+        rejects.add(RejectedRow(4, "unknown dispute kind 'x'", "D-1;x;2026-03-01"))
+    assert rejects.path.read_text() == (
+        "order_id;kind;opened_at;error\nD-1;x;2026-03-01;line 4: unknown dispute kind 'x'\n"
+    )
+
+
+# Streaming ----------------------------------------------------------------------------------
+
+
+def test_large_file_streams_in_constant_memory(tmp_path: Path) -> None:
+    """Held rows would cost far more than the file; streaming costs a few buffers."""
+    path = tmp_path / "big.csv"
+    with path.open("w", encoding="utf-8", newline="") as out:
+        out.write("order_id,marketplace,buyer_email,buyer_name,product,country,delivered_at\n")
+        for n in range(10_000):
+            out.write(f"O-{n},ebay,buyer{n}@example.com,Buyer {n},Pepper mill,DE,2026-03-01\n")
+    assert path.stat().st_size > 700_000
+    split(read_orders(FEEDS / "generic.csv"))  # load lookup tables before measuring
+    tracemalloc.start()
+    try:
+        count = sum(1 for item in read_orders(path) if isinstance(item, Order))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 10_000
+    assert peak < 300_000, f"peak {peak} bytes: rows are being held"

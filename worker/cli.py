@@ -1,0 +1,474 @@
+"""The command line: the operator's edge, where errors become one readable line each.
+
+Errors print their chain of causes, root first, one line each; tracebacks only with ``-v``.
+Exit codes: 0 done, 1 something failed (a send, a pass, bad rows), 2 unusable input or
+configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from worker import __version__, logs
+from worker.clock import Clock, ShiftedClock, SystemClock
+from worker.config import Settings, load_settings
+from worker.daemon import Daemon, load_checked_campaigns, run_until_stopped
+from worker.domain import Dispute, DisputeKind, Reply, Review, SendState
+from worker.errors import ConfigError, FeedError, WorkerError
+from worker.feeds import Format, RejectedRow, RejectsFile, read_disputes, read_orders, read_reviews
+from worker.plan import Verdict
+from worker.render import Renderer
+from worker.signals import on_stop
+from worker.sink import RejectRule, SinkOptions, serve
+from worker.store import Store, UpsertCount
+
+T = TypeVar("T")
+
+
+def _instant(text: str) -> datetime:
+    """``--now``/``--at`` values: ISO 8601; a value without offset is UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time like 2026-03-20T10:00:00Z"
+        ) from exc
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _reject_rule(text: str) -> RejectRule:
+    try:
+        return RejectRule.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction between 0 and 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="worker", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("--version", action="version", version=f"worker {__version__}")
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        help="settings file (env WORKER_CONFIG; default config/worker.yaml)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="the daemon: plan, send, sleep, repeat")
+    run.add_argument(
+        "--once", action="store_true", help="one pass, then exit; non-zero if anything failed"
+    )
+    run.add_argument(
+        "--now", type=_instant, help="pretend the clock starts at this ISO 8601 time (rehearsals)"
+    )
+    run.set_defaults(handler=cmd_run)
+
+    plan = commands.add_parser(
+        "plan", help="dry run: what would be sent, and why the rest would not"
+    )
+    plan.add_argument(
+        "--at", "--now", dest="at", type=_instant, help="plan at this ISO 8601 time (default: now)"
+    )
+    plan.add_argument("--all", action="store_true", help="also list steps already sent or skipped")
+    plan.add_argument("--order", help="only this order")
+    plan.set_defaults(handler=cmd_plan)
+
+    sends = commands.add_parser("sends", help="what went out, what was skipped or failed, and why")
+    sends.add_argument(
+        "--state",
+        action="append",
+        choices=[s.value for s in SendState],
+        help="only these states (repeatable)",
+    )
+    sends.add_argument(
+        "--summary", action="store_true", help="counts per campaign, step and state only"
+    )
+    sends.set_defaults(handler=cmd_sends)
+
+    check = commands.add_parser(
+        "check", help="validate settings, database schema, campaigns and templates"
+    )
+    check.set_defaults(handler=cmd_check)
+
+    sink = commands.add_parser("sink", help="a test SMTP server writing every message to a Maildir")
+    sink.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    sink.add_argument("--port", type=int, default=8025, help="listen port (default 8025)")
+    sink.add_argument(
+        "--maildir",
+        type=Path,
+        default=Path("var/sink"),
+        help="Maildir to write to (default var/sink)",
+    )
+    sink.add_argument(
+        "--reject",
+        type=_reject_rule,
+        action="append",
+        default=[],
+        metavar="PATTERN=CODE TEXT",
+        help="refuse matching recipients, e.g. 'bad*@example.com=550 5.1.1 User unknown' "
+        "(repeatable)",
+    )
+    sink.add_argument(
+        "--fail-rate",
+        type=_fraction,
+        default=0.0,
+        help="fraction of recipients refused with --fail-code",
+    )
+    sink.add_argument(
+        "--fail-code", type=int, default=451, help="code for --fail-rate refusals (default 451)"
+    )
+    sink.add_argument("--seed", type=int, help="seed for --fail-rate, for repeatable rehearsals")
+    sink.add_argument(
+        "--drop-after-data",
+        metavar="PATTERN",
+        help="hang up after the final '.' for matching recipients",
+    )
+    sink.set_defaults(handler=cmd_sink)
+
+    db = commands.add_parser("db", help="database schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_commands.add_parser("upgrade", help="apply pending migrations").set_defaults(
+        handler=cmd_db_upgrade
+    )
+    db_commands.add_parser("status", help="current and latest schema revision").set_defaults(
+        handler=cmd_db_status
+    )
+
+    imports = commands.add_parser(
+        "import", help="import orders, disputes or reviews from CSV, TSV or JSONL"
+    )
+    what = imports.add_subparsers(dest="import_kind", required=True, metavar="KIND")
+    orders = what.add_parser("orders", help="orders (upsert: no duplicates, later dates win)")
+    orders.add_argument("file", type=Path)
+    orders.add_argument(
+        "--format",
+        type=Format,
+        choices=list(Format),
+        default=Format.GENERIC,
+        help="column layout (default generic; see docs/order-feeds.md)",
+    )
+    orders.set_defaults(handler=cmd_import_orders)
+    disputes = what.add_parser("disputes", help="disputes: order_id, kind, opened_at, closed_at")
+    disputes.add_argument("file", type=Path)
+    disputes.set_defaults(handler=cmd_import_disputes)
+    reviews = what.add_parser("reviews", help="reviews: order_id, rating, reviewed_at")
+    reviews.add_argument("file", type=Path)
+    reviews.set_defaults(handler=cmd_import_reviews)
+
+    dispute = commands.add_parser("dispute", help="open or close a dispute by hand")
+    dispute_actions = dispute.add_subparsers(dest="dispute_action", required=True, metavar="ACTION")
+    opening = dispute_actions.add_parser(
+        "open", help="open a dispute: every campaign pauses for this buyer"
+    )
+    opening.add_argument("order_id")
+    opening.add_argument(
+        "--kind", type=DisputeKind, choices=list(DisputeKind), default=DisputeKind.COMPLAINT
+    )
+    opening.add_argument("--at", type=_instant, help="when it was opened (default now)")
+    opening.set_defaults(handler=cmd_dispute_open)
+    closing = dispute_actions.add_parser(
+        "close", help="close the order's open disputes; mail resumes after the cool-down"
+    )
+    closing.add_argument("order_id")
+    closing.add_argument("--at", type=_instant, help="when it was closed (default now)")
+    closing.set_defaults(handler=cmd_dispute_close)
+
+    review = commands.add_parser("review", help="record a review by hand")
+    review_actions = review.add_subparsers(dest="review_action", required=True, metavar="ACTION")
+    adding = review_actions.add_parser("add", help="record that the buyer reviewed the order")
+    adding.add_argument("order_id")
+    adding.add_argument("--rating", type=int, choices=range(1, 6), required=True, metavar="1..5")
+    adding.add_argument("--at", type=_instant, help="when it was posted (default now)")
+    adding.add_argument("--source", default="manual", help="where it was posted (default manual)")
+    adding.set_defaults(handler=cmd_review_add)
+
+    reply = commands.add_parser(
+        "reply", help="record that a buyer wrote back (stops steps with unless: [replied])"
+    )
+    reply_actions = reply.add_subparsers(dest="reply_action", required=True, metavar="ACTION")
+    reply_add = reply_actions.add_parser("add", help="record a buyer reply")
+    reply_add.add_argument("order_id")
+    reply_add.add_argument("--at", type=_instant, help="when the buyer wrote (default now)")
+    reply_add.set_defaults(handler=cmd_reply_add)
+    return parser
+
+
+# Commands --------------------------------------------------------------------------------------
+
+
+def _open_store(settings: Settings, *, check: bool = True) -> Store:
+    store = Store.open(settings.database_url)
+    if check:
+        store.check_schema()
+    return store
+
+
+def _daemon(settings: Settings, clock: Clock) -> Daemon:
+    store = _open_store(settings)
+    renderer = Renderer(settings.templates_dir, settings.default_locale)
+    campaigns = load_checked_campaigns(settings, renderer)
+    return Daemon(settings, store, campaigns, renderer, clock)
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    clock: Clock = ShiftedClock(args.now) if args.now else SystemClock()
+    daemon = _daemon(settings, clock)
+    if args.once:
+        report = asyncio.run(daemon.run_pass())
+        _print_outcomes(report.outcomes, report.waiting)
+        return 0 if report.ok else 1
+
+    async def forever() -> None:
+        stop = asyncio.Event()
+        with on_stop(stop):
+            await run_until_stopped(daemon, stop, settings.shutdown_timeout_s)
+
+    asyncio.run(forever())
+    return 0
+
+
+def _print_outcomes(outcomes: Counter[str], waiting: Counter[str]) -> None:
+    done = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()) if v) or "nothing due"
+    waits = ", ".join(f"{k} {v}" for k, v in waiting.most_common())
+    print(f"pass: {done}" + (f"; waiting: {waits}" if waits else ""))
+
+
+def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
+    daemon = _daemon(settings, SystemClock())
+    plan = daemon.plan(args.at)
+    shown = [
+        d
+        for d in plan.decisions
+        if (args.all or d.verdict is not Verdict.DONE)
+        and (args.order is None or d.order_id == args.order)
+    ]
+    order = {Verdict.DUE: 0, Verdict.SKIP: 1, Verdict.WAIT: 2, Verdict.DONE: 3}
+    shown.sort(key=lambda d: (order[d.verdict], d.at or plan.now, d.order_id, d.campaign))
+    print(f"plan at {plan.now.isoformat()}")
+    print(f"{'verdict':7} {'order':22} {'campaign/step':36} {'at (UTC)':17} reason")
+    for d in shown:
+        at = d.at.strftime("%Y-%m-%d %H:%M") if d.at and d.at.year < 9999 else "-"
+        print(
+            f"{d.verdict.value:7} {d.order_id:22} {d.campaign + '/' + d.step:36} {at:17} {d.reason}"
+        )
+    counts = Counter(d.verdict.value for d in plan.decisions)
+    print("total: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def cmd_sends(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    if args.summary:
+        for (campaign, step, state), count in sorted(store.send_counts().items()):
+            print(f"{campaign}/{step:24} {state.value:9} {count}")
+        return 0
+    states = [SendState(s) for s in args.state] if args.state else None
+    print(f"{'state':9} {'order':22} {'campaign/step':36} {'due (UTC)':17} reason / message-id")
+    for row in store.sends(states):
+        detail = row.reason or row.message_id or ""
+        print(
+            f"{row.state.value:9} {row.order_id:22} {row.campaign + '/' + row.step:36} "
+            f"{row.due_at:%Y-%m-%d %H:%M} {detail}"
+        )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    daemon = _daemon(settings, SystemClock())
+    steps = sum(len(c.steps) for c in daemon.campaigns)
+    print(
+        f"ok: settings, schema {daemon.store.current_revision()}, "
+        f"{len(daemon.campaigns)} campaigns with {steps} steps, every template renders"
+    )
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
+    options = SinkOptions(
+        host=args.host,
+        port=args.port,
+        maildir=args.maildir,
+        reject=tuple(args.reject),
+        fail_rate=args.fail_rate,
+        fail_code=args.fail_code,
+        seed=args.seed,
+        drop_after_data=args.drop_after_data,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        with on_stop(stop):
+            await serve(options, stop, sys.stdout)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings, check=False)
+    before, after = store.upgrade()
+    print(
+        f"database {store.where}: "
+        + (f"upgraded {before or 'empty'} -> {after}" if before != after else f"already at {after}")
+    )
+    return 0
+
+
+def cmd_db_status(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings, check=False)
+    current, head = store.current_revision(), store.head_revision()
+    print(f"database {store.where}: at {current or 'empty'}, latest {head}")
+    return 0 if current == head else 1
+
+
+def _import(
+    path: Path,
+    rows: Iterator[T | RejectedRow],
+    upsert: Callable[[Iterable[T]], UpsertCount],
+    fmt: Format = Format.GENERIC,
+) -> int:
+    with RejectsFile(path, fmt=fmt) as rejects:
+
+        def good() -> Iterator[T]:
+            for row in rows:
+                if isinstance(row, RejectedRow):
+                    rejects.add(row)
+                    print(f"{path}:{row.line}: {row.reason}", file=sys.stderr)
+                else:
+                    yield row
+
+        count = upsert(good())
+    line = f"{path}: {count.inserted} new, {count.updated} updated, {rejects.count} rejected"
+    print(line + (f" (written to {rejects.path})" if rejects.count else ""))
+    return 1 if rejects.count else 0
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def cmd_import_orders(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    now = SystemClock().now()
+    rows = read_orders(args.file, args.format, progress=_progress())
+    return _import(args.file, rows, lambda orders: store.upsert_orders(orders, now), args.format)
+
+
+def _known_order(store: Store) -> Callable[[Dispute | Review], str | None]:
+    def check(item: Dispute | Review) -> str | None:
+        if store.has_order(item.order_id):
+            return None
+        return f"no order {item.order_id!r}; import it first with `worker import orders`"
+
+    return check
+
+
+def cmd_import_disputes(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    rows = read_disputes(args.file, progress=_progress(), check=_known_order(store))
+    return _import(args.file, rows, store.upsert_disputes)
+
+
+def cmd_import_reviews(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    rows = read_reviews(args.file, progress=_progress(), check=_known_order(store))
+    return _import(args.file, rows, store.upsert_reviews)
+
+
+def cmd_dispute_open(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    at = args.at or SystemClock().now()
+    store.open_dispute(args.order_id, args.kind, at)
+    print(
+        f"order {args.order_id}: {args.kind.value} dispute open since {at.isoformat()}; "
+        "campaigns paused for this buyer"
+    )
+    return 0
+
+
+def cmd_dispute_close(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    at = args.at or SystemClock().now()
+    closed = store.close_disputes(args.order_id, at)
+    resume = at + settings.dispute_cooldown
+    print(
+        f"order {args.order_id}: closed {closed} dispute(s); "
+        f"mail may resume from {resume.isoformat()}"
+    )
+    return 0 if closed else 1
+
+
+def cmd_review_add(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    at = args.at or SystemClock().now()
+    store.upsert_reviews([Review(args.order_id, args.rating, at, args.source)])
+    print(f"order {args.order_id}: {args.rating}-star review recorded at {at.isoformat()}")
+    return 0
+
+
+def cmd_reply_add(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    at = args.at or SystemClock().now()
+    store.add_reply(Reply(args.order_id, at, "manual"))
+    print(f"order {args.order_id}: buyer reply recorded at {at.isoformat()}")
+    return 0
+
+
+# Edge ------------------------------------------------------------------------------------------
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain[::-1]
+
+
+def _report_error(exc: BaseException, verbose: bool) -> None:
+    if verbose:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+        return
+    for cause in _causes(exc):
+        text = str(cause) or type(cause).__name__
+        print(
+            f"error: {text}" if cause is exc else f"  caused by: {type(cause).__name__}: {text}",
+            file=sys.stderr,
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        logs.configure(settings.log_format, verbose=args.verbose)
+        result: int = args.handler(args, settings)
+        return result
+    except (ConfigError, FeedError) as exc:
+        _report_error(exc, args.verbose)
+        return 2
+    except WorkerError as exc:
+        _report_error(exc, args.verbose)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,903 @@
+"""Order, dispute and review feeds: read sellers' export files row by row.
+
+Files are streamed, so memory stays flat whatever their size. A bad row never stops an import:
+it comes back as a :class:`RejectedRow` naming its physical line (1-based, the header is line 1)
+and the reason, so an operator can fix it in the rejects file and import that file again. Only
+problems with the file as a whole (missing, not UTF-8, no header, missing columns) raise
+:class:`~worker.errors.FeedError`. Column mappings are documented in ``docs/order-feeds.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import re
+import sys
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from tqdm import tqdm
+
+from worker.domain import MARKETPLACES, Dispute, DisputeKind, Order, Review
+from worker.errors import FeedError
+
+
+class Format(StrEnum):
+    """Whose column names an orders file uses."""
+
+    GENERIC = "generic"
+    AMAZON = "amazon"
+    SHOPIFY = "shopify"
+    EBAY = "ebay"
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    """A row that was not imported, with what an operator needs to fix it."""
+
+    line: int
+    reason: str
+    raw: str
+    """The original line (JSONL) or the row re-serialised in the input's dialect (CSV/TSV)."""
+
+
+# Values -------------------------------------------------------------------------------------
+
+
+def parse_instant(text: str) -> datetime | None:
+    """ISO 8601 date or date-time as tz-aware UTC; naive values are UTC, empty means unknown."""
+    value = text.strip()
+    if not value:
+        return None
+    try:
+        return _as_utc(datetime.fromisoformat(value))
+    except (ValueError, OverflowError):
+        raise ValueError(
+            f"{value!r} is not an ISO 8601 date or date-time (like 2026-03-03 or "
+            "2026-03-03T14:05:00+01:00)"
+        ) from None
+
+
+def _as_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+_MONTHS = {m: i for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split(), 1)}
+_EBAY_DATE = re.compile(
+    r"(?:(?P<mon>[a-z]{3})-(?P<day>\d{1,2})-"  # Mar-03-26 (US sites)
+    r"|(?P<day2>\d{1,2})-(?P<mon2>[a-z]{3})-"  # 03-Mar-26 (UK sites)
+    r"|(?P<day3>\d{1,2})\.(?P<mon3>\d{1,2})\.)"  # 03.03.2026 (DE, AT, FR... sites)
+    r"(?P<year>\d{4}|\d{2})(?:[ T](?P<h>\d{1,2}):(?P<m>\d{2})(?::(?P<s>\d{2}))?)?",
+    re.IGNORECASE,
+)
+
+
+def parse_ebay_date(text: str) -> datetime | None:
+    """eBay's report dates (``Mar-03-26``, ``03-Mar-26``, ``03.03.2026``) or ISO 8601, as UTC."""
+    value = text.strip()
+    match = _EBAY_DATE.fullmatch(value)
+    if match is None:
+        return parse_instant(value)
+    month_text = (match["mon"] or match["mon2"] or match["mon3"]).lower()
+    month = int(month_text) if month_text.isdigit() else _MONTHS.get(month_text, 0)
+    year = int(match["year"]) + (2000 if len(match["year"]) == 2 else 0)
+    hour, minute, second = (int(match[k] or 0) for k in ("h", "m", "s"))
+    day = int(match["day"] or match["day2"] or match["day3"])
+    try:
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a valid date") from None
+
+
+_NOT_IN_LOCAL_PART = frozenset('<>()[]\\,;:"')
+_SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+_HEADER_BREAKERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def normalise_email(text: str) -> str:
+    """One canonical spelling per buyer, so orders, suppressions and replies meet on one key."""
+    address = text.strip()
+    if not address:
+        raise ValueError("the e-mail address is empty")
+    if _SPACE_OR_CONTROL.search(address):
+        raise ValueError(f"{address!r} is not an e-mail address: it contains spaces")
+    if address.count("@") != 1:
+        raise ValueError(f"{address!r} is not an e-mail address: it needs exactly one @")
+    local, domain = address.split("@")
+    if not local or local.startswith(".") or local.endswith(".") or ".." in local:
+        raise ValueError(f"{address!r} is not an e-mail address: bad part before the @")
+    if _NOT_IN_LOCAL_PART.intersection(local):
+        raise ValueError(f"{address!r} is not an e-mail address: bad character before the @")
+    try:
+        return f"{local.lower()}@{_ascii_domain(domain)}"
+    except ValueError as exc:
+        raise ValueError(f"{address!r} is not an e-mail address: {exc}") from None
+
+
+_ASCII_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+
+
+def _ascii_domain(domain: str) -> str:
+    """IDNA 2008 style (NFC, lower case, Punycode per label); stdlib's codec is IDNA 2003."""
+    labels = unicodedata.normalize("NFC", domain.removesuffix(".")).lower().split(".")
+    if len(labels) < 2:
+        raise ValueError("the domain needs a dot")
+    encoded = ".".join(_ascii_label(label) for label in labels)
+    if len(encoded) > 253:
+        raise ValueError("the domain is too long")
+    return encoded
+
+
+def _ascii_label(label: str) -> str:
+    if not label.isascii():
+        if not all(unicodedata.category(ch)[0] in "LMN" or ch == "-" for ch in label):
+            raise ValueError(f"bad character in domain label {label!r}")
+        label = "xn--" + label.encode("punycode").decode("ascii")
+    if len(label) > 63 or _ASCII_LABEL.fullmatch(label) is None:
+        raise ValueError(f"bad domain label {label!r}")
+    return label
+
+
+_LOCALE = re.compile(r"([a-z]{2,3})(?:[-_]([a-z]{4}))?(?:[-_]([a-z]{2}|\d{3}))?", re.IGNORECASE)
+
+
+def normalise_locale(text: str) -> str | None:
+    """BCP 47 case conventions (``de_at`` -> ``de-AT``, ``zh_hans_cn`` -> ``zh-Hans-CN``)."""
+    value = text.strip()
+    if not value:
+        return None
+    match = _LOCALE.fullmatch(value)
+    if match is None:
+        raise ValueError(f"locale {value!r} is not a language tag like de, de-AT or zh-Hans-CN")
+    language, script, region = match.groups()
+    parts = [language.lower(), script and script.title(), region and region.upper()]
+    return "-".join(p for p in parts if p)
+
+
+@cache
+def _country_names() -> dict[str, str]:
+    """ISO 3166 alpha-2 codes and English names, from the tzdata package we already ship."""
+    table = resources.files("tzdata").joinpath("zoneinfo/iso3166.tab").read_text("utf-8")
+    rows = (line.split("\t") for line in table.splitlines() if line and line[0] != "#")
+    names = {_name_key(name): code for code, name in rows}
+    names.update({_name_key(alias): code for alias, code in _COUNTRY_ALIASES.items()})
+    return names
+
+
+_COUNTRY_ALIASES = {
+    "United Kingdom": "GB",
+    "Great Britain": "GB",
+    "UK": "GB",
+    "USA": "US",
+    "United States of America": "US",
+    "South Korea": "KR",
+    "Korea, Republic of": "KR",
+    "Russian Federation": "RU",
+    "Czechia": "CZ",
+    "The Netherlands": "NL",
+    "China Mainland": "CN",
+    "Vatican": "VA",
+}
+
+
+@cache
+def _country_codes() -> frozenset[str]:
+    return frozenset(_country_names().values())
+
+
+def _name_key(name: str) -> str:
+    return " ".join(name.replace("&", " and ").lower().split())
+
+
+def normalise_country(text: str) -> str | None:
+    """ISO 3166 alpha-2, upper case; empty means unknown."""
+    value = text.strip().upper()
+    if not value:
+        return None
+    if value not in _country_codes():
+        raise ValueError(f"country {text.strip()!r} is not an ISO 3166 alpha-2 code like DE")
+    return value
+
+
+def _country_by_name(text: str) -> str | None:
+    """eBay writes country names ("Germany"); accept those and alpha-2 codes."""
+    value = text.strip()
+    if len(value) == 2 or not value:
+        return normalise_country(value)
+    code = _country_names().get(_name_key(value))
+    if code is None:
+        raise ValueError(f"country {value!r} is not a known country name or alpha-2 code")
+    return code
+
+
+def _header_safe(label: str, value: str) -> str:
+    """Refuse what could split or end a mail header: line breaks, NUL, other controls."""
+    if _HEADER_BREAKERS.search(value):
+        raise ValueError(f"{label} contains a line break or control character {value!r}")
+    return value.strip()
+
+
+_DISPUTE_ALIASES = {
+    "item not received": DisputeKind.NOT_RECEIVED,
+    "inr": DisputeKind.NOT_RECEIVED,
+    "snad": DisputeKind.NOT_AS_DESCRIBED,
+    "item not as described": DisputeKind.NOT_AS_DESCRIBED,
+    "significantly not as described": DisputeKind.NOT_AS_DESCRIBED,
+    "atoz": DisputeKind.A_TO_Z,
+    "a to z claim": DisputeKind.A_TO_Z,
+    "a z": DisputeKind.A_TO_Z,
+    "returns": DisputeKind.RETURN,
+    "return request": DisputeKind.RETURN,
+    "refund request": DisputeKind.REFUND,
+    "cancellation": DisputeKind.CANCEL,
+    "cancellation request": DisputeKind.CANCEL,
+    "case": DisputeKind.EBAY_CASE,
+    "dispute": DisputeKind.ALIEXPRESS_DISPUTE,
+}
+
+
+def parse_dispute_kind(text: str) -> DisputeKind:
+    """Our kinds, spelled with spaces, hyphens or underscores, or a common alias, any case."""
+    key = " ".join(re.split(r"[\s_\-]+", text.strip().lower())).strip()
+    kinds = {kind.value.replace("_", " "): kind for kind in DisputeKind}
+    kind = kinds.get(key) or _DISPUTE_ALIASES.get(key)
+    if kind is None:
+        known = ", ".join(k.value for k in DisputeKind)
+        raise ValueError(f"unknown dispute kind {text.strip()!r}; use one of {known}")
+    return kind
+
+
+# Reading files ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """One row: cells by lower-cased column name, the line it starts on, its raw text."""
+
+    line: int
+    cells: dict[str, str]
+    original: str | list[str]
+    delimiter: str = ","
+    quoted: bool = True
+
+    @property
+    def raw(self) -> str:
+        """Only rejected rows need this, so a CSV row is re-serialised on demand."""
+        if isinstance(self.original, str):
+            return self.original
+        out = io.StringIO()
+        options = _dialect(self.delimiter, self.quoted)
+        csv.writer(out, lineterminator="\r\n", **options).writerow(self.original)
+        return out.getvalue().removesuffix("\r\n")
+
+
+def _dialect(delimiter: str, quoted: bool) -> dict[str, Any]:
+    """Amazon's flat files are never quoted: a leading '"' in a product name is just text."""
+    if quoted:
+        return {"delimiter": delimiter, "strict": True}
+    return {"delimiter": delimiter, "quoting": csv.QUOTE_NONE, "quotechar": None}
+
+
+_JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
+_TABLE_SUFFIXES = {".csv": ",", ".txt": "\t", ".tsv": "\t"}
+_DELIMITERS = (",", "\t", ";")
+_HEADER_SEARCH_LINES = 30
+
+
+def _check_suffix(path: Path) -> None:
+    if path.suffix.lower() not in _JSONL_SUFFIXES | _TABLE_SUFFIXES.keys():
+        raise FeedError(
+            "unknown file type; name it .csv, .tsv, .txt (tab-separated), .jsonl or .ndjson",
+            where=str(path),
+        )
+
+
+class _Source:
+    """UTF-8 text (a BOM is dropped) over the byte stream whose position drives the progress bar."""
+
+    def __init__(self, path: Path, progress: bool) -> None:
+        _check_suffix(path)
+        try:
+            self._binary = path.open("rb")
+            size = path.stat().st_size
+        except OSError as exc:
+            raise FeedError(f"cannot read the file: {exc.strerror}", where=str(path)) from exc
+        self.path = path
+        self.text = io.TextIOWrapper(self._binary, encoding="utf-8-sig", newline="")
+        shown = progress and sys.stderr.isatty()
+        self._bar = tqdm(
+            total=size, unit="B", unit_scale=True, desc=path.name, disable=not shown, leave=False
+        )
+
+    def tick(self) -> None:
+        if not self._bar.disable:
+            self._bar.update(self._binary.tell() - self._bar.n)
+
+    def not_utf8(self, line: int, exc: UnicodeDecodeError) -> FeedError:
+        return FeedError(
+            f"not UTF-8 text ({exc.reason}); save the file as UTF-8",
+            where=f"{self.path}:{line}",
+        )
+
+    def close(self) -> None:
+        self._bar.close()
+        self.text.close()
+
+
+class _Table:
+    """A delimited file, read up to and including its header row."""
+
+    def __init__(self, source: _Source, marker: str | None, quoted: bool = True) -> None:
+        self.source = source
+        head = self._first_lines()
+        self.delimiter = _sniff(head[-1] if head else "", source.path)
+        self.quoted = quoted
+        lines = itertools.chain(head, source.text)
+        self.reader = csv.reader(lines, **_dialect(self.delimiter, quoted))
+        self._last = 0
+        self.header, self.header_line = self._find_header(marker)
+        self.columns = [name.strip().lower() for name in self.header]
+
+    def _first_lines(self) -> list[str]:
+        """Lines up to the first one with text, to sniff the delimiter from."""
+        lines: list[str] = []
+        try:
+            while len(lines) < _HEADER_SEARCH_LINES and (line := self.source.text.readline()):
+                lines.append(line)
+                if line.strip(" \t\r\n,;"):
+                    break
+        except UnicodeDecodeError as exc:
+            raise self.source.not_utf8(len(lines) + 1, exc) from exc
+        return lines
+
+    def _find_header(self, marker: str | None) -> tuple[list[str], int]:
+        for line, cells in self.rows():
+            if isinstance(cells, str):
+                continue
+            if marker is None or marker in (c.strip().lower() for c in cells):
+                return cells, line
+            if line >= _HEADER_SEARCH_LINES:
+                break
+        what = f"header row with a column {marker!r}" if marker else "header row"
+        raise FeedError(
+            f"no {what} found; is the file empty or in another format?", where=str(self.source.path)
+        )
+
+    def rows(self) -> Iterator[tuple[int, list[str] | str]]:
+        """(first physical line, cells) per non-blank row; (line, reason) if unreadable."""
+        while True:
+            try:
+                cells = next(self.reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                start, self._last = self._last + 1, self.reader.line_num
+                yield start, f"unreadable CSV at lines {start}-{self._last} ({exc}); a stray quote?"
+                continue
+            except UnicodeDecodeError as exc:
+                raise self.source.not_utf8(self._last + 1, exc) from exc
+            start, self._last = self._last + 1, self.reader.line_num
+            if any(c.strip() for c in cells):
+                yield start, cells
+
+
+def _sniff(line: str, path: Path) -> str:
+    """The header line's most frequent delimiter; for .tsv, or when there is none, the default."""
+    default = _TABLE_SUFFIXES[path.suffix.lower()]
+    if path.suffix.lower() == ".tsv":
+        return default
+    counts = {d: line.count(d) for d in _DELIMITERS}
+    best = max(_DELIMITERS, key=lambda d: counts[d])
+    return best if counts[best] else default
+
+
+def _table_records(source: _Source, layout: _Layout) -> Iterator[_Record | RejectedRow]:
+    table = _Table(source, layout.header_marker, layout.quoted)
+    required = layout.required
+    missing = [name for name in required if name not in table.columns]
+    if missing:
+        raise FeedError(
+            f"missing required column(s): {', '.join(missing)}",
+            where=f"{source.path}:{table.header_line}",
+        )
+    for line, cells in table.rows():
+        source.tick()
+        if isinstance(cells, str):
+            yield RejectedRow(line, cells, "")
+        else:
+            cells_by_name = dict(zip(table.columns, cells, strict=False))
+            yield _Record(line, cells_by_name, cells, table.delimiter, table.quoted)
+
+
+def _jsonl_records(source: _Source) -> Iterator[_Record | RejectedRow]:
+    number = 0
+    while True:
+        try:
+            line = next(source.text)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as exc:
+            raise source.not_utf8(number + 1, exc) from exc
+        number += 1
+        source.tick()
+        text = line.rstrip("\r\n")
+        if text.strip():
+            try:
+                yield _Record(number, _json_cells(text), text)
+            except ValueError as exc:
+                yield RejectedRow(number, str(exc), text)
+
+
+def _json_cells(text: str) -> dict[str, str]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(value, dict):
+        raise ValueError('a JSON line must be an object like {"order_id": ...}')
+    return {str(key).strip().lower(): _json_text(key, item) for key, item in value.items()}
+
+
+def _json_text(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"{key} must be text or a number, not {value!r}")
+    if isinstance(value, int | float):
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return " | ".join(value)
+    raise ValueError(f"{key} must be text, a number or a list of texts")
+
+
+def _records(path: Path, layout: _Layout, progress: bool) -> Iterator[_Record | RejectedRow]:
+    source = _Source(path, progress)
+    try:
+        if path.suffix.lower() in _JSONL_SUFFIXES:
+            yield from _jsonl_records(source)
+        else:
+            yield from _table_records(source, layout)
+    finally:
+        source.close()
+
+
+# Mapping rows to domain values --------------------------------------------------------------
+
+
+Group = Sequence[_Record]
+
+
+def _pick(group: Group, *names: str) -> str:
+    """The first non-empty value of the first column that has one, across the group's rows."""
+    for name in names:
+        for record in group:
+            value = record.cells.get(name)
+            if value and (value := value.strip()):
+                return value
+    return ""
+
+
+def _required(group: Group, name: str) -> str:
+    value = _pick(group, name)
+    if not value:
+        raise ValueError(f"{name} is empty")
+    return value
+
+
+def _when(
+    group: Group, name: str, parse: Callable[[str], datetime | None] = parse_instant
+) -> datetime | None:
+    try:
+        return parse(_pick(group, name))
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+def _products(names: Iterable[str]) -> tuple[str, ...]:
+    split = (part for name in names for part in name.split(" | "))
+    return tuple(p for p in (_header_safe("product", s) for s in split) if p)
+
+
+def _check_sequence(*events: tuple[str, datetime | None]) -> None:
+    """Ordered, shipped, delivered must not go back in time (a bare date may share a day)."""
+    known = [(name, moment) for name, moment in events if moment is not None]
+    for (first, early), (then, late) in itertools.pairwise(known):
+        same_day_date = late.date() == early.date() and late.time() == datetime.min.time()
+        if late < early and not same_day_date:
+            raise ValueError(f"{then} {late.isoformat()} is before {first} {early.isoformat()}")
+
+
+def _order(
+    *,
+    order_id: str,
+    marketplace: str,
+    email: str,
+    name: str,
+    products: Iterable[str],
+    locale: str = "",
+    country: str | None = None,
+    ordered_at: datetime | None = None,
+    shipped_at: datetime | None = None,
+    delivered_at: datetime | None = None,
+    review_url: str = "",
+    timezone: str | None = None,
+) -> Order:
+    _check_sequence(
+        ("ordered_at", ordered_at), ("shipped_at", shipped_at), ("delivered_at", delivered_at)
+    )
+    if marketplace not in MARKETPLACES:
+        raise ValueError(
+            f"unknown marketplace {marketplace!r}; use one of {', '.join(sorted(MARKETPLACES))}"
+        )
+    try:
+        address = normalise_email(email)
+    except ValueError as exc:
+        raise ValueError(f"buyer_email: {exc}") from None
+    return Order(
+        order_id=_header_safe("order_id", order_id),
+        marketplace=marketplace,
+        buyer_email=address,
+        buyer_name=_header_safe("buyer_name", name),
+        products=_products(products),
+        locale=normalise_locale(locale),
+        country=country,
+        ordered_at=ordered_at,
+        shipped_at=shipped_at,
+        delivered_at=delivered_at,
+        review_url=_review_url(review_url),
+        timezone=timezone,
+    )
+
+
+def _review_url(text: str) -> str | None:
+    value = text.strip()
+    if not value:
+        return None
+    if not re.fullmatch(r"https?://[^\s<>\"]+", value):
+        raise ValueError(f"review_url {value!r} is not an http(s) URL without spaces")
+    return value
+
+
+def _zone(text: str) -> str | None:
+    if not text:
+        return None
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {text!r}; use an IANA name like Europe/Berlin"
+        ) from None
+    return text
+
+
+def _generic_order(group: Group) -> Order:
+    return _order(
+        order_id=_required(group, "order_id"),
+        marketplace=_required(group, "marketplace").lower(),
+        email=_required(group, "buyer_email"),
+        name=_pick(group, "buyer_name"),
+        products=[_pick(group, "product", "products")],
+        locale=_pick(group, "locale"),
+        country=normalise_country(_pick(group, "country")),
+        ordered_at=_when(group, "ordered_at"),
+        shipped_at=_when(group, "shipped_at"),
+        delivered_at=_when(group, "delivered_at"),
+        review_url=_pick(group, "review_url"),
+        timezone=_zone(_pick(group, "timezone")),
+    )
+
+
+_AMAZON_LOCALES = {
+    "amazon.com": "en-US",
+    "amazon.ca": "en-CA",
+    "amazon.co.uk": "en-GB",
+    "amazon.de": "de-DE",
+    "amazon.fr": "fr-FR",
+    "amazon.es": "es-ES",
+    "amazon.it": "it-IT",
+    "amazon.nl": "nl-NL",
+    "amazon.se": "sv-SE",
+    "amazon.pl": "pl-PL",
+    "amazon.com.tr": "tr-TR",
+    "amazon.co.jp": "ja-JP",
+    "amazon.com.mx": "es-MX",
+    "amazon.com.au": "en-AU",
+}
+
+
+def _not_cancelled(group: Group, column: str, cancelled: Callable[[str], bool]) -> None:
+    value = _pick(group, column)
+    if value and cancelled(value):
+        raise ValueError(f"the order is cancelled ({column} {value!r}); not imported")
+
+
+def _amazon_order(group: Group) -> Order:
+    _not_cancelled(group, "order-status", lambda status: status.lower() == "cancelled")
+    return _order(
+        order_id=_required(group, "amazon-order-id"),
+        marketplace="amazon",
+        email=_required(group, "buyer-email"),
+        name=_pick(group, "buyer-name", "recipient-name"),
+        products=[r.cells.get("product-name", "") for r in group],
+        locale=_AMAZON_LOCALES.get(_pick(group, "sales-channel").lower(), ""),
+        country=normalise_country(_pick(group, "ship-country")),
+        ordered_at=_when(group, "purchase-date"),
+        shipped_at=_when(group, "shipment-date"),
+        delivered_at=_when(group, "delivery-date"),
+    )
+
+
+def _shopify_order(group: Group) -> Order:
+    _not_cancelled(group, "cancelled at", lambda _: True)
+    return _order(
+        order_id=_required(group, "name"),
+        marketplace="shop",
+        email=_required(group, "email"),
+        name=_pick(group, "shipping name", "billing name"),
+        products=[r.cells.get("lineitem name", "") for r in group],
+        country=normalise_country(_pick(group, "shipping country", "billing country")),
+        ordered_at=_when(group, "created at"),
+        shipped_at=_when(group, "fulfilled at"),
+    )
+
+
+def _ebay_order(group: Group) -> Order:
+    return _order(
+        order_id=_required(group, "order number"),
+        marketplace="ebay",
+        email=_required(group, "buyer email"),
+        name=_pick(group, "buyer name", "ship to name"),
+        products=[r.cells.get("item title", "") for r in group],
+        country=_country_by_name(_pick(group, "ship to country", "buyer country")),
+        ordered_at=_when(group, "sale date", parse_ebay_date),
+        shipped_at=_when(group, "shipped on date", parse_ebay_date),
+    )
+
+
+def _ebay_footer(record: _Record) -> bool:
+    """eBay ends its report with lines like "12 record(s) downloaded" and "Seller ID: x"."""
+    return (
+        not record.cells.get("order number", "").strip()
+        and sum(bool(v.strip()) for v in record.cells.values()) <= 1
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """How one kind of file is read: its required columns and how rows become a value."""
+
+    required: tuple[str, ...]
+    build: Callable[[Group], Any]
+    group_by: str | None = None
+    header_marker: str | None = None
+    skip: Callable[[_Record], bool] | None = None
+    quoted: bool = True
+
+
+_ORDER_LAYOUTS = {
+    Format.GENERIC: _Layout(("order_id", "marketplace", "buyer_email"), _generic_order),
+    Format.AMAZON: _Layout(
+        ("amazon-order-id", "buyer-email"), _amazon_order, "amazon-order-id", quoted=False
+    ),
+    Format.SHOPIFY: _Layout(("name", "email"), _shopify_order, "name"),
+    Format.EBAY: _Layout(
+        ("order number", "buyer email"), _ebay_order, "order number", "order number", _ebay_footer
+    ),
+}
+
+
+def _grouped(
+    records: Iterable[_Record | RejectedRow], column: str
+) -> Iterator[list[_Record] | RejectedRow]:
+    """Consecutive rows with the same key are one order (exports write a row per line item)."""
+    group: list[_Record] = []
+    for record in records:
+        if isinstance(record, RejectedRow):
+            yield record
+            continue
+        key = record.cells.get(column, "").strip()
+        if group and not (key and key == group[0].cells.get(column, "").strip()):
+            yield group
+            group = []
+        group.append(record)
+    if group:
+        yield group
+
+
+Check = Callable[[Any], str | None]
+"""A check the caller adds (e.g. "is the order known?"): a reason rejects the row."""
+
+
+def _read(path: Path, layout: _Layout, progress: bool, check: Check | None = None) -> Iterator[Any]:
+    records: Iterable[_Record | RejectedRow] = _records(path, layout, progress)
+    if layout.skip is not None:
+        skip = layout.skip
+        records = (r for r in records if isinstance(r, RejectedRow) or not skip(r))
+    if layout.group_by is None:
+        groups: Iterable[list[_Record] | RejectedRow] = (
+            r if isinstance(r, RejectedRow) else [r] for r in records
+        )
+    else:
+        groups = _grouped(records, layout.group_by)
+    for group in groups:
+        if isinstance(group, RejectedRow):
+            yield group
+            continue
+        try:
+            value = layout.build(group)
+            reason = check(value) if check is not None else None
+        except ValueError as exc:
+            reason = str(exc)
+        if reason is None:
+            yield value
+        else:
+            yield RejectedRow(group[0].line, reason, "\n".join(r.raw for r in group))
+
+
+def read_orders(
+    path: Path, fmt: Format = Format.GENERIC, *, progress: bool = False
+) -> Iterator[Order | RejectedRow]:
+    """Orders from a generic or marketplace export; FeedError (when iterated) if unreadable."""
+    return _read(path, _ORDER_LAYOUTS[Format(fmt)], progress)
+
+
+def _dispute(group: Group) -> Dispute:
+    opened, closed = _when(group, "opened_at"), _when(group, "closed_at")
+    if opened is None:
+        raise ValueError("opened_at is empty")
+    _check_sequence(("opened_at", opened), ("closed_at", closed))
+    return Dispute(
+        order_id=_header_safe("order_id", _required(group, "order_id")),
+        kind=parse_dispute_kind(_required(group, "kind")),
+        opened_at=opened,
+        closed_at=closed,
+    )
+
+
+def _review(group: Group) -> Review:
+    rating_text = _required(group, "rating")
+    if not re.fullmatch(r"\d+", rating_text) or not 1 <= int(rating_text) <= 5:
+        raise ValueError(f"rating {rating_text!r} is not a whole number from 1 to 5")
+    reviewed = _when(group, "reviewed_at")
+    if reviewed is None:
+        raise ValueError("reviewed_at is empty")
+    return Review(
+        order_id=_header_safe("order_id", _required(group, "order_id")),
+        rating=int(rating_text),
+        reviewed_at=reviewed,
+        source=_pick(group, "source") or "import",
+    )
+
+
+_DISPUTES = _Layout(("order_id", "kind", "opened_at"), _dispute)
+_REVIEWS = _Layout(("order_id", "rating", "reviewed_at"), _review)
+
+
+def read_disputes(
+    path: Path, *, progress: bool = False, check: Check | None = None
+) -> Iterator[Dispute | RejectedRow]:
+    """Disputes (``order_id, kind, opened_at, closed_at``); kind aliases such as "INR" accepted."""
+    return _read(path, _DISPUTES, progress, check)
+
+
+def read_reviews(
+    path: Path, *, progress: bool = False, check: Check | None = None
+) -> Iterator[Review | RejectedRow]:
+    """Reviews (``order_id, rating, reviewed_at`` and optional ``source``)."""
+    return _read(path, _REVIEWS, progress, check)
+
+
+# Rejects ------------------------------------------------------------------------------------
+
+
+class RejectsFile:
+    """Rejected rows beside the input (``orders.csv`` -> ``orders.rejects.csv``), ready to fix.
+
+    Same dialect as the input, header first plus a trailing ``error`` column (for JSONL, each
+    original object plus ``_error`` and ``_line``), so the fixed file can be imported as is.
+    Created, or replaced, only when there is a reject. ``header`` is the input's header line;
+    when None it is read from ``source`` (``fmt`` tells where eBay's header starts).
+    """
+
+    def __init__(
+        self, source: Path, header: str | None = None, *, fmt: Format = Format.GENERIC
+    ) -> None:
+        self.source = source
+        self.path = source.with_name(f"{source.stem}.rejects{source.suffix}")
+        self.count = 0
+        self._header = header
+        self._layout = _ORDER_LAYOUTS[Format(fmt)]
+        self._out: IO[str] | None = None
+        self._writer: Any = None
+        self._dialect: dict[str, Any] = {}
+        self._width = 0
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    @property
+    def _jsonl(self) -> bool:
+        return self.source.suffix.lower() in _JSONL_SUFFIXES
+
+    def add(self, row: RejectedRow) -> None:
+        out = self._out or self._open()
+        self.count += 1
+        if self._jsonl:
+            for line in row.raw.splitlines() or [""]:
+                out.write(json.dumps(_json_reject(line, row), ensure_ascii=False) + "\n")
+            return
+        error = f"line {row.line}: {row.reason}"
+        for cells in self._rows_of(row.raw):
+            padding = [""] * (self._width - len(cells))
+            self._writer.writerow([*cells, *padding, error])
+
+    def _rows_of(self, raw: str) -> list[list[str]]:
+        try:
+            return list(csv.reader(io.StringIO(raw), **self._dialect)) or [[]]
+        except csv.Error:  # written in another dialect (wrong ``fmt``): keep it whole
+            return [[raw]]
+
+    def _open(self) -> IO[str]:
+        header, delimiter = (None, ",") if self._jsonl else self._header_cells()
+        try:
+            out = self.path.open("w", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise FeedError(
+                f"cannot write the rejects file: {exc.strerror}", where=str(self.path)
+            ) from exc
+        self._out = out
+        if header is not None:
+            self._dialect = _dialect(delimiter, self._layout.quoted)
+            self._writer = csv.writer(out, lineterminator="\n", **self._dialect)
+            self._writer.writerow([*header, "error"])
+            self._width = len(header)
+        return out
+
+    def _header_cells(self) -> tuple[list[str], str]:
+        if self._header is not None:
+            delimiter = _sniff(self._header, self.source)
+            header = csv.reader([self._header], **_dialect(delimiter, self._layout.quoted))
+            return next(header, []), delimiter
+        source = _Source(self.source, progress=False)
+        try:
+            table = _Table(source, self._layout.header_marker, self._layout.quoted)
+            return table.header, table.delimiter
+        finally:
+            source.close()
+
+
+def _json_reject(line: str, row: RejectedRow) -> dict[str, Any]:
+    try:
+        original = json.loads(line)
+    except ValueError:
+        original = None
+    base = original if isinstance(original, dict) else {"_raw": line}
+    return {**base, "_error": row.reason, "_line": row.line}
