@@ -276,8 +276,13 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_sends(args: argparse.Namespace, settings: Settings) -> int:
     store = _open_store(settings)
     if args.summary:
-        for (campaign, step, state), count in sorted(store.send_counts().items()):
-            print(f"{campaign}/{step:24} {state.value:9} {count}")
+        counts = Counter(
+            (r.campaign, r.step, r.state.value, r.reason.split(":")[0]) for r in store.sends()
+        )
+        print(f"{'campaign/step':36} {'state':9} {'count':>5}  reason")
+        for (campaign, step, state, reason), count in sorted(counts.items()):
+            shown = reason if state in ("skipped", "failed") else ""
+            print(f"{campaign + '/' + step:36} {state:9} {count:5}  {shown}")
         return 0
     states = [SendState(s) for s in args.state] if args.state else None
     print(f"{'state':9} {'order':22} {'campaign/step':36} {'due (UTC)':17} reason / message-id")

@@ -193,10 +193,8 @@ def _plan_step(
     if eligible > now:
         return decide(Verdict.WAIT, "not_due" if nominal > now else "outside_send_window", eligible)
     if now - eligible > step.max_lateness:
-        late_by = _whole_hours(now - eligible)
-        return decide(
-            Verdict.SKIP, f"too_late: {late_by} past due, limit {step.max_lateness}", eligible
-        )
+        late_by, limit = _compact(now - eligible), _compact(step.max_lateness)
+        return decide(Verdict.SKIP, f"too_late: {late_by} past due (limit {limit})", eligible)
     if not in_window(now, campaign.send_window, zone):
         return decide(
             Verdict.WAIT, "outside_send_window", next_open(now, campaign.send_window, zone)
@@ -293,6 +291,8 @@ def _first_allowed(
         moment = opened
 
 
-def _whole_hours(delta: timedelta) -> str:
+def _compact(delta: timedelta) -> str:
+    """``3d``, ``51d23h``, ``5h``: what an operator reads in ``worker sends``."""
     hours = int(delta.total_seconds() // 3600)
-    return f"{hours // 24}d{hours % 24}h"
+    days, hours = divmod(hours, 24)
+    return (f"{days}d" if days else "") + (f"{hours}h" if hours or not days else "")

@@ -526,14 +526,6 @@ class Store:
         with self._connect() as c:
             return [_send_from(r) for r in c.execute(query).mappings()]
 
-    def send_counts(self) -> dict[tuple[str, str, SendState], int]:
-        table = schema.send
-        query = select(table.c.campaign, table.c.step, table.c.state, func.count()).group_by(
-            table.c.campaign, table.c.step, table.c.state
-        )
-        with self._connect() as c:
-            return {(r[0], r[1], SendState(r[2])): int(r[3]) for r in c.execute(query)}
-
     def suppressions(self) -> list[Suppression]:
         with self._connect() as c:
             return [

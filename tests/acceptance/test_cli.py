@@ -21,7 +21,8 @@ DELIVERED_ORDERS = (
     + "delivered_at\n"
     + "SHOP-1,shop,ann@example.com,Ann Smith,Glass kettle,en,GB,,,2026-03-02T11:00:00Z\n"
     + "SHOP-2,shop,bob@example.com,Bob Jones,Tea strainer,en,GB,,,2026-03-02T11:00:00Z\n"
-    + "12-34567-89012,ebay,jonas@example.de,Jonas Müller,Milchaufschäumer,de,DE,,,2026-03-02T09:00Z\n"
+    + "12-34567-89012,ebay,jonas@example.de,Jonas Müller,Milchaufschäumer,de,DE,,,2026-03-02T09:00Z"
+    + "\n"
 )
 DUE = "2026-03-09T12:00:00Z"  # check-in day for all three, a Monday, inside the window
 
