@@ -8,6 +8,7 @@ committed before the SMTP conversation begins.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -367,58 +368,59 @@ class Store:
     ) -> Send:
         """The row that exists before any SMTP conversation; returns the existing one if any."""
         with self._begin() as tx:
-            existing = self._send_row(tx, order_id, campaign, step)
-            if existing is not None:
-                return existing
-            try:
-                with tx.begin_nested():
-                    tx.execute(
-                        schema.send.insert().values(
-                            order_id=order_id,
-                            campaign=campaign,
-                            step=step,
-                            state=SendState.SCHEDULED.value,
-                            due_at=due_at,
-                            created_at=now,
-                            updated_at=now,
-                        )
-                    )
-            except IntegrityError:
-                pass  # another worker inserted it between our read and write
-            row = self._send_row(tx, order_id, campaign, step)
-            assert row is not None
-            return row
+            with contextlib.suppress(DuplicateSend):
+                self._insert_send(tx, order_id, campaign, step, SendState.SCHEDULED, due_at, now)
+            return self._existing_send(tx, order_id, campaign, step)
 
     def record_skip(
         self, order_id: str, campaign: str, step: str, due_at: datetime, reason: str, now: datetime
     ) -> Send:
-        """Record a step that will never be sent; an existing scheduled row is skipped too."""
+        """Record a step that will never be sent; a still-scheduled row is skipped too."""
         with self._begin() as tx:
-            existing = self._send_row(tx, order_id, campaign, step)
-            if existing is None:
-                try:
-                    with tx.begin_nested():
-                        tx.execute(
-                            schema.send.insert().values(
-                                order_id=order_id,
-                                campaign=campaign,
-                                step=step,
-                                state=SendState.SKIPPED.value,
-                                due_at=due_at,
-                                reason=reason,
-                                created_at=now,
-                                updated_at=now,
-                            )
-                        )
-                except IntegrityError as exc:
-                    raise DuplicateSend(where=f"order {order_id} {campaign}/{step}") from exc
-            elif existing.state is SendState.SCHEDULED:
+            try:
+                self._insert_send(
+                    tx, order_id, campaign, step, SendState.SKIPPED, due_at, now, reason
+                )
+            except DuplicateSend:
+                existing = self._existing_send(tx, order_id, campaign, step)
                 self._move(
                     tx, existing.id, SendState.SCHEDULED, SendState.SKIPPED, now, reason=reason
                 )
-            row = self._send_row(tx, order_id, campaign, step)
-            assert row is not None
-            return row
+            return self._existing_send(tx, order_id, campaign, step)
+
+    def _insert_send(
+        self,
+        tx: Connection,
+        order_id: str,
+        campaign: str,
+        step: str,
+        state: SendState,
+        due_at: datetime,
+        now: datetime,
+        reason: str = "",
+    ) -> None:
+        """The unique constraint, not an earlier read, decides who creates the row."""
+        values: dict[str, object] = {"order_id": order_id, "campaign": campaign, "step": step}
+        values |= {"state": state.value, "due_at": due_at, "reason": reason}
+        values |= {"created_at": now, "updated_at": now}
+        try:
+            with tx.begin_nested():
+                tx.execute(schema.send.insert().values(values))
+        except IntegrityError as exc:
+            raise DuplicateSend(where=f"order {order_id} {campaign}/{step}") from exc
+
+    def _existing_send(self, tx: Connection, order_id: str, campaign: str, step: str) -> Send:
+        table = schema.send
+        row = (
+            tx.execute(
+                select(table).where(
+                    table.c.order_id == order_id, table.c.campaign == campaign, table.c.step == step
+                )
+            )
+            .mappings()
+            .one()
+        )
+        return _send_from(row)
 
     def claim(
         self, send_ids: Sequence[int], now: datetime, worker: str, message_id: Callable[[Send], str]
@@ -534,19 +536,6 @@ class Store:
                     select(schema.suppression).order_by(schema.suppression.c.created_at)
                 ).mappings()
             ]
-
-    def _send_row(self, tx: Connection, order_id: str, campaign: str, step: str) -> Send | None:
-        table = schema.send
-        row = (
-            tx.execute(
-                select(table).where(
-                    table.c.order_id == order_id, table.c.campaign == campaign, table.c.step == step
-                )
-            )
-            .mappings()
-            .first()
-        )
-        return None if row is None else _send_from(row)
 
     def _move(
         self,
