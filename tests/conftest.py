@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    opened = Store.open(f"sqlite:///{tmp_path / 'var' / 'worker.db'}")
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A migrated SQLite file; or, with WORKER_TEST_DATABASE_URL, that database emptied first."""
+    url = (
+        os.environ.get("WORKER_TEST_DATABASE_URL") or f"sqlite:///{tmp_path / 'var' / 'worker.db'}"
+    )
+    opened = Store.open(url)
+    if opened.engine.dialect.name == "postgresql":
+        with opened.engine.begin() as connection:
+            connection.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     opened.upgrade()
     yield opened
     opened.close()
