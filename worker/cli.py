@@ -450,17 +450,18 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 
 def _report_error(exc: BaseException, verbose: bool) -> None:
+    """Root cause first, one line each; causes the final message already says are left out."""
     if verbose:
         import traceback
 
         traceback.print_exception(exc, file=sys.stderr)
         return
-    for cause in _causes(exc):
-        text = str(cause) or type(cause).__name__
-        print(
-            f"error: {text}" if cause is exc else f"  caused by: {type(cause).__name__}: {text}",
-            file=sys.stderr,
-        )
+    final = str(exc) or type(exc).__name__
+    for cause in _causes(exc)[:-1]:
+        text = (str(cause).strip().splitlines() or [""])[0]
+        if text and text not in final:
+            print(f"  caused by {type(cause).__name__}: {text}", file=sys.stderr)
+    print(f"error: {final.splitlines()[0]}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,7 +24,7 @@ from worker.clock import Clock
 from worker.compose import compose, message_id_for
 from worker.config import Settings
 from worker.domain import Campaign, Review, Send, SuppressionReason, TriggerEvent
-from worker.errors import CampaignError, WorkerError
+from worker.errors import CampaignError, StoreError, WorkerError
 from worker.plan import Decision, OrderHistory, Plan, Policy, plan
 from worker.render import Renderer, message_context, sample_context
 from worker.send import Failed, InDoubt, Mailer, Outcome, Retry, Sent
@@ -114,8 +114,13 @@ class Daemon:
             "daemon.started", worker=self.worker_id, campaigns=[c.name for c in self.campaigns]
         )
         while not stop.is_set():
-            report = await self.run_pass(stop)
-            await _wait(stop, self._sleep_s(report))
+            try:
+                delay = self._sleep_s(await self.run_pass(stop))
+            except StoreError as exc:
+                # A locked or unreachable database is often brief; try again next tick.
+                log.error("pass.failed", error=str(exc), retry_in_s=self.settings.poll_interval_s)
+                delay = self.settings.poll_interval_s
+            await _wait(stop, delay)
         log.info("daemon.stopped", worker=self.worker_id)
 
     def _sleep_s(self, report: PassReport) -> float:

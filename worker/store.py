@@ -128,17 +128,24 @@ class Store:
                 where=self.where,
             )
 
-    def _connect(self) -> Connection:
-        try:
-            return self.engine.connect()
-        except OperationalError as exc:
-            raise StoreError(f"cannot open the database: {exc.orig}", where=self.where) from exc
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        """A connection for reads; database failures become a StoreError naming the database."""
+        with self._database_errors(), self.engine.connect() as connection:
+            yield connection
 
-    def _begin(self) -> Any:
+    @contextlib.contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """One transaction, committed on leaving the block, rolled back on an error."""
+        with self._database_errors(), self.engine.begin() as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def _database_errors(self) -> Iterator[None]:
         try:
-            return self.engine.begin()
+            yield
         except OperationalError as exc:
-            raise StoreError(f"cannot open the database: {exc.orig}", where=self.where) from exc
+            raise StoreError(f"the database failed: {exc.orig}", where=self.where) from exc
 
     # Orders and events ----------------------------------------------------------------------
 

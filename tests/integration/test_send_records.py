@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from tests.conftest import settings_for
 from worker.clock import FixedClock
 from worker.daemon import Daemon, load_checked_campaigns
 from worker.domain import Order, SendState, SuppressionReason
+from worker.errors import StoreError
+from worker.plan import OrderHistory
 from worker.render import Renderer
 from worker.sink import RejectRule, Sink, SinkOptions
 from worker.store import Store
@@ -148,11 +151,38 @@ async def test_unreachable_server_gives_up_after_max_passes(store: Store) -> Non
 
 
 async def test_concurrent_daemons_send_each_message_once(store: Store, sink: Sink) -> None:
-    import asyncio
-
     store.upsert_orders(_orders(*(f"buyer{n}@example.com" for n in range(30))), DELIVERED)
     clock = FixedClock(CHECK_IN_DUE)
     first, second = (_daemon(store, sink.port, clock, concurrency=3) for _ in range(2))
     await asyncio.gather(first.run_pass(), second.run_pass())
     assert len(sink.received) == 30
     assert len({m["To"] for m in sink.received}) == 30
+
+
+class LockedOnce(Store):
+    """The first pass finds the database locked (another process holds the write lock)."""
+
+    failures = 1
+
+    def histories(self, order_ids: object = None) -> list[OrderHistory]:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("database is locked", where="test")
+        return super().histories()
+
+
+async def test_daemon_survives_a_failed_pass_and_sends_on_the_next(
+    store: Store, sink: Sink
+) -> None:
+    store.upsert_orders(_orders("ann@example.com"), DELIVERED)
+    daemon = _daemon(LockedOnce(store.engine), sink.port, FixedClock(CHECK_IN_DUE))
+    daemon.settings = daemon.settings.model_copy(update={"poll_interval_s": 0.05})
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        running = asyncio.create_task(daemon.run(stop))
+        await sink.wait_for(1, timeout=10)
+        stop.set()
+        await asyncio.wait_for(running, timeout=10)
+    events = [e["event"] for e in logs]
+    assert events.index("pass.failed") < events.index("send.sent")
+    assert [r.state for r in store.sends()] == [SendState.SENT]
