@@ -60,7 +60,11 @@ def _fraction(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="worker", description=__doc__.splitlines()[0] if __doc__ else None
+        prog="worker",
+        description="After-sales e-mail for online sellers: check-ins, review requests, one "
+        "reminder and thank-yous, never to a buyer with an open dispute.",
+        epilog="Settings come from config/worker.yaml; every one can be overridden by WORKER_* "
+        "environment variables (see the README). -v shows tracebacks.",
     )
     parser.add_argument("--version", action="version", version=f"worker {__version__}")
     parser.add_argument(
@@ -134,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sink.add_argument(
         "--fail-code", type=int, default=451, help="code for --fail-rate refusals (default 451)"
+    )
+    sink.add_argument(
+        "--fail-text",
+        default=SinkOptions().fail_text,
+        help="text for --fail-rate refusals (default '%(default)s')",
     )
     sink.add_argument("--seed", type=int, help="seed for --fail-rate, for repeatable rehearsals")
     sink.add_argument(
@@ -314,6 +323,7 @@ def cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
         reject=tuple(args.reject),
         fail_rate=args.fail_rate,
         fail_code=args.fail_code,
+        fail_text=args.fail_text,
         seed=args.seed,
         drop_after_data=args.drop_after_data,
     )

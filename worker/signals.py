@@ -19,7 +19,7 @@ def on_stop(stop: asyncio.Event) -> Iterator[None]:
     loop = asyncio.get_running_loop()
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        log.info("daemon.signal", signal=signal.Signals(signum).name)
+        log.info("signal.received", signal=signal.Signals(signum).name)
         loop.call_soon_threadsafe(stop.set)
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
