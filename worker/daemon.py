@@ -236,23 +236,24 @@ class Daemon:
                 rendered, send=send, order=order, settings=self.settings, now=self.clock.now()
             )
         except WorkerError as exc:
-            self._record(send, Failed(f"cannot build the message: {exc}", None, False), report)
+            failed = Failed(f"cannot build the message: {exc}", None, False)
+            self._record(send, failed, report, order.buyer_email)
             return
         try:
             outcome = await mailer.send(
                 message, sender=self.envelope_from, recipient=order.buyer_email
             )
         except asyncio.CancelledError:
-            self._record(send, InDoubt("stopped during the SMTP conversation"), report)
+            stopped = InDoubt("stopped during the SMTP conversation")
+            self._record(send, stopped, report, order.buyer_email)
             raise
         except Exception as exc:  # a bug must not leave the row claimed for ever
-            self._record(
-                send, InDoubt(f"unexpected error during the SMTP conversation: {exc!r}"), report
-            )
+            broken = InDoubt(f"unexpected error during the SMTP conversation: {exc!r}")
+            self._record(send, broken, report, order.buyer_email)
             raise
-        self._record(send, outcome, report)
+        self._record(send, outcome, report, order.buyer_email)
 
-    def _record(self, send: Send, outcome: Outcome, report: PassReport) -> None:
+    def _record(self, send: Send, outcome: Outcome, report: PassReport, recipient: str) -> None:
         """Synchronous on purpose: no await, so cancellation cannot split send and record."""
         now = self.clock.now()
         fields = {
@@ -293,14 +294,13 @@ class Daemon:
                 suppress=outcome.suppress,
             )
             if outcome.suppress:
-                self._suppress_recipient(send, outcome, now)
+                self._suppress(recipient, outcome, now)
         else:
             self.store.mark_in_doubt(send.id, outcome.reason, now)
             report.outcomes["in_doubt"] += 1
             log.warning("send.in_doubt", **fields, reason=outcome.reason)
 
-    def _suppress_recipient(self, send: Send, outcome: Failed, now: datetime) -> None:
-        email = self.store.order(send.order_id).buyer_email
+    def _suppress(self, email: str, outcome: Failed, now: datetime) -> None:
         if self.store.suppress(email, SuppressionReason.HARD_BOUNCE, now, outcome.reason):
             log.warning(
                 "suppression.added", email=email, reason="hard_bounce", detail=outcome.reason

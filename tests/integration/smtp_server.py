@@ -8,6 +8,7 @@ DATA commands). No mock ever stands in for the SMTP conversation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -38,6 +39,7 @@ class Seen:
     data_commands: int = 0
     in_data: int = 0
     max_in_data: int = 0
+    overlapped: bool = False
     messages: list[bytes] = field(default_factory=list)
     recipients: list[str] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -60,8 +62,9 @@ class Script:
     mail: list[str] = field(default_factory=list)
     rcpt: list[str] = field(default_factory=list)
     data: list[str] = field(default_factory=list)
-    hold_data_s: float = 0.0
-    """Keep each message in the DATA phase this long, so sessions overlap."""
+    overlap_data: int = 0
+    """Hold each message in DATA until this many sessions are in DATA at once (then let all
+    go), so a test can see real parallelism; gives up after 5 s if the client never gets there."""
 
 
 class _Handler:
@@ -88,12 +91,23 @@ class _Handler:
             return "250 OK"
         return reply
 
+    async def _overlap(self) -> None:
+        wanted = self.script.overlap_data
+        if not wanted or self.seen.overlapped:
+            return
+        with contextlib.suppress(TimeoutError):
+            await self.seen.wait_until(
+                lambda seen: seen.overlapped or seen.in_data >= wanted, timeout_s=5.0
+            )
+        self.seen.overlapped = True  # the last to arrive releases the others
+        self.seen.changed()
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.seen.in_data += 1
         self.seen.max_in_data = max(self.seen.max_in_data, self.seen.in_data)
+        self.seen.changed()
         try:
-            if self.script.hold_data_s:
-                await asyncio.sleep(self.script.hold_data_s)
+            await self._overlap()
             reply = await _play(server, self.script.data)
         finally:
             self.seen.in_data -= 1

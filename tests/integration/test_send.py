@@ -114,7 +114,7 @@ async def test_one_connection_carries_many_messages_when_concurrency_is_one() ->
 
 
 async def test_no_more_than_concurrency_sessions_at_once() -> None:
-    async with scripted_server(Script(hold_data_s=0.05)) as server:
+    async with scripted_server(Script(overlap_data=3)) as server:
         async with Mailer(settings(server.port, concurrency=3)) as mailer:
             outcomes = await asyncio.gather(
                 *(mailer.send(message(n), sender=SENDER, recipient=BUYER) for n in range(12))

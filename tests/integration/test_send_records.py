@@ -164,7 +164,7 @@ class LockedOnce(Store):
 
     failures = 1
 
-    def histories(self, order_ids: object = None) -> list[OrderHistory]:
+    def histories(self) -> list[OrderHistory]:
         if self.failures:
             self.failures -= 1
             raise StoreError("database is locked", where="test")
