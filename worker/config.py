@@ -19,12 +19,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from worker.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("config/worker.yaml")
-SECRETS = frozenset({("smtp", "password")})
+SECRETS = frozenset({("smtp", "password"), ("imap", "password")})
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 _DURATION = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
 
 
@@ -77,6 +85,79 @@ class SmtpSettings(_Strict):
     )
 
 
+class ImapSettings(_Strict):
+    """The seller's mailbox. Without a host the worker reads no mail and only sends."""
+
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535, description="Default 993, or 143 without TLS.")
+    tls: TlsMode = TlsMode.IMPLICIT
+    username: str | None = None
+    password: str | None = None
+    folders: tuple[str, ...] = ("INBOX",)
+    sent_folder: str | None = Field(None, description="Append every message sent here.")
+    batch_size: int = Field(50, ge=1, le=1000, description="Messages fetched per round trip.")
+    timeout_s: float = Field(30.0, gt=0, description="Per IMAP operation.")
+    idle: bool = Field(True, description="Use IDLE when the server offers it.")
+    idle_renew_s: float = Field(
+        300.0, gt=0, le=1500, description="Re-issue IDLE well inside the server's 30 minutes."
+    )
+    poll_interval_s: float = Field(60.0, gt=0, description="Without IDLE, look this often.")
+    reconnect_initial_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(300.0, gt=0)
+    validate_certs: bool = True
+    ca_file: Path | None = Field(None, description="Extra CA certificates (PEM) to trust.")
+
+    _crlf = field_validator("host", "username", "sent_folder")(
+        lambda v: v if v is None else _no_crlf(v)
+    )
+
+    @field_validator("folders", mode="before")
+    @classmethod
+    def _folders(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [f.strip() for f in value.split(",") if f.strip()]
+        if not value:
+            raise ValueError("name at least one folder, e.g. INBOX")
+        return value
+
+    @model_validator(mode="after")
+    def _plain_only_on_loopback(self) -> ImapSettings:
+        if self.host and self.tls is TlsMode.NONE and self.host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"tls: none sends the mailbox password in clear; it is allowed only on "
+                f"loopback, not {self.host!r}; use implicit (993) or starttls (143)"
+            )
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 993 if self.tls is TlsMode.IMPLICIT else 143
+
+
+class InboxSettings(_Strict):
+    """How inbound mail is classified, threaded and followed up."""
+
+    rules_file: Path = Path("config/mail-rules.yaml")
+    awaiting_after: timedelta = Field(
+        timedelta(hours=24), description="A buyer's message unanswered this long is awaiting."
+    )
+    soft_bounce_limit: int = Field(3, ge=1, description="Soft bounces that suppress an address.")
+    soft_bounce_window: timedelta = timedelta(days=30)
+    buyer_match_window: timedelta = Field(
+        timedelta(days=180), description="Match by address only to a single order this recent."
+    )
+    reply_tokens: bool = Field(
+        False, description="Reply-To reply+TOKEN@...: replies thread even without headers."
+    )
+
+    @field_validator("awaiting_after", "soft_bounce_window", "buyer_match_window", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+
 class SellerSettings(_Strict):
     name: str = "Our shop"
     signature: str = "Customer service"
@@ -115,6 +196,8 @@ class Settings(_Strict):
     seller: SellerSettings = SellerSettings()
     smtp: SmtpSettings = SmtpSettings()
     unsubscribe: UnsubscribeSettings = UnsubscribeSettings()
+    imap: ImapSettings = ImapSettings()
+    inbox: InboxSettings = InboxSettings()
     campaigns_dir: Path = Path("campaigns")
     templates_dir: Path = Path("templates")
     default_locale: str = "en"
@@ -150,6 +233,12 @@ class Settings(_Strict):
     @property
     def sender_domain(self) -> str:
         return parseaddr(self.sender)[1].rpartition("@")[2]
+
+    @property
+    def seller_addresses(self) -> frozenset[str]:
+        """Addresses whose mail is the seller's own words, not a buyer's."""
+        found = {self.sender, self.reply_to or "", self.unsubscribe.mailto or ""}
+        return frozenset(a.lower() for a in (parseaddr(v)[1] for v in found) if "@" in a)
 
 
 def _flatten_env_names(

@@ -106,7 +106,8 @@ class Dispute:
 @dataclass(frozen=True, slots=True)
 class Review:
     order_id: str
-    rating: int
+    rating: int | None
+    """1 to 5; ``None`` when a notification said a review was posted but not its stars."""
     reviewed_at: datetime
     source: str = "import"
 
@@ -204,3 +205,96 @@ class Campaign:
 
     def step(self, step_id: str) -> CampaignStep:
         return next(s for s in self.steps if s.id == step_id)
+
+
+# Inbound mail (classified by worker.classify, threaded by worker.thread) -----------------
+
+
+class MessageKind(StrEnum):
+    """What an inbound message is; ``worker.classify`` decides in this order of precedence."""
+
+    SELLER = "seller"
+    """Written from one of the seller's own addresses: an agent's answer or a sent copy."""
+    BOUNCE_HARD = "bounce_hard"
+    """The recipient's own permanent failure (5.1.1, 5.1.2, 5.1.6, 550 no such user)."""
+    BOUNCE_SOFT = "bounce_soft"
+    """A temporary or unclear failure (4.x.x, mailbox full): counted per address."""
+    BOUNCE_POLICY = "bounce_policy"
+    """5.7.x: refused for policy, reputation or authentication; our side's problem."""
+    AUTO_REPLY = "auto_reply"
+    """Out-of-office and other automatic answers: recorded, never a buyer's reply."""
+    UNSUBSCRIBE = "unsubscribe"
+    """The buyer asked for no more mail."""
+    DISPUTE_OPENED = "dispute_opened"
+    """A marketplace says a claim, case or dispute was opened."""
+    DISPUTE_CLOSED = "dispute_closed"
+    """A marketplace says a claim, case or dispute was closed."""
+    REVIEW = "review"
+    """A marketplace or review service says the buyer left a review or feedback."""
+    COMPLAINT = "complaint"
+    """The buyer's own words say something went wrong: opens a dispute."""
+    REPLY = "reply"
+    """Any other buyer message, including those a marketplace relays."""
+
+
+BUYER_KINDS = frozenset({MessageKind.UNSUBSCRIBE, MessageKind.COMPLAINT, MessageKind.REPLY})
+"""Kinds that are the buyer's own words and wait for the seller's answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bounce:
+    """What a delivery-status notification says about one failed recipient."""
+
+    status: str
+    """Enhanced status code such as ``5.1.1``; empty when only prose was found."""
+    recipient: str
+    """The original recipient, lower-cased; empty when the report does not name one."""
+    original_message_id: str | None = None
+    """The failed message's Message-ID (``<...>``), to find the send that caused it."""
+    diagnostic: str = ""
+    """The remote server's own words, on one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """The verdict on one inbound message and the evidence for it."""
+
+    kind: MessageKind
+    evidence: str
+    """Why, in a form an operator can check: ``dsn_status=5.1.1``,
+    ``header=Auto-Submitted: auto-replied``, ``keyword=de:nicht angekommen``,
+    ``rule=amazon-a-to-z-claim``."""
+    dispute_kind: DisputeKind | None = None
+    rating: int | None = None
+    bounce: Bounce | None = None
+    marketplace: str | None = None
+    relayed: bool = False
+    """Sent by a known marketplace relay on the buyer's behalf, not by the buyer."""
+    order_numbers: tuple[str, ...] = ()
+    """Order numbers found in the subject or body, in order of appearance."""
+
+
+class MatchMethod(StrEnum):
+    """How an inbound message was tied to an order; recorded with the message."""
+
+    SEND_MESSAGE_ID = "send_message_id"
+    """In-Reply-To, References or a bounce named a Message-ID of one of our sends."""
+    RELAY_MESSAGE_ID = "relay_message_id"
+    """...or the id the relay reported in its 250 reply for one of our sends."""
+    CONVERSATION = "conversation"
+    """...or the Message-ID of an earlier message already threaded to the order."""
+    REPLY_TOKEN = "reply_token"
+    """The message was addressed to ``reply+TOKEN@...`` that we set as Reply-To."""
+    ORDER_NUMBER = "order_number"
+    """An order number in the subject or body, from the order's buyer or a marketplace relay."""
+    BUYER_ADDRESS = "buyer_address"
+    """The sender is the buyer of exactly one recent order."""
+    MANUAL = "manual"
+    """An agent filed it with ``worker inbox assign``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    order_id: str
+    method: MatchMethod
+    detail: str = ""

@@ -50,3 +50,11 @@ class UnknownOrder(StoreError):
 
 class DuplicateSend(StoreError):
     """A send for this order, campaign and step already exists; it is never sent twice."""
+
+
+class MailboxError(WorkerError):
+    """The mailbox cannot be reached or read; the worker reconnects with backoff."""
+
+
+class RulesError(ConfigError):
+    """The mail rules file is invalid; fix config/mail-rules.yaml."""
