@@ -56,7 +56,13 @@ def message_id_for(send: Send, domain: str) -> str:
 
 
 def compose(
-    rendered: RenderedMessage, *, send: Send, order: Order, settings: Settings, now: datetime
+    rendered: RenderedMessage,
+    *,
+    send: Send,
+    order: Order,
+    settings: Settings,
+    now: datetime,
+    reply_token: str | None = None,
 ) -> EmailMessage:
     """A multipart/alternative message (text, then HTML) ready for SMTP."""
     if now.tzinfo is None:
@@ -66,8 +72,8 @@ def compose(
     msg["Message-ID"] = message_id
     msg["Date"] = format_datetime(now)
     msg["From"] = settings.sender
-    if settings.reply_to:
-        msg["Reply-To"] = settings.reply_to
+    if settings.reply_to or reply_token:
+        msg["Reply-To"] = _reply_to(settings, reply_token)
     msg["To"] = _recipient(order)
     msg["Subject"] = _header_text(rendered.subject)
     msg["Auto-Submitted"] = "auto-generated"
@@ -80,6 +86,15 @@ def compose(
     # After the parts: making the message multipart moves Content-* headers into the first part.
     msg["Content-Language"] = _header_text(rendered.locale)
     return msg
+
+
+def _reply_to(settings: Settings, token: str | None) -> str | Address:
+    """``reply+TOKEN@...`` threads the buyer's answer to the order even if headers are lost."""
+    if token is None:
+        return settings.reply_to or settings.sender
+    name, address = parseaddr(settings.reply_to or settings.sender)
+    local, _, domain = address.rpartition("@")
+    return Address(name, local.split("+")[0] + "+" + token, domain)
 
 
 def _header_text(value: str) -> str:

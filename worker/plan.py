@@ -234,7 +234,9 @@ def _pending(verdict: Verdict, reason: str, at: datetime | None = None) -> Decis
     return Decision("", "", "", verdict, reason, at)
 
 
-def _rating_matches(rating: int, step: CampaignStep) -> bool:
+def _rating_matches(rating: int | None, step: CampaignStep) -> bool:
+    if rating is None:  # stars unknown: only a step that asks for no particular rating
+        return step.trigger.min_rating is None and step.trigger.max_rating is None
     low = step.trigger.min_rating or 1
     high = step.trigger.max_rating or 5
     return low <= rating <= high

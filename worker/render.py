@@ -64,7 +64,8 @@ class OrderView:
 
 @dataclass(frozen=True, slots=True)
 class ReviewView:
-    rating: int
+    rating: int | None
+    """``None`` when the review notification did not give the stars."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -83,6 +85,7 @@ order = Table(
     Column("shipped_at", UtcDateTime),
     Column("delivered_at", UtcDateTime),
     Column("review_url", Text),
+    Column("reply_token", String(32), unique=True, comment="reply+TOKEN@ threads replies"),
     Column("updated_at", UtcDateTime, nullable=False),
 )
 
@@ -95,6 +98,7 @@ dispute = Table(
     Column("opened_at", UtcDateTime, nullable=False),
     Column("closed_at", UtcDateTime),
     Column("source", String(32), nullable=False),
+    Column("inbound_message_id", Integer, ForeignKey("inbound_message.id")),
     UniqueConstraint("order_id", "kind", "opened_at"),
 )
 
@@ -103,11 +107,11 @@ review = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("order_id", String(64), ForeignKey("order.order_id"), nullable=False),
-    Column("rating", Integer, nullable=False),
+    Column("rating", Integer, comment="1-5; empty when a notification did not say"),
     Column("reviewed_at", UtcDateTime, nullable=False),
     Column("source", String(32), nullable=False),
     UniqueConstraint("order_id", "source"),
-    CheckConstraint("rating BETWEEN 1 AND 5", name="rating_range"),
+    CheckConstraint("rating IS NULL OR rating BETWEEN 1 AND 5", name="rating_range"),
 )
 
 reply = Table(
@@ -130,8 +134,9 @@ send = Table(
     Column("state", String(16), nullable=False),
     Column("due_at", UtcDateTime, nullable=False),
     Column("reason", Text, nullable=False, server_default=""),
-    Column("message_id", String(255)),
+    Column("message_id", String(255), index=True),
     Column("relay_reply", Text, comment="the server's 250 text; relays report their own id here"),
+    Column("relay_message_id", String(255), index=True, comment="the id read from relay_reply"),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("not_before", UtcDateTime),
     Column("claimed_at", UtcDateTime),
@@ -153,4 +158,51 @@ suppression = Table(
     Column("reason", String(32), nullable=False),
     Column("detail", Text, nullable=False, server_default=""),
     Column("created_at", UtcDateTime, nullable=False),
+)
+
+inbound_message = Table(
+    "inbound_message",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("mailbox", String(320), nullable=False, comment="user@host it was read from"),
+    Column("folder", String(255), nullable=False),
+    Column("uidvalidity", BigInteger, nullable=False),
+    Column("uid", BigInteger, nullable=False),
+    Column("message_id", String(998), nullable=False, comment="empty when the message had none"),
+    Column("content_hash", String(64), nullable=False, comment="sha256 of the raw bytes"),
+    Column("received_at", UtcDateTime, nullable=False, comment="IMAP INTERNALDATE"),
+    Column("dated_at", UtcDateTime, comment="the Date header, as the sender claims"),
+    Column("sender", String(320), nullable=False, index=True),
+    Column("sender_name", Text, nullable=False, server_default=""),
+    Column("recipients", Text, nullable=False, server_default="[]", comment="JSON list"),
+    Column("subject", Text, nullable=False, server_default=""),
+    Column("thread_ids", Text, nullable=False, server_default="[]", comment="JSON list"),
+    Column("body_text", Text, nullable=False, server_default=""),
+    Column("raw", LargeBinary, nullable=False),
+    Column("parse_errors", Text, nullable=False, server_default="[]", comment="JSON list"),
+    Column("kind", String(32), nullable=False),
+    Column("evidence", Text, nullable=False, server_default=""),
+    Column("dispute_kind", String(32)),
+    Column("rating", Integer),
+    Column("marketplace", String(32)),
+    Column("bounce_status", String(16)),
+    Column("bounce_recipient", String(320)),
+    Column("order_id", String(64), ForeignKey("order.order_id"), index=True),
+    Column("send_id", Integer, ForeignKey("send.id"), comment="the send it answers or bounces"),
+    Column("match_method", String(32)),
+    Column("match_detail", Text, nullable=False, server_default=""),
+    Column("ingested_at", UtcDateTime, nullable=False),
+    UniqueConstraint("message_id", "content_hash", name="uq_inbound_message_identity"),
+    Index("ix_inbound_message_message_id", "message_id"),
+    Index("ix_inbound_message_bounce", "bounce_recipient", "kind", "received_at"),
+)
+
+mailbox_checkpoint = Table(
+    "mailbox_checkpoint",
+    metadata,
+    Column("mailbox", String(320), primary_key=True),
+    Column("folder", String(255), primary_key=True),
+    Column("uidvalidity", BigInteger, nullable=False),
+    Column("last_uid", BigInteger, nullable=False, comment="every UID up to here is stored"),
+    Column("updated_at", UtcDateTime, nullable=False),
 )

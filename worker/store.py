@@ -13,7 +13,7 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib.resources import files
 from itertools import islice
 from pathlib import Path
@@ -30,9 +30,12 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from worker import schema
 from worker.domain import (
+    BUYER_KINDS,
+    Classification,
     Customer,
     Dispute,
     DisputeKind,
+    MessageKind,
     Order,
     Reply,
     Review,
@@ -42,7 +45,11 @@ from worker.domain import (
     SuppressionReason,
 )
 from worker.errors import DuplicateSend, SchemaOutOfDate, StoreError, UnknownOrder
+from worker.inbound import InboundMessage, Received
 from worker.plan import OrderHistory
+from worker.react import Reactions, Suppress
+from worker.send import relay_message_id
+from worker.thread import Candidates, SendRef, Threaded, Wanted
 
 BATCH_ROWS = 500
 STALE_CLAIM_REASON = (
@@ -54,6 +61,72 @@ STALE_CLAIM_REASON = (
 class UpsertCount:
     inserted: int = 0
     updated: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Every message of the folder up to ``last_uid`` is stored, under this UIDVALIDITY."""
+
+    mailbox: str
+    folder: str
+    uidvalidity: int
+    last_uid: int
+
+
+@dataclass(frozen=True, slots=True)
+class SoftBounceRule:
+    limit: int
+    window: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What storing one inbound message changed."""
+
+    row_id: int | None
+    duplicate: bool
+    dispute: DisputeKind | None = None
+    dispute_order: str | None = None
+    disputes_closed: int = 0
+    suppressed: tuple[Suppress, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationEntry:
+    at: datetime
+    direction: str
+    """``in`` (to the seller) or ``out`` (the seller's or the worker's)."""
+    who: str
+    subject: str
+    text: str
+    label: str
+    """The message kind, or ``campaign/step`` for the worker's sends."""
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Awaiting:
+    order_id: str
+    since: datetime
+    buyer: str
+    subject: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRow:
+    id: int
+    received_at: datetime
+    folder: str
+    uid: int
+    sender: str
+    subject: str
+    kind: MessageKind
+    evidence: str
+    order_id: str | None
+    match_method: str | None
+    match_detail: str
+    parse_errors: tuple[str, ...]
 
 
 def _alembic_config(engine: Engine) -> Config:
@@ -256,47 +329,25 @@ class Store:
         """Close every dispute of the order that is open at ``at``; returns how many."""
         with self._begin() as tx:
             self._require_order(tx, order_id)
-            result = tx.execute(
-                schema.dispute.update()
-                .where(
-                    schema.dispute.c.order_id == order_id,
-                    schema.dispute.c.closed_at.is_(None),
-                    schema.dispute.c.opened_at <= at,
-                )
-                .values(closed_at=at)
-            )
-            return int(result.rowcount)
+            return _close_disputes(tx, order_id, at)
 
     def add_reply(self, reply: Reply) -> None:
         with self._begin() as tx:
             self._require_order(tx, reply.order_id)
-            try:
-                with tx.begin_nested():
-                    tx.execute(
-                        schema.reply.insert().values(
-                            order_id=reply.order_id,
-                            replied_at=reply.replied_at,
-                            source=reply.source,
-                        )
-                    )
-            except IntegrityError:
-                pass  # the same reply recorded twice is still one reply
+            # the same reply recorded twice is still one reply
+            _insert_ignoring_duplicate(
+                tx,
+                schema.reply.insert().values(
+                    order_id=reply.order_id, replied_at=reply.replied_at, source=reply.source
+                ),
+            )
 
     def suppress(
         self, email: str, reason: SuppressionReason, at: datetime, detail: str = ""
     ) -> bool:
         """Add a suppression; False if the address was already suppressed (first reason stays)."""
         with self._begin() as tx:
-            if tx.execute(
-                select(schema.suppression.c.email).where(schema.suppression.c.email == email)
-            ).first():
-                return False
-            tx.execute(
-                schema.suppression.insert().values(
-                    email=email, reason=reason.value, detail=detail, created_at=at
-                )
-            )
-            return True
+            return _suppress(tx, Suppress(email, reason, detail), at)
 
     def _require_order(self, tx: Connection, order_id: str) -> None:
         if (
@@ -473,6 +524,7 @@ class Store:
                 now,
                 sent_at=now,
                 relay_reply=reply,
+                relay_message_id=relay_message_id(reply),
                 reason="",
             )
 
@@ -538,6 +590,195 @@ class Store:
                 ).mappings()
             ]
 
+    # Inbound mail ---------------------------------------------------------------------------
+
+    def checkpoint(self, mailbox: str, folder: str) -> Checkpoint | None:
+        table = schema.mailbox_checkpoint
+        query = select(table).where(table.c.mailbox == mailbox, table.c.folder == folder)
+        with self._connect() as c:
+            row = c.execute(query).mappings().first()
+        if row is None:
+            return None
+        return Checkpoint(mailbox, folder, row["uidvalidity"], row["last_uid"])
+
+    def save_checkpoint(self, checkpoint: Checkpoint, now: datetime) -> None:
+        """Start a folder, or restart it after a UIDVALIDITY change, before its first message."""
+        with self._begin() as tx:
+            _put_checkpoint(tx, checkpoint, now, only_forward=False)
+
+    def candidates(self, want: Wanted) -> Candidates:
+        """Everything ``worker.thread.match`` may need for one message, in a few queries."""
+        send, inbound, order = schema.send, schema.inbound_message, schema.order
+        with self._connect() as c:
+            by_id = _send_refs(c, send.c.message_id, want.message_ids)
+            by_relay = _send_refs(c, send.c.relay_message_id, want.relay_ids)
+            threads = c.execute(
+                select(inbound.c.message_id, inbound.c.order_id).where(
+                    inbound.c.message_id.in_(want.message_ids), inbound.c.order_id.is_not(None)
+                )
+            ).all()
+            tokens = c.execute(
+                select(order.c.reply_token, order.c.order_id).where(
+                    order.c.reply_token.in_(want.tokens)
+                )
+            ).all()
+            numbered = c.execute(
+                select(order).where(order.c.order_id.in_(want.order_numbers))
+            ).mappings()
+            by_number = {r["order_id"]: _order_from(r) for r in numbered}
+            theirs = c.execute(
+                select(order).where(order.c.buyer_email == want.counterpart)
+            ).mappings()
+            of_counterpart = tuple(_order_from(r) for r in theirs)
+        return Candidates(
+            sends_by_message_id=by_id,
+            sends_by_relay_id=by_relay,
+            orders_by_message_id={m: o for m, o in threads},
+            orders_by_token={t: o for t, o in tokens},
+            orders_by_number=by_number,
+            orders_of_counterpart=of_counterpart if want.counterpart else (),
+        )
+
+    def record_inbound(
+        self,
+        message: InboundMessage,
+        received: Received,
+        verdict: Classification,
+        threaded: Threaded,
+        reactions: Reactions,
+        soft_bounces: SoftBounceRule,
+        now: datetime,
+    ) -> Recorded:
+        """Store the message, apply its reactions and advance the checkpoint, all or nothing.
+
+        A message already stored (same Message-ID and bytes: a rescan after a UIDVALIDITY
+        change, or the same mail in two folders) only advances the checkpoint.
+        """
+        with self._begin() as tx:
+            row_id = _insert_inbound(tx, message, received, verdict, threaded, now)
+            outcome = Recorded(row_id, duplicate=row_id is None)
+            if row_id is not None:
+                outcome = self._apply(tx, row_id, received, threaded, reactions, soft_bounces)
+            checkpoint = Checkpoint(
+                received.mailbox, received.folder, received.uidvalidity, received.uid
+            )
+            _put_checkpoint(tx, checkpoint, now, only_forward=True)
+        return outcome
+
+    def _apply(
+        self,
+        tx: Connection,
+        row_id: int,
+        received: Received,
+        threaded: Threaded,
+        reactions: Reactions,
+        soft_bounces: SoftBounceRule,
+    ) -> Recorded:
+        at = received.received_at
+        order_id = threaded.match.order_id if threaded.match else None
+        if order_id is None and reactions.hold_buyer:
+            order_id = _latest_order_of(tx, reactions.hold_buyer)
+        dispute = None
+        if order_id is not None and reactions.open_dispute is not None:
+            dispute = reactions.open_dispute
+            source = "mailbox" if threaded.match else "mailbox:unthreaded"
+            _open_dispute(tx, order_id, dispute, at, source, row_id)
+        closed = 0
+        if order_id is not None and reactions.close_disputes:
+            closed = _close_disputes(tx, order_id, at)
+        if order_id is not None and reactions.review:
+            _add_review(tx, order_id, reactions.rating, at)
+        if order_id is not None and reactions.reply:
+            _insert_ignoring_duplicate(
+                tx, schema.reply.insert().values(order_id=order_id, replied_at=at, source="mailbox")
+            )
+        suppressions = list(reactions.suppress)
+        if reactions.soft_bounce:
+            suppressions.extend(_soft_bounce_limit(tx, reactions.soft_bounce, at, soft_bounces))
+        added = tuple(s for s in suppressions if _suppress(tx, s, at))
+        return Recorded(row_id, False, dispute, order_id if dispute else None, closed, added)
+
+    def conversation(self, order_id: str) -> list[ConversationEntry]:
+        """Our sends and every message threaded to the order, oldest first."""
+        inbound, send = schema.inbound_message, schema.send
+        with self._connect() as c:
+            self._require_order(c, order_id)
+            messages = c.execute(select(inbound).where(inbound.c.order_id == order_id)).mappings()
+            entries = [_entry_from_inbound(r) for r in messages]
+            sends = c.execute(
+                select(send).where(send.c.order_id == order_id, send.c.sent_at.is_not(None))
+            ).mappings()
+            entries.extend(_entry_from_send(r) for r in sends)
+        return sorted(entries, key=lambda e: (e.at, e.direction))
+
+    def awaiting(self, answered_before: datetime) -> list[Awaiting]:
+        """Orders whose last word is the buyer's, written before ``answered_before``.
+
+        The seller's answer is any message from the seller's own address threaded to the
+        order, except the worker's own campaign mail: an automatic review request is not an
+        answer to a buyer's question.
+        """
+        inbound, send = schema.inbound_message, schema.send
+        ours = select(send.c.message_id).where(send.c.message_id.is_not(None))
+        spoken = [k.value for k in (*BUYER_KINDS, MessageKind.SELLER)]
+        query = (
+            select(inbound)
+            .where(
+                inbound.c.order_id.is_not(None),
+                inbound.c.kind.in_(spoken),
+                or_(inbound.c.kind != MessageKind.SELLER.value, inbound.c.message_id.not_in(ours)),
+            )
+            .order_by(inbound.c.received_at, inbound.c.id)
+        )
+        last: dict[str, RowMapping] = {}
+        with self._connect() as c:
+            for row in c.execute(query).mappings():
+                last[row["order_id"]] = row
+        waiting = [
+            Awaiting(order_id, row["received_at"], row["sender"], row["subject"], row["kind"])
+            for order_id, row in last.items()
+            if row["kind"] != MessageKind.SELLER.value and row["received_at"] <= answered_before
+        ]
+        return sorted(waiting, key=lambda a: a.since)
+
+    def inbound_messages(
+        self, *, unmatched: bool = False, kinds: Iterable[MessageKind] | None = None
+    ) -> list[InboundRow]:
+        inbound = schema.inbound_message
+        query = select(inbound).order_by(inbound.c.received_at, inbound.c.id)
+        if unmatched:
+            query = query.where(inbound.c.order_id.is_(None))
+        if kinds is not None:
+            query = query.where(inbound.c.kind.in_([k.value for k in kinds]))
+        with self._connect() as c:
+            return [_inbound_row_from(r) for r in c.execute(query).mappings()]
+
+    def raw_message(self, row_id: int) -> bytes:
+        inbound = schema.inbound_message
+        with self._connect() as c:
+            raw = c.execute(select(inbound.c.raw).where(inbound.c.id == row_id)).scalar()
+        if raw is None:
+            raise StoreError(f"no inbound message {row_id}", where=self.where)
+        return bytes(raw)
+
+    def reply_token(self, order_id: str, new_token: Callable[[], str]) -> str:
+        """The order's reply token, made with ``new_token`` the first time it is asked for."""
+        order = schema.order
+        with self._begin() as tx:
+            self._require_order(tx, order_id)
+            query = select(order.c.reply_token).where(order.c.order_id == order_id)
+            token = tx.execute(query).scalar()
+            if token is None:
+                token = new_token()
+                tx.execute(
+                    order.update()
+                    .where(order.c.order_id == order_id, order.c.reply_token.is_(None))
+                    .values(reply_token=token)
+                )
+                token = tx.execute(query).scalar()
+        assert isinstance(token, str)
+        return token
+
     def _move(
         self,
         tx: Connection,
@@ -554,6 +795,234 @@ class Store:
             .values(state=to.value, updated_at=now, **values)
         )
         return bool(result.rowcount == 1)
+
+
+# Inbound mail, inside a transaction -----------------------------------------------------------
+
+
+def _close_disputes(tx: Connection, order_id: str, at: datetime) -> int:
+    dispute = schema.dispute
+    result = tx.execute(
+        dispute.update()
+        .where(
+            dispute.c.order_id == order_id,
+            dispute.c.closed_at.is_(None),
+            dispute.c.opened_at <= at,
+        )
+        .values(closed_at=at)
+    )
+    return int(result.rowcount)
+
+
+def _insert_ignoring_duplicate(tx: Connection, statement: Any) -> bool:
+    try:
+        with tx.begin_nested():
+            tx.execute(statement)
+    except IntegrityError:
+        return False
+    return True
+
+
+def _suppress(tx: Connection, item: Suppress, at: datetime) -> bool:
+    table = schema.suppression
+    if tx.execute(select(table.c.email).where(table.c.email == item.email)).first():
+        return False
+    tx.execute(
+        table.insert().values(
+            email=item.email, reason=item.reason.value, detail=item.detail, created_at=at
+        )
+    )
+    return True
+
+
+def _send_refs(c: Connection, column: Any, values: Sequence[str]) -> dict[str, SendRef]:
+    if not values:
+        return {}
+    send = schema.send
+    rows = c.execute(select(column, send.c.order_id, send.c.id).where(column.in_(values)))
+    return {value: SendRef(order_id, send_id) for value, order_id, send_id in rows}
+
+
+def _insert_inbound(
+    tx: Connection,
+    message: InboundMessage,
+    received: Received,
+    verdict: Classification,
+    threaded: Threaded,
+    now: datetime,
+) -> int | None:
+    """The new row's id, or ``None`` when the same message is already stored."""
+    bounce = verdict.bounce
+    match = threaded.match
+    values = {
+        "mailbox": received.mailbox,
+        "folder": received.folder,
+        "uidvalidity": received.uidvalidity,
+        "uid": received.uid,
+        "message_id": message.message_id or "",
+        "content_hash": message.content_hash,
+        "received_at": received.received_at,
+        "dated_at": message.date,
+        "sender": message.sender,
+        "sender_name": message.sender_name,
+        "recipients": json.dumps(list(message.recipients)),
+        "subject": message.subject,
+        "thread_ids": json.dumps(list(message.thread_ids)),
+        "body_text": message.text,
+        "raw": message.raw,
+        "parse_errors": json.dumps(list(message.errors), ensure_ascii=False),
+        "kind": verdict.kind.value,
+        "evidence": verdict.evidence,
+        "dispute_kind": verdict.dispute_kind.value if verdict.dispute_kind else None,
+        "rating": verdict.rating,
+        "marketplace": verdict.marketplace,
+        "bounce_status": bounce.status if bounce else None,
+        "bounce_recipient": bounce.recipient if bounce else None,
+        "order_id": match.order_id if match else None,
+        "send_id": threaded.send_id,
+        "match_method": match.method.value if match else None,
+        "match_detail": match.detail if match else "",
+        "ingested_at": now,
+    }
+    table = schema.inbound_message
+    try:
+        with tx.begin_nested():
+            inserted = tx.execute(table.insert().values(values).returning(table.c.id))
+            return int(inserted.scalar_one())
+    except IntegrityError:
+        identity = and_(
+            table.c.message_id == values["message_id"],
+            table.c.content_hash == values["content_hash"],
+        )
+        if tx.execute(select(table.c.id).where(identity)).first() is None:
+            raise
+        return None
+
+
+def _put_checkpoint(
+    tx: Connection, point: Checkpoint, now: datetime, *, only_forward: bool
+) -> None:
+    table = schema.mailbox_checkpoint
+    key = and_(table.c.mailbox == point.mailbox, table.c.folder == point.folder)
+    known = tx.execute(select(table).where(key)).mappings().first()
+    values = {"uidvalidity": point.uidvalidity, "last_uid": point.last_uid, "updated_at": now}
+    if known is None:
+        tx.execute(table.insert().values(mailbox=point.mailbox, folder=point.folder, **values))
+        return
+    same_folder = known["uidvalidity"] == point.uidvalidity
+    if only_forward and same_folder and known["last_uid"] >= point.last_uid:
+        return
+    tx.execute(table.update().where(key).values(values))
+
+
+def _latest_order_of(tx: Connection, email: str) -> str | None:
+    order = schema.order
+    moment = func.coalesce(order.c.delivered_at, order.c.shipped_at, order.c.ordered_at)
+    query = (
+        select(order.c.order_id)
+        .where(order.c.buyer_email == email)
+        .order_by(moment.desc(), order.c.updated_at.desc())
+        .limit(1)
+    )
+    found = tx.execute(query).scalar()
+    return str(found) if found is not None else None
+
+
+def _open_dispute(
+    tx: Connection, order_id: str, kind: DisputeKind, at: datetime, source: str, row_id: int
+) -> None:
+    dispute = schema.dispute
+    already = select(dispute.c.id).where(
+        dispute.c.order_id == order_id, dispute.c.kind == kind.value, dispute.c.closed_at.is_(None)
+    )
+    if tx.execute(already).first() is not None:
+        return  # the buyer writing twice about the same problem is one dispute
+    _insert_ignoring_duplicate(
+        tx,
+        dispute.insert().values(
+            order_id=order_id,
+            kind=kind.value,
+            opened_at=at,
+            source=source,
+            inbound_message_id=row_id,
+        ),
+    )
+
+
+def _add_review(tx: Connection, order_id: str, rating: int | None, at: datetime) -> None:
+    review = schema.review
+    key = and_(review.c.order_id == order_id, review.c.source == "mailbox")
+    if tx.execute(select(review.c.id).where(key)).first() is None:
+        tx.execute(
+            review.insert().values(
+                order_id=order_id, rating=rating, reviewed_at=at, source="mailbox"
+            )
+        )
+    elif rating is not None:  # a revised rating replaces the earlier one
+        tx.execute(review.update().where(key).values(rating=rating, reviewed_at=at))
+
+
+def _soft_bounce_limit(
+    tx: Connection, email: str, at: datetime, rule: SoftBounceRule
+) -> list[Suppress]:
+    inbound = schema.inbound_message
+    count = tx.execute(
+        select(func.count()).where(
+            inbound.c.bounce_recipient == email,
+            inbound.c.kind == MessageKind.BOUNCE_SOFT.value,
+            inbound.c.received_at > at - rule.window,
+            inbound.c.received_at <= at,
+        )
+    ).scalar_one()
+    if count < rule.limit:
+        return []
+    detail = f"{count} soft bounces within {rule.window.days} days"
+    return [Suppress(email, SuppressionReason.SOFT_BOUNCES, detail)]
+
+
+def _entry_from_inbound(row: RowMapping) -> ConversationEntry:
+    seller = row["kind"] == MessageKind.SELLER.value
+    detail = f"matched by {row['match_method']}"
+    if row["evidence"]:
+        detail = f"{row['evidence']}; {detail}"
+    return ConversationEntry(
+        at=row["received_at"],
+        direction="out" if seller else "in",
+        who=row["sender"],
+        subject=row["subject"],
+        text=row["body_text"],
+        label=row["kind"],
+        detail=detail,
+    )
+
+
+def _entry_from_send(row: RowMapping) -> ConversationEntry:
+    return ConversationEntry(
+        at=row["sent_at"],
+        direction="out",
+        who="worker",
+        subject="",
+        text="",
+        label=f"{row['campaign']}/{row['step']}",
+        detail=f"{row['state']} {row['message_id'] or ''}".strip(),
+    )
+
+
+def _inbound_row_from(row: RowMapping) -> InboundRow:
+    return InboundRow(
+        id=row["id"],
+        received_at=row["received_at"],
+        folder=row["folder"],
+        uid=row["uid"],
+        sender=row["sender"],
+        subject=row["subject"],
+        kind=MessageKind(row["kind"]),
+        evidence=row["evidence"],
+        order_id=row["order_id"],
+        match_method=row["match_method"],
+        match_detail=row["match_detail"],
+        parse_errors=tuple(json.loads(row["parse_errors"])),
+    )
 
 
 # Row <-> value conversion ----------------------------------------------------------------------

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from worker.domain import Dispute, DisputeKind, Order, Review, Send, SendState, SuppressionReason
 from worker.errors import SchemaOutOfDate, UnknownOrder
@@ -32,6 +32,25 @@ def test_fresh_database_is_refused_until_upgraded(tmp_path: Path) -> None:
     assert before is None and after == store.head_revision()
     store.check_schema()
     assert store.upgrade() == (after, after), "upgrading twice is harmless"
+
+
+def test_migrations_build_exactly_the_declared_schema(store: Store) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from worker.schema import metadata
+
+    with store.engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), metadata)
+    assert differences == []
+
+
+def test_a_review_without_stars_is_kept_and_bad_stars_are_refused(store: Store) -> None:
+    store.upsert_orders([ORDER], T0)
+    store.upsert_reviews([Review(ORDER.order_id, None, T0, "mailbox")])
+    assert [r.rating for r in store.histories()[0].reviews] == [None]
+    with pytest.raises(IntegrityError):
+        store.upsert_reviews([Review(ORDER.order_id, 7, T0, "import")])
 
 
 def test_reimport_is_an_upsert_where_later_dates_and_new_values_win(store: Store) -> None:
