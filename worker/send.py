@@ -79,14 +79,17 @@ Outcome = Sent | Retry | Failed | InDoubt
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 _UNKNOWN_RECIPIENT = re.compile(
     r"no such (user|mailbox|recipient)|user unknown|unknown user|mailbox (is )?unavailable"
-    r"|does not exist|doesn't exist|address rejected",
+    r"|(user|mailbox|recipient) not found|does not exist|doesn't exist|address rejected",
     re.IGNORECASE,
 )
-_RECIPIENT_STATUSES = frozenset({"5.1.1", "5.1.2", "5.1.6"})
+# 5.1.10 is Microsoft 365's "RecipientNotFound": the same failure as 5.1.1.
+_RECIPIENT_STATUSES = frozenset({"5.1.1", "5.1.2", "5.1.6", "5.1.10"})
 _RELAY_ID = (
     re.compile(r"queued as\s+([^\s<>]+)", re.IGNORECASE),
     re.compile(r"<([^<>\s]+)>"),
     re.compile(r"\bid=([^\s<>]+)", re.IGNORECASE),
+    # Amazon SES: "250 Ok 0100018c2f6a1b2c-5d6e...-000000"; its Message-ID uses this id.
+    re.compile(r"^(?:2\.0\.0\s+)?Ok\s+([0-9a-f]{16}-[0-9a-f-]+-0{6})\s*$", re.IGNORECASE),
 )
 _OUR_SIDE = (
     "refused for policy, reputation or authentication reasons: a problem on our side "

@@ -66,11 +66,21 @@ def wanted(message: InboundMessage, verdict: Classification) -> Wanted:
     ids = list(dict.fromkeys(ids))
     return Wanted(
         message_ids=tuple(ids),
-        relay_ids=tuple(dict.fromkeys(m.group(1) for i in ids if (m := _LOCAL_PART.match(i)))),
+        relay_ids=_relay_ids(ids),
         tokens=tuple(t.lower() for t in reply_tokens(message.recipients)),
         order_numbers=verdict.order_numbers,
         counterpart=counterpart(message, verdict),
     )
+
+
+def _relay_ids(message_ids: list[str]) -> tuple[str, ...]:
+    """Relays report their id bare (``0100...-000000``) or whole (``id@relay``)."""
+    found: list[str] = []
+    for message_id in message_ids:
+        found.append(message_id.strip("<>"))
+        if local := _LOCAL_PART.match(message_id):
+            found.append(local.group(1))
+    return tuple(dict.fromkeys(found))
 
 
 def reply_tokens(addresses: tuple[str, ...]) -> tuple[str, ...]:
