@@ -56,5 +56,9 @@ class MailboxError(WorkerError):
     """The mailbox cannot be reached or read; the worker reconnects with backoff."""
 
 
+class FolderMissing(MailboxError):
+    """A configured folder does not exist in the mailbox; check imap.folders."""
+
+
 class RulesError(ConfigError):
     """The mail rules file is invalid; fix config/mail-rules.yaml."""
