@@ -13,19 +13,21 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
 from worker import __version__, logs
 from worker.clock import Clock, ShiftedClock, SystemClock
-from worker.config import Settings, load_settings
+from worker.config import Settings, load_settings, parse_duration
 from worker.daemon import Daemon, load_checked_campaigns, run_until_stopped
-from worker.domain import Dispute, DisputeKind, Reply, Review, SendState
+from worker.domain import Dispute, DisputeKind, MessageKind, Reply, Review, SendState
 from worker.errors import ConfigError, FeedError, WorkerError
 from worker.feeds import Format, RejectedRow, RejectsFile, read_disputes, read_orders, read_reviews
+from worker.ingest import Ingest
 from worker.plan import Verdict
 from worker.render import Renderer
+from worker.rules import load_rules
 from worker.signals import on_stop
 from worker.sink import RejectRule, SinkOptions, serve
 from worker.store import Store, UpsertCount
@@ -42,6 +44,13 @@ def _instant(text: str) -> datetime:
             f"{text!r} is not an ISO 8601 time like 2026-03-20T10:00:00Z"
         ) from exc
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _reject_rule(text: str) -> RejectRule:
@@ -209,6 +218,43 @@ def build_parser() -> argparse.ArgumentParser:
     adding.add_argument("--source", default="manual", help="where it was posted (default manual)")
     adding.set_defaults(handler=cmd_review_add)
 
+    ingest = commands.add_parser(
+        "ingest", help="read the mailbox: classify and thread every new message"
+    )
+    ingest.add_argument(
+        "--once",
+        action="store_true",
+        required=True,
+        help="read every folder up to date, then exit (`worker run` keeps reading)",
+    )
+    ingest.set_defaults(handler=cmd_ingest)
+
+    thread = commands.add_parser("thread", help="an order's conversation, oldest first")
+    thread.add_argument("order_id")
+    thread.add_argument("--full", action="store_true", help="whole message texts, not a preview")
+    thread.set_defaults(handler=cmd_thread)
+
+    inbox = commands.add_parser("inbox", help="messages read from the mailbox")
+    shown = inbox.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--awaiting",
+        action="store_true",
+        help="conversations whose last word is the buyer's and older than --older-than",
+    )
+    shown.add_argument(
+        "--unmatched", action="store_true", help="messages not tied to any order, for agents"
+    )
+    inbox.add_argument(
+        "--older-than",
+        type=_duration,
+        help="with --awaiting (env WORKER_INBOX_AWAITING_AFTER; default 24h)",
+    )
+    inbox.add_argument(
+        "--kind", action="append", type=MessageKind, choices=list(MessageKind), help="only these"
+    )
+    inbox.add_argument("--now", type=_instant, help="judge ages at this ISO 8601 time")
+    inbox.set_defaults(handler=cmd_inbox)
+
     reply = commands.add_parser(
         "reply", help="record that a buyer wrote back (stops steps with unless: [replied])"
     )
@@ -230,18 +276,26 @@ def _open_store(settings: Settings, *, check: bool = True) -> Store:
     return store
 
 
+def _ingest(settings: Settings, store: Store, clock: Clock) -> Ingest | None:
+    """The mailbox reader, when a mailbox is configured; its mail rules are checked here."""
+    if not settings.imap.host:
+        return None
+    return Ingest(settings, store, load_rules(settings.inbox.rules_file), clock)
+
+
 def _daemon(settings: Settings, clock: Clock) -> Daemon:
     store = _open_store(settings)
     renderer = Renderer(settings.templates_dir, settings.default_locale)
     campaigns = load_checked_campaigns(settings, renderer)
-    return Daemon(settings, store, campaigns, renderer, clock)
+    ingest = _ingest(settings, store, clock)
+    return Daemon(settings, store, campaigns, renderer, clock, ingest=ingest)
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     clock: Clock = ShiftedClock(args.now) if args.now else SystemClock()
     daemon = _daemon(settings, clock)
     if args.once:
-        report = asyncio.run(daemon.run_pass())
+        report = asyncio.run(daemon.run_once())
         _print_outcomes(report.outcomes, report.waiting)
         return 0 if report.ok else 1
 
@@ -308,11 +362,28 @@ def cmd_sends(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     daemon = _daemon(settings, SystemClock())
     steps = sum(len(c.steps) for c in daemon.campaigns)
+    mail = "no mailbox"
+    if daemon.ingest is not None:
+        asyncio.run(_try_login(daemon.ingest))
+        mail = f"mailbox {daemon.ingest.name} reachable, mail rules valid"
+    elif settings.inbox.rules_file.exists():
+        load_rules(settings.inbox.rules_file)
+        mail = "no mailbox (mail rules valid)"
     print(
         f"ok: settings, schema {daemon.store.current_revision()}, "
-        f"{len(daemon.campaigns)} campaigns with {steps} steps, every template renders"
+        f"{len(daemon.campaigns)} campaigns with {steps} steps, every template renders, {mail}"
     )
     return 0
+
+
+async def _try_login(ingest: Ingest) -> None:
+    mailbox = ingest.new_mailbox()
+    try:
+        await mailbox.connect()
+        for folder in ingest.imap.folders:
+            await mailbox.select(folder)
+    finally:
+        await mailbox.close()
 
 
 def cmd_sink(args: argparse.Namespace, settings: Settings) -> int:
@@ -436,6 +507,75 @@ def cmd_review_add(args: argparse.Namespace, settings: Settings) -> int:
     at = args.at or SystemClock().now()
     store.upsert_reviews([Review(args.order_id, args.rating, at, args.source)])
     print(f"order {args.order_id}: {args.rating}-star review recorded at {at.isoformat()}")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    ingest = _ingest(settings, store, SystemClock())
+    if ingest is None:
+        raise ConfigError("no mailbox configured: set imap.host (WORKER_IMAP_HOST)")
+    report = asyncio.run(ingest.run_once())
+    kinds = ", ".join(f"{k} {n}" for k, n in report.stored.most_common()) or "nothing new"
+    print(
+        f"{ingest.name}: {report.total} stored ({kinds}); {report.unmatched} unmatched, "
+        f"{report.duplicates} already stored, {report.with_errors} with parse errors"
+    )
+    return 0
+
+
+def _preview(text: str, width: int = 100) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def cmd_thread(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    order = store.order(args.order_id)
+    entries = store.conversation(args.order_id)
+    print(f"order {order.order_id} ({order.marketplace}), buyer {order.buyer_email}")
+    for entry in entries:
+        arrow = "<-" if entry.direction == "in" else "->"
+        print(f"{entry.at:%Y-%m-%d %H:%M} {arrow} {entry.label:20} {entry.who}")
+        if entry.subject:
+            print(f"    subject: {entry.subject}")
+        if entry.text:
+            body = entry.text if args.full else _preview(entry.text)
+            print("    " + body.replace("\n", "\n    "))
+        print(f"    ({entry.detail})")
+    if not entries:
+        print("no messages yet")
+    return 0
+
+
+def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    now = args.now or SystemClock().now()
+    if args.awaiting:
+        limit = args.older_than or settings.inbox.awaiting_after
+        waiting = store.awaiting(now - limit)
+        hours = f"{limit.total_seconds() / 3600:g} h"
+        print(f"{len(waiting)} conversation(s) wait for the seller's answer (older than {hours})")
+        for item in waiting:
+            hours = (now - item.since).total_seconds() / 3600
+            print(
+                f"{item.order_id:22} {hours:6.0f} h  {item.kind:10} {item.buyer}  "
+                f"{_preview(item.subject, 60)}"
+            )
+        return 0
+    rows = store.inbound_messages(unmatched=args.unmatched, kinds=args.kind)
+    print(f"{'id':>5} {'received (UTC)':16} {'kind':14} {'order':22} sender / subject")
+    for row in rows:
+        order = row.order_id or "-"
+        print(
+            f"{row.id:5} {row.received_at:%Y-%m-%d %H:%M} {row.kind.value:14} {order:22} "
+            f"{row.sender}  {_preview(row.subject, 60)}"
+        )
+        if args.unmatched or row.parse_errors:
+            why = row.evidence + (
+                "; parse errors: " + "; ".join(row.parse_errors[:3]) if row.parse_errors else ""
+            )
+            print(f"      {why}")
     return 0
 
 

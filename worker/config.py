@@ -151,6 +151,16 @@ class InboxSettings(_Strict):
     reply_tokens: bool = Field(
         False, description="Reply-To reply+TOKEN@...: replies thread even without headers."
     )
+    agent_addresses: tuple[str, ...] = Field(
+        (), description="More addresses whose mail is the seller's (agents' own mailboxes)."
+    )
+
+    @field_validator("agent_addresses", mode="before")
+    @classmethod
+    def _addresses(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [a.strip() for a in value.split(",") if a.strip()]
+        return value
 
     @field_validator("awaiting_after", "soft_bounce_window", "buyer_match_window", mode="before")
     @classmethod
@@ -238,6 +248,7 @@ class Settings(_Strict):
     def seller_addresses(self) -> frozenset[str]:
         """Addresses whose mail is the seller's own words, not a buyer's."""
         found = {self.sender, self.reply_to or "", self.unsubscribe.mailto or ""}
+        found.update(self.inbox.agent_addresses)
         return frozenset(a.lower() for a in (parseaddr(v)[1] for v in found) if "@" in a)
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parseaddr
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from worker import logs
@@ -25,6 +27,7 @@ from worker.compose import compose, message_id_for
 from worker.config import Settings
 from worker.domain import Campaign, Review, Send, SuppressionReason, TriggerEvent
 from worker.errors import CampaignError, StoreError, WorkerError
+from worker.ingest import Ingest
 from worker.plan import Decision, OrderHistory, Plan, Policy, plan
 from worker.render import Renderer, message_context, sample_context
 from worker.send import Failed, InDoubt, Mailer, Outcome, Retry, Sent
@@ -93,6 +96,7 @@ class Daemon:
         clock: Clock,
         *,
         worker_id: str | None = None,
+        ingest: Ingest | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -102,6 +106,9 @@ class Daemon:
         self.policy = policy_from(settings)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.envelope_from = parseaddr(settings.sender)[1]
+        self.ingest = ingest
+        self._sent_copies: list[tuple[bytes, datetime]] = []
+        self._wake = asyncio.Event()
 
     def plan(self, at: datetime | None = None) -> Plan:
         """A dry run: what would be sent at ``at`` and why the rest would not."""
@@ -109,19 +116,62 @@ class Daemon:
         return plan(self.store.histories(), self.campaigns, moment, self.policy)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Pass after pass until ``stop`` is set; waits on whichever comes first."""
+        """Pass after pass until ``stop`` is set; waits on whichever comes first.
+
+        With a mailbox, a watched task reads it all along and wakes the loop after each
+        read; if that task dies of a bug, the daemon stops rather than send blind.
+        """
         log.info(
-            "daemon.started", worker=self.worker_id, campaigns=[c.name for c in self.campaigns]
+            "daemon.started",
+            worker=self.worker_id,
+            campaigns=[c.name for c in self.campaigns],
+            mailbox=self.ingest.name if self.ingest else None,
         )
-        while not stop.is_set():
-            try:
-                delay = self._sleep_s(await self.run_pass(stop))
-            except StoreError as exc:
-                # A locked or unreachable database is often brief; try again next tick.
-                log.error("pass.failed", error=str(exc), retry_in_s=self.settings.poll_interval_s)
-                delay = self.settings.poll_interval_s
-            await _wait(stop, delay)
+        reader = None
+        if self.ingest is not None:
+            reader = asyncio.create_task(self.ingest.watch(stop, self._wake.set))
+        try:
+            while not stop.is_set():
+                delay = await self._pass_or_pause(stop)
+                await _wait_any(stop, self._wake, reader, delay)
+                self._wake.clear()
+                if reader is not None and reader.done():
+                    reader.result()  # re-raises what killed the mailbox reader
+                    break
+        finally:
+            await self._stop_reader(reader)
         log.info("daemon.stopped", worker=self.worker_id)
+
+    async def _stop_reader(self, reader: asyncio.Task[None] | None) -> None:
+        """The reader sees ``stop`` itself and logs out; cancel it only if that hangs."""
+        if reader is None or reader.done():
+            return
+        done, _ = await asyncio.wait({reader}, timeout=self.settings.imap.timeout_s + 2)
+        if not done:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def _pass_or_pause(self, stop: asyncio.Event) -> float:
+        if self.ingest is not None and not self.ingest.fresh(self.clock.now()):
+            log.warning(
+                "pass.held", reason="mailbox_unread", last_read=_iso(self.ingest.last_read_at)
+            )
+            return self.settings.poll_interval_s
+        try:
+            return self._sleep_s(await self.run_pass(stop))
+        except StoreError as exc:
+            # A locked or unreachable database is often brief; try again next tick.
+            log.error("pass.failed", error=str(exc), retry_in_s=self.settings.poll_interval_s)
+            return self.settings.poll_interval_s
+
+    async def run_once(self) -> PassReport:
+        """``worker run --once``: read the mailbox to the end, then one sending pass.
+
+        If the mailbox cannot be read, nothing is sent: a complaint may be waiting in it.
+        """
+        if self.ingest is not None:
+            await self.ingest.run_once()
+        return await self.run_pass()
 
     def _sleep_s(self, report: PassReport) -> float:
         delay = self.settings.poll_interval_s
@@ -148,9 +198,15 @@ class Daemon:
             queue.put_nowait((decision, row.id))
         if not queue.empty():
             await self._deliver_all(queue, histories, report, stop or asyncio.Event())
+            await self._copy_to_sent()
         report.next_wakeup = decided.next_wakeup()
         log.info("pass.finished", **report.summary())
         return report
+
+    async def _copy_to_sent(self) -> None:
+        copies, self._sent_copies = self._sent_copies, []
+        if self.ingest is not None:
+            await self.ingest.append_sent(copies)
 
     def _expire_stale_claims(self, now: datetime, report: PassReport) -> None:
         margin = timedelta(seconds=2 * self.settings.smtp.message_deadline_s + 60)
@@ -215,6 +271,11 @@ class Daemon:
                 continue
             await self._deliver(claimed[0], histories[decision.order_id], mailer, report)
 
+    def _reply_token(self, order_id: str) -> str | None:
+        if not self.settings.inbox.reply_tokens:
+            return None
+        return self.store.reply_token(order_id, lambda: secrets.token_hex(8))
+
     def _message_id(self, send: Send) -> str:
         return message_id_for(send, self.settings.sender_domain)
 
@@ -233,7 +294,12 @@ class Daemon:
             )
             rendered = self.renderer.render(step.template, locale, context)
             message = compose(
-                rendered, send=send, order=order, settings=self.settings, now=self.clock.now()
+                rendered,
+                send=send,
+                order=order,
+                settings=self.settings,
+                now=self.clock.now(),
+                reply_token=self._reply_token(order.order_id),
             )
         except WorkerError as exc:
             failed = Failed(f"cannot build the message: {exc}", None, False)
@@ -252,6 +318,8 @@ class Daemon:
             self._record(send, broken, report, order.buyer_email)
             raise
         self._record(send, outcome, report, order.buyer_email)
+        if isinstance(outcome, Sent):
+            self._sent_copies.append((message.as_bytes(), self.clock.now()))
 
     def _record(self, send: Send, outcome: Outcome, report: PassReport, recipient: str) -> None:
         """Synchronous on purpose: no await, so cancellation cannot split send and record."""
@@ -344,8 +412,19 @@ async def run_until_stopped(daemon: Daemon, stop: asyncio.Event, shutdown_timeou
             raise
 
 
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        pass
+async def _wait_any(
+    stop: asyncio.Event, wake: asyncio.Event, reader: asyncio.Task[None] | None, seconds: float
+) -> None:
+    """Until the first of: stop, a wake-up from the mailbox reader, its death, the timeout."""
+    waits: set[asyncio.Future[Any]] = {
+        asyncio.ensure_future(stop.wait()),
+        asyncio.ensure_future(wake.wait()),
+    }
+    watched = waits | ({reader} if reader is not None else set())
+    await asyncio.wait(watched, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in waits:
+        waiting.cancel()
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None

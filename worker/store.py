@@ -127,6 +127,7 @@ class InboundRow:
     match_method: str | None
     match_detail: str
     parse_errors: tuple[str, ...]
+    bounce_recipient: str | None = None
 
 
 def _alembic_config(engine: Engine) -> Config:
@@ -703,7 +704,14 @@ class Store:
         inbound, send = schema.inbound_message, schema.send
         with self._connect() as c:
             self._require_order(c, order_id)
-            messages = c.execute(select(inbound).where(inbound.c.order_id == order_id)).mappings()
+            ours = select(send.c.message_id).where(send.c.message_id.is_not(None))
+            copies = and_(
+                inbound.c.kind == MessageKind.SELLER.value, inbound.c.message_id.in_(ours)
+            )
+            # The Sent folder's copy of a campaign message is that send, listed once.
+            messages = c.execute(
+                select(inbound).where(inbound.c.order_id == order_id, ~copies)
+            ).mappings()
             entries = [_entry_from_inbound(r) for r in messages]
             sends = c.execute(
                 select(send).where(send.c.order_id == order_id, send.c.sent_at.is_not(None))
@@ -1022,6 +1030,7 @@ def _inbound_row_from(row: RowMapping) -> InboundRow:
         match_method=row["match_method"],
         match_detail=row["match_detail"],
         parse_errors=tuple(json.loads(row["parse_errors"])),
+        bounce_recipient=row["bounce_recipient"],
     )
 
 
