@@ -554,12 +554,12 @@ def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
     if args.awaiting:
         limit = args.older_than or settings.inbox.awaiting_after
         waiting = store.awaiting(now - limit)
-        hours = f"{limit.total_seconds() / 3600:g} h"
-        print(f"{len(waiting)} conversation(s) wait for the seller's answer (older than {hours})")
+        older = f"{limit.total_seconds() / 3600:g} h"
+        print(f"{len(waiting)} conversation(s) wait for the seller's answer (older than {older})")
         for item in waiting:
-            hours = (now - item.since).total_seconds() / 3600
+            age_h = (now - item.since).total_seconds() / 3600
             print(
-                f"{item.order_id:22} {hours:6.0f} h  {item.kind:10} {item.buyer}  "
+                f"{item.order_id:22} {age_h:6.0f} h  {item.kind:10} {item.buyer}  "
                 f"{_preview(item.subject, 60)}"
             )
         return 0
