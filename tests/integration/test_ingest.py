@@ -407,3 +407,29 @@ async def _until(condition: object, timeout_s: float = 15.0) -> None:
 
 def test_fixture_folder_exists() -> None:
     assert (Path(__file__).parents[1] / "fixtures" / "mail").is_dir()
+
+
+async def test_a_reply_without_headers_threads_by_the_reply_token(
+    store: Store, sink: Sink, dovecot: Dovecot, mailbox_user: User
+) -> None:
+    store.upsert_orders([ANN], DELIVERED)
+    settings = _settings(store, sink, dovecot, mailbox_user)
+    settings = settings.model_copy(
+        update={"inbox": settings.inbox.model_copy(update={"reply_tokens": True})}
+    )
+    clock = FixedClock(DELIVERED + 7 * DAY)
+    daemon = _daemon(settings, store, clock)
+    await daemon.run_once()
+    [sent] = sink.received
+    reply_to = sent["Reply-To"].addresses[0].addr_spec
+    assert reply_to.startswith("help+") and reply_to.endswith("@shop.example")
+
+    forwarded = _mail(
+        "ann.smith@work.example", "Fwd: kettle", "Writing from work: all fine.",
+        message_id="<w@work.example>", to=reply_to,
+    )  # fmt: skip
+    dovecot.append(mailbox_user, "INBOX", forwarded, when=clock.now())
+    assert daemon.ingest is not None
+    await daemon.ingest.run_once()
+    [row] = store.inbound_messages()
+    assert (row.order_id, row.match_method) == (ANN.order_id, MatchMethod.REPLY_TOKEN.value)

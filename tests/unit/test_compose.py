@@ -224,3 +224,20 @@ def test_invalid_buyer_address_is_a_template_error(address: str) -> None:
 
     assert caught.value.where == "order A-7"
     assert "buyer address" in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    ("reply_to", "expected"),
+    [
+        ("Kettle & Co service <help@shop.example>", "help+3f9a0c1d2e4b5a6c@shop.example"),
+        (None, "service+3f9a0c1d2e4b5a6c@shop.example"),
+        ("help+old@shop.example", "help+3f9a0c1d2e4b5a6c@shop.example"),
+    ],
+)
+def test_reply_token_goes_into_the_reply_to_address(reply_to: str | None, expected: str) -> None:
+    config = settings(reply_to=reply_to)
+    msg = compose(
+        RENDERED, send=SEND, order=ORDER, settings=config, now=NOW, reply_token="3f9a0c1d2e4b5a6c"
+    )
+    _, parsed = roundtrip(msg)
+    assert parsed["Reply-To"].addresses[0].addr_spec == expected
