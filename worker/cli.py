@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,7 +31,7 @@ from worker.render import Renderer
 from worker.rules import load_rules
 from worker.signals import on_stop
 from worker.sink import RejectRule, SinkOptions, serve
-from worker.store import Store, UpsertCount
+from worker.store import SoftBounceRule, Store, UpsertCount
 
 T = TypeVar("T")
 
@@ -254,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inbox.add_argument("--now", type=_instant, help="judge ages at this ISO 8601 time")
     inbox.set_defaults(handler=cmd_inbox)
+    inbox_actions = inbox.add_subparsers(dest="inbox_action", metavar="ACTION")
+    assign = inbox_actions.add_parser(
+        "assign", help="file an unmatched message under an order; it then acts as if threaded"
+    )
+    assign.add_argument("message", type=int, help="the id `worker inbox --unmatched` shows")
+    assign.add_argument("order_id")
+    assign.set_defaults(handler=cmd_inbox_assign)
 
     reply = commands.add_parser(
         "reply", help="record that a buyer wrote back (stops steps with unless: [replied])"
@@ -524,8 +532,16 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _shown(text: str) -> str:
+    """Mail text on an agent's terminal: no escape sequences from a stranger's message."""
+    return _UNPRINTABLE.sub("\N{REPLACEMENT CHARACTER}", text)
+
+
 def _preview(text: str, width: int = 100) -> str:
-    flat = " ".join(text.split())
+    flat = " ".join(_shown(text).split())
     return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
@@ -536,11 +552,11 @@ def cmd_thread(args: argparse.Namespace, settings: Settings) -> int:
     print(f"order {order.order_id} ({order.marketplace}), buyer {order.buyer_email}")
     for entry in entries:
         arrow = "<-" if entry.direction == "in" else "->"
-        print(f"{entry.at:%Y-%m-%d %H:%M} {arrow} {entry.label:20} {entry.who}")
+        print(f"{entry.at:%Y-%m-%d %H:%M} {arrow} {entry.label:20} {_shown(entry.who)}")
         if entry.subject:
-            print(f"    subject: {entry.subject}")
+            print(f"    subject: {_preview(entry.subject)}")
         if entry.text:
-            body = entry.text if args.full else _preview(entry.text)
+            body = _shown(entry.text) if args.full else _preview(entry.text)
             print("    " + body.replace("\n", "\n    "))
         print(f"    ({entry.detail})")
     if not entries:
@@ -559,7 +575,7 @@ def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
         for item in waiting:
             age_h = (now - item.since).total_seconds() / 3600
             print(
-                f"{item.order_id:22} {age_h:6.0f} h  {item.kind:10} {item.buyer}  "
+                f"{item.order_id:22} {age_h:6.0f} h  {item.kind:10} {_shown(item.buyer)}  "
                 f"{_preview(item.subject, 60)}"
             )
         return 0
@@ -569,13 +585,26 @@ def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
         order = row.order_id or "-"
         print(
             f"{row.id:5} {row.received_at:%Y-%m-%d %H:%M} {row.kind.value:14} {order:22} "
-            f"{row.sender}  {_preview(row.subject, 60)}"
+            f"{_shown(row.sender)}  {_preview(row.subject, 60)}"
         )
         if args.unmatched or row.parse_errors:
-            why = row.evidence + (
-                "; parse errors: " + "; ".join(row.parse_errors[:3]) if row.parse_errors else ""
-            )
-            print(f"      {why}")
+            errors = "; ".join(row.parse_errors[:3])
+            why = row.evidence + (f"; parse errors: {errors}" if errors else "")
+            print(f"      {_preview(why, 200)}")
+    return 0
+
+
+def cmd_inbox_assign(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    rule = SoftBounceRule(settings.inbox.soft_bounce_limit, settings.inbox.soft_bounce_window)
+    done = store.assign_inbound(args.message, args.order_id, rule)
+    effects = [f"{done.dispute.value} dispute opened"] if done.dispute else []
+    effects += [f"{s.email} suppressed ({s.reason.value})" for s in done.suppressed]
+    if done.disputes_closed:
+        effects.append(f"{done.disputes_closed} dispute(s) closed")
+    print(
+        f"message {args.message} filed under {args.order_id}; " + ("; ".join(effects) or "recorded")
+    )
     return 0
 
 

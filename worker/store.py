@@ -30,11 +30,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from worker import schema
 from worker.domain import (
-    BUYER_KINDS,
+    Bounce,
     Classification,
     Customer,
     Dispute,
     DisputeKind,
+    Match,
+    MatchMethod,
     MessageKind,
     Order,
     Reply,
@@ -47,7 +49,7 @@ from worker.domain import (
 from worker.errors import DuplicateSend, SchemaOutOfDate, StoreError, UnknownOrder
 from worker.inbound import InboundMessage, Received
 from worker.plan import OrderHistory
-from worker.react import Reactions, Suppress
+from worker.react import Reactions, Suppress, react
 from worker.send import relay_message_id
 from worker.thread import Candidates, SendRef, Threaded, Wanted
 
@@ -728,7 +730,8 @@ class Store:
         """
         inbound, send = schema.inbound_message, schema.send
         ours = select(send.c.message_id).where(send.c.message_id.is_not(None))
-        spoken = [k.value for k in (*BUYER_KINDS, MessageKind.SELLER)]
+        # An unsubscribe asks for silence, not an answer.
+        spoken = [k.value for k in (MessageKind.COMPLAINT, MessageKind.REPLY, MessageKind.SELLER)]
         query = (
             select(inbound)
             .where(
@@ -760,6 +763,41 @@ class Store:
             query = query.where(inbound.c.kind.in_([k.value for k in kinds]))
         with self._connect() as c:
             return [_inbound_row_from(r) for r in c.execute(query).mappings()]
+
+    def assign_inbound(self, row_id: int, order_id: str, soft_bounces: SoftBounceRule) -> Recorded:
+        """An agent files an unmatched message under an order; it then acts as if threaded."""
+        inbound = schema.inbound_message
+        with self._begin() as tx:
+            order = self._order_in(tx, order_id)
+            row = tx.execute(select(inbound).where(inbound.c.id == row_id)).mappings().first()
+            if row is None:
+                raise StoreError(f"no inbound message {row_id}; see `worker inbox --unmatched`")
+            if row["order_id"] is not None:
+                raise StoreError(f"message {row_id} is already filed under {row['order_id']}")
+            matched = Match(order_id, MatchMethod.MANUAL, "filed by an agent")
+            reactions = react(_verdict_from(row), matched, row["sender"], order.buyer_email)
+            tx.execute(
+                inbound.update()
+                .where(inbound.c.id == row_id)
+                .values(
+                    order_id=order_id,
+                    match_method=matched.method.value,
+                    match_detail=matched.detail,
+                )
+            )
+            received = Received(
+                row["mailbox"], row["folder"], row["uidvalidity"], row["uid"], row["received_at"]
+            )
+            return self._apply(tx, row_id, received, Threaded(matched), reactions, soft_bounces)
+
+    def _order_in(self, tx: Connection, order_id: str) -> Order:
+        row = tx.execute(select(schema.order).where(schema.order.c.order_id == order_id))
+        found = row.mappings().first()
+        if found is None:
+            raise UnknownOrder(
+                f"no order {order_id!r}; import it first with `worker import orders`"
+            )
+        return _order_from(found)
 
     def raw_message(self, row_id: int) -> bytes:
         inbound = schema.inbound_message
@@ -986,6 +1024,20 @@ def _soft_bounce_limit(
         return []
     detail = f"{count} soft bounces within {rule.window.days} days"
     return [Suppress(email, SuppressionReason.SOFT_BOUNCES, detail)]
+
+
+def _verdict_from(row: RowMapping) -> Classification:
+    bounce = None
+    if row["bounce_status"] is not None or row["bounce_recipient"] is not None:
+        bounce = Bounce(row["bounce_status"] or "", row["bounce_recipient"] or "")
+    return Classification(
+        MessageKind(row["kind"]),
+        row["evidence"],
+        dispute_kind=DisputeKind(row["dispute_kind"]) if row["dispute_kind"] else None,
+        rating=row["rating"],
+        bounce=bounce,
+        marketplace=row["marketplace"],
+    )
 
 
 def _entry_from_inbound(row: RowMapping) -> ConversationEntry:

@@ -50,7 +50,8 @@ def test_ingest_thread_and_inbox_show_an_agent_what_waits(
     work = _seller(tmp_path, dovecot, mailbox_user)
     question = _mail("ann@buyer.example", "Descaling?", "How do I descale the kettle?", "<q@b>")
     complaint = _mail("ben@buyer.example", "Parcel", "My parcel has not arrived yet.", "<c@b>")
-    stranger = _mail("who@else.example", "Hello", "Do you sell teapots?", "<s@e>")
+    # A terminal escape sequence, RFC 2047-encoded: it must not reach the agent's terminal.
+    stranger = _mail("who@else.example", "=?utf-8?q?Hello=1B[2J?=", "Teapots?", "<s@e>")
     for raw in (question, complaint, stranger):
         dovecot.append(mailbox_user, "INBOX", raw)
 
@@ -82,6 +83,15 @@ def test_ingest_thread_and_inbox_show_an_agent_what_waits(
 
     unmatched = work.run("inbox", "--unmatched", check=True).stdout
     assert "who@else.example" in unmatched and "SHOP-" not in unmatched
+    assert "Hello\ufffd[2J" in unmatched and "\x1b" not in unmatched
+
+    row_id = next(line.split()[0] for line in unmatched.splitlines() if "who@else" in line)
+    filed = work.run("inbox", "assign", row_id, "SHOP-2001", check=True).stdout
+    assert f"message {row_id} filed under SHOP-2001" in filed
+    assert "matched by manual" in work.run("thread", "SHOP-2001", check=True).stdout
+    assert "who@else" not in work.run("inbox", "--unmatched", check=True).stdout
+    again = work.run("inbox", "assign", row_id, "SHOP-2002")
+    assert again.returncode == 1 and "already filed under SHOP-2001" in again.stderr
 
 
 def test_a_wrong_mailbox_password_is_named_and_nothing_is_sent(
