@@ -151,6 +151,11 @@ class InboxSettings(_Strict):
     reply_tokens: bool = Field(
         False, description="Reply-To reply+TOKEN@...: replies thread even without headers."
     )
+    act_within: timedelta = Field(
+        timedelta(days=60),
+        description="Older mail is stored and threaded, but only its unsubscribes and bounces "
+        "act: connecting a mailbox with years of mail must not reopen old complaints.",
+    )
     agent_addresses: tuple[str, ...] = Field(
         (), description="More addresses whose mail is the seller's (agents' own mailboxes)."
     )
@@ -162,7 +167,9 @@ class InboxSettings(_Strict):
             value = [a.strip() for a in value.split(",") if a.strip()]
         return value
 
-    @field_validator("awaiting_after", "soft_bounce_window", "buyer_match_window", mode="before")
+    @field_validator(
+        "awaiting_after", "soft_bounce_window", "buyer_match_window", "act_within", mode="before"
+    )
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return parse_duration(value) if isinstance(value, str) else value

@@ -149,6 +149,8 @@ class Ingest:
         reactions = react(verdict, threaded.match, message.sender, buyer)
         # A server clock ahead of ours must not date a complaint after the mail it should stop.
         at = min(fetched.internal_date, now)
+        if now - at > self.settings.inbox.act_within:
+            reactions = reactions.only_suppressions()
         received = Received(self.name, folder, uidvalidity, fetched.uid, at)
         recorded = self.store.record_inbound(
             message, received, verdict, threaded, reactions, self.soft_bounces, now

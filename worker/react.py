@@ -39,9 +39,9 @@ class Reactions:
     """A complaint that threads to no single order still pauses that buyer's mail: a dispute
     is opened on their latest order, for an agent to check."""
 
-    @property
-    def needs_order(self) -> bool:
-        return self.open_dispute is not None or self.close_disputes or self.review or self.reply
+    def only_suppressions(self) -> Reactions:
+        """For old mail: an unsubscribe or a bounce still counts, an old complaint does not."""
+        return Reactions(suppress=self.suppress, soft_bounce=self.soft_bounce)
 
 
 def react(

@@ -433,3 +433,24 @@ async def test_a_reply_without_headers_threads_by_the_reply_token(
     await daemon.ingest.run_once()
     [row] = store.inbound_messages()
     assert (row.order_id, row.match_method) == (ANN.order_id, MatchMethod.REPLY_TOKEN.value)
+
+
+async def test_old_mail_in_a_newly_connected_mailbox_reopens_no_complaint(
+    store: Store, sink: Sink, dovecot: Dovecot, mailbox_user: User
+) -> None:
+    store.upsert_orders([ANN], DELIVERED)
+    clock = FixedClock(DELIVERED + 100 * DAY)
+    old = DELIVERED + 5 * DAY
+    complaint = _mail("ann@buyer.example", "Broken", "It arrived broken.", message_id="<o1@b>")
+    leave = _mail("ann@buyer.example", "unsubscribe", "", message_id="<o2@b>")
+    dovecot.append(mailbox_user, "INBOX", complaint, when=old)
+    dovecot.append(mailbox_user, "INBOX", leave, when=old + DAY)
+    settings = _settings(store, sink, dovecot, mailbox_user)
+    await Ingest(settings, store, load_rules(settings.inbox.rules_file), clock).run_once()
+
+    assert [r.kind for r in store.inbound_messages()] == [
+        MessageKind.COMPLAINT,
+        MessageKind.UNSUBSCRIBE,
+    ]
+    assert store.histories()[0].disputes == ()
+    assert [s.email for s in store.suppressions()] == [ANN.buyer_email]

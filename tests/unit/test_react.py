@@ -24,7 +24,7 @@ def test_hard_bounce_suppresses_the_original_recipient() -> None:
     assert [(s.email, s.reason) for s in done.suppress] == [
         ("old@buyer.example", SuppressionReason.HARD_BOUNCE)
     ]
-    assert not done.needs_order
+    assert done == Reactions(suppress=done.suppress)
 
 
 def test_soft_and_policy_bounces_suppress_no_one() -> None:
@@ -85,3 +85,15 @@ def test_reply_needs_an_order_and_seller_mail_changes_nothing() -> None:
     assert react(reply, None, BUYER, None) == Reactions()
     seller = Classification(MessageKind.SELLER, "from=help@shop.example")
     assert react(seller, MATCH, "help@shop.example", BUYER) == Reactions()
+
+
+def test_old_mail_keeps_only_its_suppressions() -> None:
+    complaint = Reactions(open_dispute=DisputeKind.REFUND, reply=True, hold_buyer=BUYER)
+    assert complaint.only_suppressions() == Reactions()
+    bounce = react(
+        Classification(MessageKind.BOUNCE_SOFT, "dsn_status=4.2.2", bounce=Bounce("4.2.2", BUYER)),
+        MATCH,
+        "mailer-daemon@x",
+        BUYER,
+    )
+    assert bounce.only_suppressions() == bounce
