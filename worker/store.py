@@ -613,34 +613,29 @@ class Store:
         """Everything ``worker.thread.match`` may need for one message, in a few queries."""
         send, inbound, order = schema.send, schema.inbound_message, schema.order
         with self._connect() as c:
-            by_id = _send_refs(c, send.c.message_id, want.message_ids)
-            by_relay = _send_refs(c, send.c.relay_message_id, want.relay_ids)
-            threads = c.execute(
-                select(inbound.c.message_id, inbound.c.order_id).where(
-                    inbound.c.message_id.in_(want.message_ids), inbound.c.order_id.is_not(None)
-                )
-            ).all()
-            tokens = c.execute(
-                select(order.c.reply_token, order.c.order_id).where(
-                    order.c.reply_token.in_(want.tokens)
-                )
-            ).all()
-            numbered = c.execute(
-                select(order).where(order.c.order_id.in_(want.order_numbers))
-            ).mappings()
-            by_number = {r["order_id"]: _order_from(r) for r in numbered}
-            theirs = c.execute(
-                select(order).where(order.c.buyer_email == want.counterpart)
-            ).mappings()
-            of_counterpart = tuple(_order_from(r) for r in theirs)
-        return Candidates(
-            sends_by_message_id=by_id,
-            sends_by_relay_id=by_relay,
-            orders_by_message_id={m: o for m, o in threads},
-            orders_by_token={t: o for t, o in tokens},
-            orders_by_number=by_number,
-            orders_of_counterpart=of_counterpart if want.counterpart else (),
-        )
+            threaded = inbound.c.order_id.is_not(None)
+            of_counterpart = (
+                _orders_where(c, order.c.buyer_email == want.counterpart)
+                if want.counterpart
+                else ()
+            )
+            return Candidates(
+                sends_by_message_id=_send_refs(c, send.c.message_id, want.message_ids),
+                sends_by_relay_id=_send_refs(c, send.c.relay_message_id, want.relay_ids),
+                orders_by_message_id=_pairs(
+                    c, inbound.c.message_id, inbound.c.order_id, want.message_ids, threaded
+                ),
+                orders_by_token=_pairs(c, order.c.reply_token, order.c.order_id, want.tokens),
+                orders_by_number={
+                    o.order_id: o
+                    for o in (
+                        _orders_where(c, order.c.order_id.in_(want.order_numbers))
+                        if want.order_numbers
+                        else ()
+                    )
+                },
+                orders_of_counterpart=of_counterpart,
+            )
 
     def record_inbound(
         self,
@@ -881,6 +876,22 @@ def _suppress(tx: Connection, item: Suppress, at: datetime) -> bool:
     return True
 
 
+def _pairs(
+    c: Connection, key: Any, value: Any, wanted: Sequence[str], *where: Any
+) -> dict[str, str]:
+    """``{key: value}`` for rows whose key is wanted; no query when nothing is wanted."""
+    if not wanted:
+        return {}
+    rows = c.execute(select(key, value).where(key.in_(wanted), *where))
+    return {k: v for k, v in rows}
+
+
+def _orders_where(c: Connection, condition: Any) -> tuple[Order, ...]:
+    return tuple(
+        _order_from(r) for r in c.execute(select(schema.order).where(condition)).mappings()
+    )
+
+
 def _send_refs(c: Connection, column: Any, values: Sequence[str]) -> dict[str, SendRef]:
     if not values:
         return {}
@@ -931,18 +942,14 @@ def _insert_inbound(
         "ingested_at": now,
     }
     table = schema.inbound_message
-    try:
-        with tx.begin_nested():
-            inserted = tx.execute(table.insert().values(values).returning(table.c.id))
-            return int(inserted.scalar_one())
-    except IntegrityError:
-        identity = and_(
-            table.c.message_id == values["message_id"],
-            table.c.content_hash == values["content_hash"],
-        )
-        if tx.execute(select(table.c.id).where(identity)).first() is None:
-            raise
+    identity = and_(
+        table.c.message_id == values["message_id"],
+        table.c.content_hash == values["content_hash"],
+    )
+    if tx.execute(select(table.c.id).where(identity)).first() is not None:
         return None
+    # Parameters apart from the statement: SQLAlchemy compiles this 30-column insert once.
+    return int(tx.execute(table.insert().returning(table.c.id), values).scalar_one())
 
 
 def _put_checkpoint(
@@ -953,12 +960,12 @@ def _put_checkpoint(
     known = tx.execute(select(table).where(key)).mappings().first()
     values = {"uidvalidity": point.uidvalidity, "last_uid": point.last_uid, "updated_at": now}
     if known is None:
-        tx.execute(table.insert().values(mailbox=point.mailbox, folder=point.folder, **values))
+        tx.execute(table.insert(), {"mailbox": point.mailbox, "folder": point.folder, **values})
         return
     same_folder = known["uidvalidity"] == point.uidvalidity
     if only_forward and same_folder and known["last_uid"] >= point.last_uid:
         return
-    tx.execute(table.update().where(key).values(values))
+    tx.execute(table.update().where(key), values)
 
 
 def _latest_order_of(tx: Connection, email: str) -> str | None:
