@@ -139,6 +139,24 @@ def _alembic_config(engine: Engine) -> Config:
     return config
 
 
+@contextlib.contextmanager
+def _foreign_keys_deferred(connection: Connection) -> Iterator[None]:
+    """SQLite's batch migrations copy and drop tables that others reference: with foreign
+    keys enforced, dropping ``order`` under existing sends fails. Off during the migration,
+    checked after it, on again before the connection goes back to the pool."""
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    try:
+        yield
+        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+        if broken:
+            raise StoreError(f"the migration broke foreign keys: {broken[:5]}")
+    finally:
+        connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -174,15 +192,15 @@ class Store:
 
     # Schema ---------------------------------------------------------------------------------
 
-    def upgrade(self) -> tuple[str | None, str]:
+    def upgrade(self, revision: str = "head") -> tuple[str | None, str | None]:
         """Apply pending migrations; returns (revision before, revision after)."""
         before = self.current_revision()
         config = _alembic_config(self.engine)
-        with self._connect() as connection:
+        with self._connect() as connection, _foreign_keys_deferred(connection):
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, revision)
             connection.commit()
-        return before, self.head_revision()
+        return before, self.current_revision()
 
     def current_revision(self) -> str | None:
         with self._connect() as connection:

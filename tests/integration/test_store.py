@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from worker.domain import Dispute, DisputeKind, Order, Review, Send, SendState, SuppressionReason
@@ -43,6 +44,36 @@ def test_migrations_build_exactly_the_declared_schema(store: Store) -> None:
     with store.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), metadata)
     assert differences == []
+
+
+def test_upgrading_a_database_full_of_orders_and_sends_keeps_every_row(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'old.db'}")
+    store.upgrade("0001")
+    rows = [  # as the 0001 code wrote them
+        "INSERT INTO customer (email, name, updated_at) VALUES ('ann@example.com', 'Ann', :t)",
+        'INSERT INTO "order" (order_id, marketplace, buyer_email, buyer_name, products,'
+        " updated_at) VALUES ('SHOP-1', 'shop', 'ann@example.com', 'Ann', '[]', :t)",
+        "INSERT INTO dispute (order_id, kind, opened_at, closed_at, source)"
+        " VALUES ('SHOP-1', 'damaged', :t, :t, 'import')",
+        "INSERT INTO review (order_id, rating, reviewed_at, source) VALUES ('SHOP-1', 5, :t, 'x')",
+        "INSERT INTO send (order_id, campaign, step, state, due_at, message_id, relay_reply,"
+        " sent_at, created_at, updated_at) VALUES ('SHOP-1', 'c', 's', 'sent', :t, '<w1@t>',"
+        " '2.0.0 Ok: queued as 4Vx1Yz0Q', :t, :t, :t)",
+    ]
+    with store.engine.begin() as connection:
+        for statement in rows:
+            connection.execute(text(statement), {"t": "2026-03-02 10:00:00"})
+
+    assert store.upgrade() == ("0001", store.head_revision())
+
+    history = store.histories()[0]
+    assert (len(history.disputes), [r.rating for r in history.reviews]) == (1, [5])
+    assert [s.state for s in store.sends()] == [SendState.SENT]
+    with store.engine.connect() as connection:
+        relay = connection.exec_driver_sql("SELECT relay_message_id FROM send").scalar()
+        foreign_keys = connection.exec_driver_sql("PRAGMA foreign_keys").scalar()
+    assert relay == "4Vx1Yz0Q", "the relay's id is read from replies recorded before 0002"
+    assert foreign_keys == 1, "enforced again after the migration"
 
 
 def test_a_review_without_stars_is_kept_and_bad_stars_are_refused(store: Store) -> None:

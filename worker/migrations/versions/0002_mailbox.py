@@ -123,7 +123,12 @@ def upgrade() -> None:
     # A marketplace notification can say "a review was posted" without the stars.
     with op.batch_alter_table("review", schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f("ck_review_rating_range"), type_="check")
-        batch_op.alter_column("rating", existing_type=sa.INTEGER(), nullable=True)
+        batch_op.alter_column(
+            "rating",
+            existing_type=sa.INTEGER(),
+            nullable=True,
+            comment="1-5; empty when a notification did not say",
+        )
         batch_op.create_check_constraint("rating_range", "rating IS NULL OR rating BETWEEN 1 AND 5")
 
     with op.batch_alter_table("send", schema=None) as batch_op:
@@ -167,7 +172,7 @@ def downgrade() -> None:
     op.execute("DELETE FROM review WHERE rating IS NULL")
     with op.batch_alter_table("review", schema=None) as batch_op:
         batch_op.drop_constraint(batch_op.f("ck_review_rating_range"), type_="check")
-        batch_op.alter_column("rating", existing_type=sa.INTEGER(), nullable=False)
+        batch_op.alter_column("rating", existing_type=sa.INTEGER(), nullable=False, comment=None)
         batch_op.create_check_constraint("rating_range", "rating BETWEEN 1 AND 5")
 
     with op.batch_alter_table("order", schema=None) as batch_op:
