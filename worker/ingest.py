@@ -247,6 +247,8 @@ class Ingest:
         while not stop.is_set():
             await self.read_all(mailbox)
             on_read()
+            if len(self.imap.folders) > 1:  # IDLE watches the selected folder: the first one
+                await mailbox.select(self.imap.folders[0])
             waiting = asyncio.create_task(mailbox.wait_for_news(self.imap.poll_interval_s))
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)

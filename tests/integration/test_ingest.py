@@ -377,7 +377,9 @@ async def test_the_running_daemon_reads_new_mail_as_it_arrives(
     store: Store, sink: Sink, dovecot: Dovecot, mailbox_user: User
 ) -> None:
     store.upsert_orders([ANN], DELIVERED)
-    settings = _settings(store, sink, dovecot, mailbox_user, poll_interval_s=30)
+    settings = _settings(
+        store, sink, dovecot, mailbox_user, poll_interval_s=30, folders=("INBOX", "Sent")
+    )
     clock = FixedClock(DELIVERED + 3 * DAY)
     daemon = _daemon(settings, store, clock)
     stop = asyncio.Event()
@@ -389,7 +391,8 @@ async def test_the_running_daemon_reads_new_mail_as_it_arrives(
             message_id="<late@buyer.example>",
         )  # fmt: skip
         dovecot.append(mailbox_user, "INBOX", complaint, when=clock.now())
-        await _until(lambda: bool(store.histories()[0].disputes))  # IDLE, not the 30 s poll
+        # IDLE on INBOX, though Sent was read last; not the 30 s poll
+        await _until(lambda: bool(store.histories()[0].disputes))
     finally:
         stop.set()
         await asyncio.wait_for(running, timeout=10)
