@@ -23,6 +23,7 @@ from pathlib import Path
 
 from imapclient import IMAPClient
 
+from tests.certificates import make_self_signed
 from worker.config import ImapSettings, TlsMode
 
 START_DEADLINE_S = 15.0
@@ -108,18 +109,8 @@ class Dovecot:
             (self.root / name).mkdir(exist_ok=True)
         os.chown(self.root / "home", self.identity.uid, self.identity.gid)
         self.passwd.mkdir(exist_ok=True)
-        self._make_certificate()
+        make_self_signed(self.cert, self.key)
         self.conf.write_text(self._config(), encoding="utf-8")
-
-    def _make_certificate(self) -> None:
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-             "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-             "-keyout", str(self.key), "-out", str(self.cert)],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
 
     def _config(self) -> str:
         ident = self.identity

@@ -122,7 +122,7 @@ def _recipient(order: Order) -> Address:
 
 def _add_unsubscribe(msg: EmailMessage, settings: Settings, message_id: str) -> None:
     """RFC 2369 mailto, plus the RFC 8058 one-click URL when it is https."""
-    mailto = settings.unsubscribe.mailto or parseaddr(settings.reply_to or settings.sender)[1]
+    mailto = settings.unsubscribe.mailto or settings.reply_address
     targets = [f"<mailto:{mailto}?subject=unsubscribe>"]
     url = settings.unsubscribe.url
     if url:

@@ -45,6 +45,18 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 
+def _duration_text(value: Any) -> Any:
+    """Durations may be written ``7d`` in YAML and the environment."""
+    return parse_duration(value) if isinstance(value, str) else value
+
+
+def _comma_list(value: Any) -> Any:
+    """Lists may be written ``a, b`` in the environment."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
 class TlsMode(StrEnum):
     NONE = "none"
     STARTTLS = "starttls"
@@ -114,8 +126,7 @@ class ImapSettings(_Strict):
     @field_validator("folders", mode="before")
     @classmethod
     def _folders(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [f.strip() for f in value.split(",") if f.strip()]
+        value = _comma_list(value)
         if not value:
             raise ValueError("name at least one folder, e.g. INBOX")
         return value
@@ -160,19 +171,10 @@ class InboxSettings(_Strict):
         (), description="More addresses whose mail is the seller's (agents' own mailboxes)."
     )
 
-    @field_validator("agent_addresses", mode="before")
-    @classmethod
-    def _addresses(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [a.strip() for a in value.split(",") if a.strip()]
-        return value
-
-    @field_validator(
+    _lists = field_validator("agent_addresses", mode="before")(_comma_list)
+    _durations = field_validator(
         "awaiting_after", "soft_bounce_window", "buyer_match_window", "act_within", mode="before"
-    )
-    @classmethod
-    def _duration(cls, value: Any) -> Any:
-        return parse_duration(value) if isinstance(value, str) else value
+    )(_duration_text)
 
 
 class SellerSettings(_Strict):
@@ -231,10 +233,7 @@ class Settings(_Strict):
     def _reply_to(cls, value: str | None) -> str | None:
         return value if value is None else _address(value)
 
-    @field_validator("dispute_cooldown", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> Any:
-        return parse_duration(value) if isinstance(value, str) else value
+    _durations = field_validator("dispute_cooldown", mode="before")(_duration_text)
 
     @field_validator("default_timezone")
     @classmethod
@@ -250,6 +249,11 @@ class Settings(_Strict):
     @property
     def sender_domain(self) -> str:
         return parseaddr(self.sender)[1].rpartition("@")[2]
+
+    @property
+    def reply_address(self) -> str:
+        """Where buyers' replies go: ``reply_to``, else ``from``; the bare address."""
+        return parseaddr(self.reply_to or self.sender)[1]
 
     @property
     def seller_addresses(self) -> frozenset[str]:

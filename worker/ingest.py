@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.utils import parseaddr
 
 from worker import logs
 from worker.classify import classify
@@ -288,7 +287,7 @@ class Ingest:
 def _unsubscribe_only(settings: Settings) -> frozenset[str]:
     """The List-Unsubscribe address, unless buyers' ordinary replies go there too."""
     mailto = (settings.unsubscribe.mailto or "").lower()
-    replies = parseaddr(settings.reply_to or settings.sender)[1].lower()
+    replies = settings.reply_address.lower()
     return frozenset({mailto}) if mailto and mailto != replies else frozenset()
 
 

@@ -388,16 +388,7 @@ class Store:
 
     def order(self, order_id: str) -> Order:
         with self._connect() as connection:
-            row = (
-                connection.execute(select(schema.order).where(schema.order.c.order_id == order_id))
-                .mappings()
-                .first()
-            )
-        if row is None:
-            raise UnknownOrder(
-                f"no order {order_id!r}; import it first with `worker import orders`"
-            )
-        return _order_from(row)
+            return self._order_in(connection, order_id)
 
     # Planning input -------------------------------------------------------------------------
 
@@ -719,13 +710,9 @@ class Store:
         inbound, send = schema.inbound_message, schema.send
         with self._connect() as c:
             self._require_order(c, order_id)
-            ours = select(send.c.message_id).where(send.c.message_id.is_not(None))
-            copies = and_(
-                inbound.c.kind == MessageKind.SELLER.value, inbound.c.message_id.in_(ours)
-            )
             # The Sent folder's copy of a campaign message is that send, listed once.
             messages = c.execute(
-                select(inbound).where(inbound.c.order_id == order_id, ~copies)
+                select(*_READ).where(inbound.c.order_id == order_id, ~_campaign_copies())
             ).mappings()
             entries = [_entry_from_inbound(r) for r in messages]
             sends = c.execute(
@@ -741,16 +728,21 @@ class Store:
         order, except the worker's own campaign mail: an automatic review request is not an
         answer to a buyer's question.
         """
-        inbound, send = schema.inbound_message, schema.send
-        ours = select(send.c.message_id).where(send.c.message_id.is_not(None))
+        inbound = schema.inbound_message
         # An unsubscribe asks for silence, not an answer.
         spoken = [k.value for k in (MessageKind.COMPLAINT, MessageKind.REPLY, MessageKind.SELLER)]
         query = (
-            select(inbound)
+            select(
+                inbound.c.order_id,
+                inbound.c.received_at,
+                inbound.c.sender,
+                inbound.c.subject,
+                inbound.c.kind,
+            )
             .where(
                 inbound.c.order_id.is_not(None),
                 inbound.c.kind.in_(spoken),
-                or_(inbound.c.kind != MessageKind.SELLER.value, inbound.c.message_id.not_in(ours)),
+                ~_campaign_copies(),
             )
             .order_by(inbound.c.received_at, inbound.c.id)
         )
@@ -769,7 +761,7 @@ class Store:
         self, *, unmatched: bool = False, kinds: Iterable[MessageKind] | None = None
     ) -> list[InboundRow]:
         inbound = schema.inbound_message
-        query = select(inbound).order_by(inbound.c.received_at, inbound.c.id)
+        query = select(*_READ).order_by(inbound.c.received_at, inbound.c.id)
         if unmatched:
             query = query.where(inbound.c.order_id.is_(None))
         if kinds is not None:
@@ -857,6 +849,17 @@ class Store:
 
 
 # Inbound mail, inside a transaction -----------------------------------------------------------
+
+
+_READ = [c for c in schema.inbound_message.c if c.name != "raw"]
+"""Listing and threading never need a message's raw bytes; `raw_message` reads them."""
+
+
+def _campaign_copies() -> Any:
+    """Our own campaign mail as the Sent folder holds it: the send, not an agent's answer."""
+    inbound, send = schema.inbound_message, schema.send
+    ours = select(send.c.message_id).where(send.c.message_id.is_not(None))
+    return and_(inbound.c.kind == MessageKind.SELLER.value, inbound.c.message_id.in_(ours))
 
 
 def _close_disputes(tx: Connection, order_id: str, at: datetime) -> int:

@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+from tests.certificates import make_self_signed
 
 DROP = "drop"
 """Scripted reply: close the connection instead of answering."""
@@ -245,22 +246,14 @@ class Cert:
 @pytest.fixture(scope="session")
 def self_signed_cert(tmp_path_factory: pytest.TempPathFactory) -> Cert:
     """A throwaway self-signed certificate for 127.0.0.1, made with the openssl command."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
+    if shutil.which("openssl") is None:
         message = "the openssl command makes the test certificate (apt-get install openssl)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
     folder = tmp_path_factory.mktemp("tls")
     cert = Cert(folder / "cert.pem", folder / "key.pem")
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(cert.key), "-out", str(cert.cert)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
+    make_self_signed(cert.cert, cert.key)
     return cert
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -400,16 +401,13 @@ async def test_the_running_daemon_reads_new_mail_as_it_arrives(
     assert dispute.kind is DisputeKind.NOT_RECEIVED
 
 
-async def _until(condition: object, timeout_s: float = 15.0) -> None:
+async def _until(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    """Wait for a state the daemon reaches on its own task; there is no event to await."""
     deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():  # type: ignore[operator]
+    while not condition():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
-
-
-def test_fixture_folder_exists() -> None:
-    assert (Path(__file__).parents[1] / "fixtures" / "mail").is_dir()
 
 
 async def test_a_reply_without_headers_threads_by_the_reply_token(
@@ -457,3 +455,7 @@ async def test_old_mail_in_a_newly_connected_mailbox_reopens_no_complaint(
     ]
     assert store.histories()[0].disputes == ()
     assert [s.email for s in store.suppressions()] == [ANN.buyer_email]
+
+
+def test_fixture_folder_exists() -> None:
+    assert (Path(__file__).parents[1] / "fixtures" / "mail").is_dir()
