@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from pathlib import Path
 
@@ -19,3 +20,19 @@ def make_self_signed(cert: Path, key: Path) -> None:
         check=True,
         capture_output=True,
     )  # fmt: skip
+
+
+def make_dkim_key(directory: Path) -> tuple[bytes, bytes]:
+    """An RSA key for DKIM tests: (private key PEM, the TXT record publishing it)."""
+    private = directory / "dkim.pem"
+    subprocess.run(
+        ["openssl", "genrsa", "-traditional", "-out", str(private), "2048"],
+        check=True,
+        capture_output=True,
+    )
+    public = subprocess.run(
+        ["openssl", "rsa", "-in", str(private), "-pubout", "-outform", "DER"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    return private.read_bytes(), b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)

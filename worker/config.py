@@ -31,7 +31,7 @@ from pydantic import (
 from worker.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("config/worker.yaml")
-SECRETS = frozenset({("smtp", "password"), ("imap", "password")})
+SECRETS = frozenset({("smtp", "password"), ("imap", "password"), ("bounces", "secret")})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 _DURATION = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
 
@@ -170,11 +170,63 @@ class InboxSettings(_Strict):
     agent_addresses: tuple[str, ...] = Field(
         (), description="More addresses whose mail is the seller's (agents' own mailboxes)."
     )
+    read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Time to parse and classify one message; past it the message is "
+        "quarantined and the next one read.",
+    )
 
     _lists = field_validator("agent_addresses", mode="before")(_comma_list)
     _durations = field_validator(
         "awaiting_after", "soft_bounce_window", "buyer_match_window", "act_within", mode="before"
     )(_duration_text)
+
+
+class AuthenticationSettings(_Strict):
+    """Which inbound mail is proven to come from a marketplace (see docs/mail-rules.md)."""
+
+    authserv_ids: tuple[str, ...] = Field(
+        (),
+        description="The authserv-id your receiving server stamps on Authentication-Results "
+        "(e.g. mx.shop.example); headers with any other id are ignored.",
+    )
+    verify_dkim: bool = Field(
+        True,
+        description="Without a trusted Authentication-Results header, check DKIM signatures "
+        "of marketplace notices against DNS.",
+    )
+    dns_timeout_s: float = Field(5.0, gt=0, description="Per DKIM key lookup.")
+
+    _lists = field_validator("authserv_ids", mode="before")(_comma_list)
+
+
+class BounceSettings(_Strict):
+    """The return path: bounces come back to a signed address tied to one send."""
+
+    address: str | None = Field(
+        None,
+        description="Base address for the return path (VERP: local+TOKEN@domain); "
+        "default: the reply address, whose mailbox the worker reads.",
+    )
+    secret: str | None = Field(
+        None, description="HMAC key for return-path tokens and Message-IDs; environment only."
+    )
+    secret_file: Path = Field(
+        Path("var/worker-secret"),
+        description="Where the key is kept (created, mode 0600) when WORKER_BOUNCES_SECRET is "
+        "not set.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        _no_crlf(value)
+        if parseaddr(value)[1] != value.strip() or value.count("@") != 1 or "+" in value:
+            raise ValueError(f"{value!r} must be a bare address like bounces@shop.example, no '+'")
+        return value.strip()
 
 
 class SellerSettings(_Strict):
@@ -217,6 +269,8 @@ class Settings(_Strict):
     unsubscribe: UnsubscribeSettings = UnsubscribeSettings()
     imap: ImapSettings = ImapSettings()
     inbox: InboxSettings = InboxSettings()
+    authentication: AuthenticationSettings = AuthenticationSettings()
+    bounces: BounceSettings = BounceSettings()
     campaigns_dir: Path = Path("campaigns")
     templates_dir: Path = Path("templates")
     default_locale: str = "en"

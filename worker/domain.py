@@ -36,6 +36,8 @@ class SuppressionReason(StrEnum):
     UNSUBSCRIBE = "unsubscribe"
     HARD_BOUNCE = "hard_bounce"
     SOFT_BOUNCES = "soft_bounces"
+    SPAM_COMPLAINT = "spam_complaint"
+    """The recipient marked one of our messages as spam (an ARF feedback-loop report)."""
     MANUAL = "manual"
 
 
@@ -221,8 +223,13 @@ class MessageKind(StrEnum):
     """A temporary or unclear failure (4.x.x, mailbox full): counted per address."""
     BOUNCE_POLICY = "bounce_policy"
     """5.7.x: refused for policy, reputation or authentication; our side's problem."""
+    SPAM_COMPLAINT = "spam_complaint"
+    """An ARF (RFC 5965) feedback-loop report: a recipient marked our message as spam."""
     AUTO_REPLY = "auto_reply"
     """Out-of-office and other automatic answers: recorded, never a buyer's reply."""
+    BULK = "bulk"
+    """Mailing-list and bulk mail (newsletters, notifications) that no buyer wrote by hand:
+    stored, never a buyer's reply, never a complaint."""
     UNSUBSCRIBE = "unsubscribe"
     """The buyer asked for no more mail."""
     DISPUTE_OPENED = "dispute_opened"
@@ -235,6 +242,9 @@ class MessageKind(StrEnum):
     """The buyer's own words say something went wrong: opens a dispute."""
     REPLY = "reply"
     """Any other buyer message, including those a marketplace relays."""
+    QUARANTINED = "quarantined"
+    """Could not be read within the limits (time, size, structure): stored raw with the
+    error, acts on nothing, and the mailbox reads on."""
 
 
 BUYER_KINDS = frozenset({MessageKind.UNSUBSCRIBE, MessageKind.COMPLAINT, MessageKind.REPLY})
@@ -243,7 +253,8 @@ BUYER_KINDS = frozenset({MessageKind.UNSUBSCRIBE, MessageKind.COMPLAINT, Message
 
 @dataclass(frozen=True, slots=True)
 class Bounce:
-    """What a delivery-status notification says about one failed recipient."""
+    """What a report says about one recipient of one of our messages: a delivery-status
+    notification's failed recipient, or the complaining recipient of an ARF report."""
 
     status: str
     """Enhanced status code such as ``5.1.1``; empty when only prose was found."""
@@ -277,6 +288,8 @@ class Classification:
 class MatchMethod(StrEnum):
     """How an inbound message was tied to an order; recorded with the message."""
 
+    RETURN_PATH = "return_path"
+    """A report came back to the signed return path (VERP) of one of our sends."""
     SEND_MESSAGE_ID = "send_message_id"
     """In-Reply-To, References or a bounce named a Message-ID of one of our sends."""
     RELAY_MESSAGE_ID = "relay_message_id"
