@@ -48,13 +48,13 @@ from tests.dovecot import Dovecot, User  # noqa: E402
 from worker import logs  # noqa: E402
 from worker.classify import classify  # noqa: E402
 from worker.clock import FixedClock  # noqa: E402
-from worker.compose import message_id_for  # noqa: E402
 from worker.config import Settings  # noqa: E402
 from worker.domain import Order  # noqa: E402
 from worker.inbound import Received, parse  # noqa: E402
 from worker.ingest import Ingest, IngestReport  # noqa: E402
 from worker.mailbox import FetchedMessage, Mailbox  # noqa: E402
 from worker.react import react  # noqa: E402
+from worker.return_path import Signer  # noqa: E402
 from worker.rules import MailRules, load_rules  # noqa: E402
 from worker.store import Checkpoint, Store  # noqa: E402
 from worker.thread import match, wanted  # noqa: E402
@@ -63,6 +63,7 @@ NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 DELIVERED = NOW - timedelta(days=10)
 SENT = NOW - timedelta(days=3)  # our check-ins, which most replies answer
 DOMAIN = "shop.example"
+SIGNER = Signer(b"bench-key-" * 4)
 FOLDER = "INBOX"
 PASSWORD = "bench-pass"
 RULES = ROOT / "config" / "mail-rules.yaml"
@@ -148,7 +149,7 @@ def seed_database(path: Path, orders: list[Order]) -> dict[str, str]:
             store.schedule(o.order_id, "review-follow-up", "check-in", SENT, SENT) for o in orders
         ]
         claimed = store.claim(
-            [r.id for r in rows], SENT, "bench", lambda s: message_id_for(s, DOMAIN)
+            [r.id for r in rows], SENT, "bench", lambda s: SIGNER.message_id(s, DOMAIN)
         )
         for send in claimed:
             store.mark_sent(send.id, f"250 2.0.0 Ok: queued as Q{send.id}", SENT)

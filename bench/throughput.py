@@ -26,7 +26,7 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -39,7 +39,7 @@ import structlog
 from worker import logs
 from worker.campaign import load_campaigns
 from worker.clock import FixedClock
-from worker.compose import compose, message_id_for
+from worker.compose import compose
 from worker.config import Settings
 from worker.daemon import Daemon, load_checked_campaigns
 from worker.domain import (
@@ -55,6 +55,7 @@ from worker.domain import (
 )
 from worker.plan import OrderHistory, Policy, plan
 from worker.render import Renderer, message_context
+from worker.return_path import Signer
 from worker.send import Mailer, Sent
 from worker.sink import Sink, SinkOptions
 from worker.store import Store
@@ -200,6 +201,7 @@ def worker_messages(work: Path, count: int) -> list[EmailMessage]:
     built = []
     for i, order in enumerate(make_orders(len(LOCALES))):
         send = Send(i + 1, order.order_id, "review-follow-up", "check-in", SendState.SENDING, NOW)
+        send = replace(send, message_id=Signer.ephemeral().message_id(send, "shop.example"))
         context = message_context(order, settings.seller, None, order.locale or "en")
         rendered = renderer.render("check_in", order.locale, context)
         built.append(compose(rendered, send=send, order=order, settings=settings, now=NOW))
@@ -405,7 +407,7 @@ async def _copy_of_pass(daemon: Daemon, watch: Stopwatch) -> None:
                 [row.id],
                 now,
                 "bench",
-                lambda s: message_id_for(s, settings.sender_domain),
+                lambda s: daemon.signer.message_id(s, settings.sender_domain),
             )
             history = histories[send.order_id]
             step = steps[(send.campaign, send.step)]
@@ -413,7 +415,9 @@ async def _copy_of_pass(daemon: Daemon, watch: Stopwatch) -> None:
             outcome = await watch.wait(
                 SMTP,
                 mailer.send(
-                    message, sender=daemon.envelope_from, recipient=history.order.buyer_email
+                    message,
+                    sender=daemon.signer.return_path(send.id, daemon.return_path_base),
+                    recipient=history.order.buyer_email,
                 ),
             )
             if not isinstance(outcome, Sent):

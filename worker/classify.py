@@ -27,6 +27,7 @@ def classify(
     *,
     seller_addresses: frozenset[str],
     unsubscribe_addresses: frozenset[str] = frozenset(),
+    ours: tuple[str, ...] = (),
 ) -> Classification:
     """The verdict and its evidence; never raises on a broken message.
 

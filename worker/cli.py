@@ -28,6 +28,7 @@ from worker.feeds import Format, RejectedRow, RejectsFile, read_disputes, read_o
 from worker.ingest import Ingest
 from worker.plan import Verdict
 from worker.render import Renderer
+from worker.return_path import load_signer
 from worker.rules import load_rules
 from worker.signals import on_stop
 from worker.sink import RejectRule, SinkOptions, serve
@@ -288,7 +289,8 @@ def _ingest(settings: Settings, store: Store, clock: Clock) -> Ingest | None:
     """The mailbox reader, when a mailbox is configured; its mail rules are checked here."""
     if not settings.imap.host:
         return None
-    return Ingest(settings, store, load_rules(settings.inbox.rules_file), clock)
+    rules = load_rules(settings.inbox.rules_file)
+    return Ingest(settings, store, rules, clock, signer=load_signer(settings))
 
 
 def _daemon(settings: Settings, clock: Clock) -> Daemon:
@@ -296,7 +298,8 @@ def _daemon(settings: Settings, clock: Clock) -> Daemon:
     renderer = Renderer(settings.templates_dir, settings.default_locale)
     campaigns = load_checked_campaigns(settings, renderer)
     ingest = _ingest(settings, store, clock)
-    return Daemon(settings, store, campaigns, renderer, clock, ingest=ingest)
+    signer = load_signer(settings)
+    return Daemon(settings, store, campaigns, renderer, clock, ingest=ingest, signer=signer)
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

@@ -7,7 +7,6 @@ breaks and control characters are turned into spaces, and addresses only through
 
 from __future__ import annotations
 
-import hashlib
 import re
 import string
 from datetime import datetime
@@ -49,12 +48,6 @@ def _policy() -> Policy:
 POLICY = _policy()
 
 
-def message_id_for(send: Send, domain: str) -> str:
-    """Derived from the send row alone, so a retry of the same row reuses its Message-ID."""
-    key = f"{send.order_id}|{send.campaign}|{send.step}".encode()
-    return f"<w{send.id}.{hashlib.sha256(key).hexdigest()[:8]}@{domain}>"
-
-
 def compose(
     rendered: RenderedMessage,
     *,
@@ -64,10 +57,16 @@ def compose(
     now: datetime,
     reply_token: str | None = None,
 ) -> EmailMessage:
-    """A multipart/alternative message (text, then HTML) ready for SMTP."""
+    """A multipart/alternative message (text, then HTML) ready for SMTP.
+
+    The Message-ID is the one the claim gave the row (:meth:`Signer.message_id`): signed,
+    so a report quoting it proves it is about this send.
+    """
     if now.tzinfo is None:
         raise ValueError("compose needs a tz-aware 'now'")
-    message_id = message_id_for(send, settings.sender_domain)
+    if not send.message_id:
+        raise ValueError("compose needs a claimed send: it has no Message-ID yet")
+    message_id = send.message_id
     msg = EmailMessage(policy=POLICY)
     msg["Message-ID"] = message_id
     msg["Date"] = format_datetime(now)

@@ -16,20 +16,20 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.utils import parseaddr
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from worker import logs
 from worker.campaign import load_campaigns
 from worker.clock import Clock
-from worker.compose import compose, message_id_for
+from worker.compose import compose
 from worker.config import Settings
 from worker.domain import Campaign, Review, Send, SuppressionReason, TriggerEvent
 from worker.errors import CampaignError, StoreError, WorkerError
 from worker.ingest import Ingest
 from worker.plan import Decision, OrderHistory, Plan, Policy, plan
 from worker.render import Renderer, message_context, sample_context
+from worker.return_path import Signer, return_path_base
 from worker.send import Failed, InDoubt, Mailer, Outcome, Retry, Sent
 from worker.store import Store
 
@@ -97,7 +97,11 @@ class Daemon:
         *,
         worker_id: str | None = None,
         ingest: Ingest | None = None,
+        signer: Signer | None = None,
     ) -> None:
+        """``signer`` holds the kept key (:func:`worker.return_path.load_signer`); without
+        one, a key for this process only: reports about its sends are tied only while it
+        runs."""
         self.settings = settings
         self.store = store
         self.campaigns = list(campaigns)
@@ -105,7 +109,8 @@ class Daemon:
         self.clock = clock
         self.policy = policy_from(settings)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.envelope_from = parseaddr(settings.sender)[1]
+        self.signer = signer or Signer.ephemeral()
+        self.return_path_base = return_path_base(settings)
         self.ingest = ingest
         self._sent_copies: list[tuple[bytes, datetime]] = []
         self._wake = asyncio.Event()
@@ -277,7 +282,7 @@ class Daemon:
         return self.store.reply_token(order_id, lambda: secrets.token_hex(8))
 
     def _message_id(self, send: Send) -> str:
-        return message_id_for(send, self.settings.sender_domain)
+        return self.signer.message_id(send, self.settings.sender_domain)
 
     async def _deliver(
         self, send: Send, history: OrderHistory, mailer: Mailer, report: PassReport
@@ -306,9 +311,8 @@ class Daemon:
             self._record(send, failed, report, order.buyer_email)
             return
         try:
-            outcome = await mailer.send(
-                message, sender=self.envelope_from, recipient=order.buyer_email
-            )
+            return_path = self.signer.return_path(send.id, self.return_path_base)
+            outcome = await mailer.send(message, sender=return_path, recipient=order.buyer_email)
         except asyncio.CancelledError:
             stopped = InDoubt("stopped during the SMTP conversation")
             self._record(send, stopped, report, order.buyer_email)
@@ -317,11 +321,18 @@ class Daemon:
             broken = InDoubt(f"unexpected error during the SMTP conversation: {exc!r}")
             self._record(send, broken, report, order.buyer_email)
             raise
-        self._record(send, outcome, report, order.buyer_email)
+        self._record(send, outcome, report, order.buyer_email, rendered.text)
         if isinstance(outcome, Sent):
             self._sent_copies.append((message.as_bytes(), self.clock.now()))
 
-    def _record(self, send: Send, outcome: Outcome, report: PassReport, recipient: str) -> None:
+    def _record(
+        self,
+        send: Send,
+        outcome: Outcome,
+        report: PassReport,
+        recipient: str,
+        text: str | None = None,
+    ) -> None:
         """Synchronous on purpose: no await, so cancellation cannot split send and record."""
         now = self.clock.now()
         fields = {
@@ -333,7 +344,7 @@ class Daemon:
             "attempt": send.attempts,
         }
         if isinstance(outcome, Sent):
-            self.store.mark_sent(send.id, outcome.reply, now)
+            self.store.mark_sent(send.id, outcome.reply, now, text)
             report.outcomes["sent"] += 1
             log.info("send.sent", **fields, relay_message_id=outcome.relay_message_id)
         elif isinstance(outcome, Retry) and send.attempts < self.settings.smtp.max_passes:

@@ -1,34 +1,55 @@
 """Read the seller's mailbox: fetch, classify, thread, store, react, checkpoint.
 
-Each message goes through the pure steps (``inbound.parse``, ``classify``, ``thread``,
-``react``) and is then written in one transaction with its consequences and the folder's
-new checkpoint. A crash or a dropped connection at any point leaves the checkpoint at the
-last stored message, so the next pass fetches the rest: nothing lost, nothing done twice.
+Each message goes through the pure steps (``inbound.parse``, ``classify``, ``origin``,
+``thread``, ``react``) and is then written in one transaction with its consequences and the
+folder's new checkpoint. A crash or a dropped connection at any point leaves the checkpoint
+at the last stored message, so the next pass fetches the rest: nothing lost, nothing done
+twice. Reading a message (parse and classify) runs off the event loop within a time budget;
+a message that cannot be read in it is quarantined with its error and the next is read, so
+no single message can stop or stall the mailbox.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from email.message import Message
 
 from worker import logs
 from worker.classify import classify
 from worker.clock import Clock
 from worker.config import Settings
-from worker.domain import Classification, MessageKind
+from worker.domain import Classification, MatchMethod, MessageKind
 from worker.errors import FolderMissing, MailboxError, StoreError
 from worker.inbound import InboundMessage, Received, parse
 from worker.mailbox import FetchedMessage, FolderStatus, Mailbox
-from worker.react import react
+from worker.origin import MAX_SIGNATURES, DnsLookup, Origin, judge, verify_dkim
+from worker.react import Standing, react
+from worker.return_path import Signer
 from worker.rules import MailRules
 from worker.store import Checkpoint, Recorded, SoftBounceRule, Store
-from worker.thread import match, wanted
+from worker.thread import Threaded, match, wanted
 
 log = logs.get("worker.ingest")
+
+_RELAXING = frozenset({MessageKind.DISPUTE_CLOSED, MessageKind.REVIEW})
+_OUR_SEND = frozenset(
+    {MatchMethod.RETURN_PATH, MatchMethod.SEND_MESSAGE_ID, MatchMethod.RELAY_MESSAGE_ID}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One message as read off the event loop: parsed, classified, its origin judged."""
+
+    message: InboundMessage
+    verdict: Classification
+    origin: Origin
 
 
 @dataclass
@@ -39,6 +60,7 @@ class IngestReport:
     duplicates: int = 0
     unmatched: int = 0
     with_errors: int = 0
+    withheld: int = 0
 
     @property
     def total(self) -> int:
@@ -50,6 +72,7 @@ class IngestReport:
             "duplicates": self.duplicates,
             "unmatched": self.unmatched,
             "with_errors": self.with_errors,
+            "withheld": self.withheld,
             **{f"kind_{k}": n for k, n in sorted(self.stored.items())},
         }
 
@@ -64,7 +87,12 @@ class Ingest:
         rules: MailRules,
         clock: Clock,
         connect_mailbox: Callable[[], Mailbox] | None = None,
+        *,
+        signer: Signer | None = None,
+        dkim_dns: DnsLookup | None = None,
     ) -> None:
+        """``signer`` must hold the key the sending side signs with (the CLI passes the kept
+        one); ``dkim_dns`` replaces DNS for DKIM keys (tests)."""
         self.settings = settings
         self.imap = settings.imap
         self.store = store
@@ -76,6 +104,8 @@ class Ingest:
             settings.inbox.soft_bounce_limit, settings.inbox.soft_bounce_window
         )
         self.unsubscribe_addresses = _unsubscribe_only(settings)
+        self.signer = signer or Signer.ephemeral()
+        self.dkim_dns = dkim_dns
         self.last_read_at: datetime | None = None
         """When every folder was last read to the end; sending waits while this is stale."""
 
@@ -106,7 +136,7 @@ class Ingest:
         while True:
             batch = await mailbox.fetch_after(last_uid, self.imap.batch_size)
             for fetched in batch:
-                self.take(fetched, folder, status.uidvalidity, report)
+                await self.take(fetched, folder, status.uidvalidity, report)
                 last_uid = fetched.uid
             if len(batch) < self.imap.batch_size:
                 return
@@ -129,14 +159,20 @@ class Ingest:
         self.store.save_checkpoint(fresh, self.clock.now())
         return 0
 
-    def take(
+    async def take(
         self, fetched: FetchedMessage, folder: str, uidvalidity: int, report: IngestReport
     ) -> Recorded:
         """The whole pipeline for one message; only the store may raise (nothing is lost)."""
+        reading = await self._read_within_budget(fetched, folder)
+        reading = await self._with_dkim(reading, fetched.raw)
+        message, verdict, origin = reading.message, reading.verdict, reading.origin
         now = self.clock.now()
-        message = parse(fetched.raw)
-        verdict = self._classify(message, folder, fetched.uid)
-        want = wanted(message, verdict)
+        want = wanted(
+            message,
+            verdict,
+            return_path_sends=self.signer.sends_in(message.recipients),
+            authenticated=origin.vouches_for(message.sender),
+        )
         threaded = match(
             want,
             self.store.candidates(want),
@@ -144,33 +180,77 @@ class Ingest:
             now=now,
             recent=self.settings.inbox.buyer_match_window,
         )
-        buyer = self.store.order(threaded.match.order_id).buyer_email if threaded.match else None
-        reactions = react(verdict, threaded.match, message.sender, buyer)
+        reactions = react(verdict, threaded.match, self._standing(message, origin, threaded))
         # A server clock ahead of ours must not date a complaint after the mail it should stop.
         at = min(fetched.internal_date, now)
         if now - at > self.settings.inbox.act_within:
             reactions = reactions.only_suppressions()
         received = Received(self.name, folder, uidvalidity, fetched.uid, at)
         recorded = self.store.record_inbound(
-            message, received, verdict, threaded, reactions, self.soft_bounces, now
+            message,
+            received,
+            verdict,
+            threaded,
+            reactions,
+            self.soft_bounces,
+            now,
+            authentication=origin.evidence,
         )
         order_id = recorded.dispute_order or (threaded.match.order_id if threaded.match else None)
-        self._report(message, received, verdict, order_id, recorded, report)
+        self._report(message, received, verdict, order_id, recorded, report, reactions.withheld)
         return recorded
 
-    def _classify(self, message: InboundMessage, folder: str, uid: int) -> Classification:
+    def _standing(self, message: InboundMessage, origin: Origin, threaded: Threaded) -> Standing:
+        matched, send = threaded.match, threaded.send
+        buyer = self.store.order(matched.order_id).buyer_email if matched else None
+        tied = send is not None and matched is not None and matched.method in _OUR_SEND
+        return Standing(
+            message.sender, origin, buyer=buyer, sent_to=send.recipient if tied and send else None
+        )
+
+    async def _read_within_budget(self, fetched: FetchedMessage, folder: str) -> Reading:
+        budget = self.settings.inbox.read_timeout_s
         try:
-            return classify(
-                message,
-                self.rules,
-                seller_addresses=self.settings.seller_addresses,
-                unsubscribe_addresses=self.unsubscribe_addresses,
-            )
+            return await asyncio.wait_for(asyncio.to_thread(self._read, fetched.raw), budget)
+        except TimeoutError:
+            error = f"not read within {budget:g} s (inbox.read_timeout_s)"
         except Exception as exc:  # one message must never stop the mailbox
-            log.exception("mail.unclassifiable", folder=folder, uid=uid, error=repr(exc))
-            return Classification(
-                MessageKind.REPLY, f"unclassified: the classifier failed: {exc!r}"
+            error = f"cannot be read: {exc!r}"[:500]
+        log.error("mail.quarantined", folder=folder, uid=fetched.uid, error=error)
+        return _quarantined(fetched.raw, error)
+
+    def _read(self, raw: bytes) -> Reading:
+        """Blocking: runs in a worker thread. Parse, classify, judge the origin."""
+        message = parse(raw)
+        verdict = classify(
+            message,
+            self.rules,
+            seller_addresses=self.settings.seller_addresses,
+            unsubscribe_addresses=self.unsubscribe_addresses,
+            ours=self.store.texts_sent_to(message.sender),
+        )
+        return Reading(message, verdict, judge(message, self.settings.authentication.authserv_ids))
+
+    async def _with_dkim(self, reading: Reading, raw: bytes) -> Reading:
+        """Without a trusted Authentication-Results header, a notice that would relax a
+        protection has its DKIM signatures checked (DNS, off the loop, bounded)."""
+        auth = self.settings.authentication
+        origin = reading.origin
+        if origin.verified or reading.verdict.kind not in _RELAXING or not origin.from_address:
+            return reading
+        if not auth.verify_dkim:
+            return reading
+        limit = auth.dns_timeout_s * MAX_SIGNATURES + 1
+        try:
+            checked = await asyncio.wait_for(
+                asyncio.to_thread(verify_dkim, raw, origin.from_address, self.dkim_dns), limit
             )
+        except TimeoutError:
+            checked = Origin(origin.from_address, None, f"dkim: DNS did not answer in {limit:g} s")
+        evidence = (
+            checked.evidence if checked.verified else f"{origin.evidence}; {checked.evidence}"
+        )
+        return Reading(reading.message, reading.verdict, replace(checked, evidence=evidence))
 
     def _report(
         self,
@@ -180,6 +260,7 @@ class Ingest:
         order_id: str | None,
         recorded: Recorded,
         report: IngestReport,
+        withheld: str,
     ) -> None:
         where = {"folder": received.folder, "uid": received.uid, "message_id": message.message_id}
         if recorded.duplicate:
@@ -189,6 +270,7 @@ class Ingest:
         report.stored[verdict.kind.value] += 1
         report.unmatched += order_id is None
         report.with_errors += bool(message.errors)
+        report.withheld += bool(withheld)
         log.info(
             "mail.received",
             **where,
@@ -197,6 +279,8 @@ class Ingest:
             order=order_id,
             parse_errors=list(message.errors) or None,
         )
+        if withheld:
+            log.warning("mail.withheld", **where, kind=verdict.kind.value, reason=withheld)
         if verdict.kind is MessageKind.BOUNCE_POLICY:
             log.error(
                 "bounce.policy",
@@ -296,3 +380,25 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), timeout=seconds)
     except TimeoutError:
         pass
+
+
+def _quarantined(raw: bytes, error: str) -> Reading:
+    """A message that could not be read: kept raw with its error, acting on nothing."""
+    message = InboundMessage(
+        raw=raw,
+        content_hash=hashlib.sha256(raw).hexdigest(),
+        message_id=None,
+        sender="",
+        sender_name="",
+        recipients=(),
+        subject="",
+        date=None,
+        in_reply_to=(),
+        references=(),
+        headers=(),
+        text="",
+        errors=(error,),
+        tree=Message(),
+    )
+    verdict = Classification(MessageKind.QUARANTINED, error)
+    return Reading(message, verdict, Origin("", None, "not read"))

@@ -48,8 +48,9 @@ from worker.domain import (
 )
 from worker.errors import DuplicateSend, SchemaOutOfDate, StoreError, UnknownOrder
 from worker.inbound import InboundMessage, Received
+from worker.origin import Origin
 from worker.plan import OrderHistory
-from worker.react import Reactions, Suppress, react
+from worker.react import CloseDisputes, Reactions, Standing, Suppress, react
 from worker.send import relay_message_id
 from worker.thread import Candidates, SendRef, Threaded, Wanted
 
@@ -130,6 +131,8 @@ class InboundRow:
     match_detail: str
     parse_errors: tuple[str, ...]
     bounce_recipient: str | None = None
+    authentication: str = ""
+    withheld: str = ""
 
 
 def _alembic_config(engine: Engine) -> Config:
@@ -510,6 +513,7 @@ class Store:
                     .where(table.c.id.in_(claimable), table.c.state == SendState.SCHEDULED.value)
                     .values(
                         state=SendState.SENDING.value,
+                        recipient=_buyer_of_send(),
                         claimed_at=now,
                         claimed_by=worker,
                         attempts=table.c.attempts + 1,
@@ -526,7 +530,8 @@ class Store:
                 tx.execute(table.update().where(table.c.id == row.id).values(message_id=mid))
         return sorted((replace(r, message_id=message_id(r)) for r in claimed), key=lambda s: s.id)
 
-    def mark_sent(self, send_id: int, reply: str, now: datetime) -> bool:
+    def mark_sent(self, send_id: int, reply: str, now: datetime, text: str | None = None) -> bool:
+        """``text`` is the message's text part, kept so our words never count as the buyer's."""
         with self._begin() as tx:
             return self._move(
                 tx,
@@ -537,6 +542,7 @@ class Store:
                 sent_at=now,
                 relay_reply=reply,
                 relay_message_id=relay_message_id(reply),
+                body_text=text,
                 reason="",
             )
 
@@ -629,6 +635,10 @@ class Store:
                 else ()
             )
             return Candidates(
+                sends_by_id={
+                    ref.send_id: ref
+                    for ref in _send_refs(c, send.c.id, want.return_path_sends).values()
+                },
                 sends_by_message_id=_send_refs(c, send.c.message_id, want.message_ids),
                 sends_by_relay_id=_send_refs(c, send.c.relay_message_id, want.relay_ids),
                 orders_by_message_id=_pairs(
@@ -655,6 +665,7 @@ class Store:
         reactions: Reactions,
         soft_bounces: SoftBounceRule,
         now: datetime,
+        authentication: str = "",
     ) -> Recorded:
         """Store the message, apply its reactions and advance the checkpoint, all or nothing.
 
@@ -662,7 +673,9 @@ class Store:
         change, or the same mail in two folders) only advances the checkpoint.
         """
         with self._begin() as tx:
-            row_id = _insert_inbound(tx, message, received, verdict, threaded, now)
+            row_id = _insert_inbound(
+                tx, message, received, verdict, threaded, now, authentication, reactions.withheld
+            )
             outcome = Recorded(row_id, duplicate=row_id is None)
             if row_id is not None:
                 outcome = self._apply(tx, row_id, received, threaded, reactions, soft_bounces)
@@ -683,16 +696,16 @@ class Store:
     ) -> Recorded:
         at = received.received_at
         order_id = threaded.match.order_id if threaded.match else None
-        if order_id is None and reactions.hold_buyer:
-            order_id = _latest_order_of(tx, reactions.hold_buyer)
+        source = reactions.dispute_source
+        if reactions.hold_buyer:  # the sender's own latest order, never the one matched
+            order_id, source = _latest_order_of(tx, reactions.hold_buyer), "mailbox:unthreaded"
         dispute = None
         if order_id is not None and reactions.open_dispute is not None:
             dispute = reactions.open_dispute
-            source = "mailbox" if threaded.match else "mailbox:unthreaded"
             _open_dispute(tx, order_id, dispute, at, source, row_id)
         closed = 0
-        if order_id is not None and reactions.close_disputes:
-            closed = _close_disputes(tx, order_id, at)
+        if order_id is not None and reactions.close_disputes is not None:
+            closed = _close_noticed(tx, order_id, reactions.close_disputes, at)
         if order_id is not None and reactions.review:
             _add_review(tx, order_id, reactions.rating, at)
         if order_id is not None and reactions.reply:
@@ -780,7 +793,11 @@ class Store:
             if row["order_id"] is not None:
                 raise StoreError(f"message {row_id} is already filed under {row['order_id']}")
             matched = Match(order_id, MatchMethod.MANUAL, "filed by an agent")
-            reactions = react(_verdict_from(row), matched, row["sender"], order.buyer_email)
+            # Filing vouches for the order, not for the sender: an unproven notice still
+            # closes nothing (an agent closes a dispute with `worker dispute close`).
+            origin = Origin(row["sender"], None, row["authentication"] or "not authenticated")
+            standing = Standing(row["sender"], origin, buyer=order.buyer_email)
+            reactions = react(_verdict_from(row), matched, standing)
             tx.execute(
                 inbound.update()
                 .where(inbound.c.id == row_id)
@@ -794,6 +811,20 @@ class Store:
                 row["mailbox"], row["folder"], row["uidvalidity"], row["uid"], row["received_at"]
             )
             return self._apply(tx, row_id, received, Threaded(matched), reactions, soft_bounces)
+
+    def texts_sent_to(self, address: str, limit: int = 10) -> tuple[str, ...]:
+        """The text of our latest messages to ``address``: what may come back quoted."""
+        if not address:
+            return ()
+        send = schema.send
+        query = (
+            select(send.c.body_text)
+            .where(send.c.recipient == address, send.c.body_text.is_not(None))
+            .order_by(send.c.sent_at.desc())
+            .limit(limit)
+        )
+        with self._connect() as c:
+            return tuple(text for (text,) in c.execute(query))
 
     def _order_in(self, tx: Connection, order_id: str) -> Order:
         row = tx.execute(select(schema.order).where(schema.order.c.order_id == order_id))
@@ -862,7 +893,7 @@ def _campaign_copies() -> Any:
     return and_(inbound.c.kind == MessageKind.SELLER.value, inbound.c.message_id.in_(ours))
 
 
-def _close_disputes(tx: Connection, order_id: str, at: datetime) -> int:
+def _close_disputes(tx: Connection, order_id: str, at: datetime, *only: Any) -> int:
     dispute = schema.dispute
     result = tx.execute(
         dispute.update()
@@ -870,10 +901,23 @@ def _close_disputes(tx: Connection, order_id: str, at: datetime) -> int:
             dispute.c.order_id == order_id,
             dispute.c.closed_at.is_(None),
             dispute.c.opened_at <= at,
+            *only,
         )
         .values(closed_at=at)
     )
     return int(result.rowcount)
+
+
+def _close_noticed(tx: Connection, order_id: str, which: CloseDisputes, at: datetime) -> int:
+    """A marketplace's closing notice closes only what that marketplace opened (or its
+    export brought in) of that kind: never a dispute an agent or a complaint opened."""
+    dispute, order = schema.dispute, schema.order
+    sources = [f"marketplace:{which.marketplace}"]
+    of_order = select(order.c.marketplace).where(order.c.order_id == order_id)
+    if tx.execute(of_order).scalar() == which.marketplace:
+        sources.append("import")
+    kind = dispute.c.kind == which.kind.value
+    return _close_disputes(tx, order_id, at, kind, dispute.c.source.in_(sources))
 
 
 def _insert_ignoring_duplicate(tx: Connection, statement: Any) -> bool:
@@ -913,12 +957,20 @@ def _orders_where(c: Connection, condition: Any) -> tuple[Order, ...]:
     )
 
 
-def _send_refs(c: Connection, column: Any, values: Sequence[str]) -> dict[str, SendRef]:
+def _send_refs(c: Connection, column: Any, values: Sequence[Any]) -> dict[Any, SendRef]:
     if not values:
         return {}
     send = schema.send
-    rows = c.execute(select(column, send.c.order_id, send.c.id).where(column.in_(values)))
-    return {value: SendRef(order_id, send_id) for value, order_id, send_id in rows}
+    query = select(column, send.c.order_id, send.c.id, send.c.recipient).where(column.in_(values))
+    return {
+        value: SendRef(order_id, send_id, to) for value, order_id, send_id, to in c.execute(query)
+    }
+
+
+def _buyer_of_send() -> Any:
+    """The claimed send's buyer address, read in the claiming statement itself."""
+    order, send = schema.order, schema.send
+    return select(order.c.buyer_email).where(order.c.order_id == send.c.order_id).scalar_subquery()
 
 
 def _insert_inbound(
@@ -928,6 +980,8 @@ def _insert_inbound(
     verdict: Classification,
     threaded: Threaded,
     now: datetime,
+    authentication: str,
+    withheld: str,
 ) -> int | None:
     """The new row's id, or ``None`` when the same message is already stored."""
     bounce = verdict.bounce
@@ -960,6 +1014,8 @@ def _insert_inbound(
         "send_id": threaded.send_id,
         "match_method": match.method.value if match else None,
         "match_detail": match.detail if match else "",
+        "authentication": authentication,
+        "withheld": withheld,
         "ingested_at": now,
     }
     table = schema.inbound_message
@@ -1044,6 +1100,7 @@ def _soft_bounce_limit(
         select(func.count()).where(
             inbound.c.bounce_recipient == email,
             inbound.c.kind == MessageKind.BOUNCE_SOFT.value,
+            inbound.c.withheld == "",  # only reports tied to one of our sends count
             inbound.c.received_at > at - rule.window,
             inbound.c.received_at <= at,
         )
@@ -1073,6 +1130,8 @@ def _entry_from_inbound(row: RowMapping) -> ConversationEntry:
     detail = f"matched by {row['match_method']}"
     if row["evidence"]:
         detail = f"{row['evidence']}; {detail}"
+    if row["withheld"]:
+        detail = f"{detail}; {row['withheld']}"
     return ConversationEntry(
         at=row["received_at"],
         direction="out" if seller else "in",
@@ -1111,6 +1170,8 @@ def _inbound_row_from(row: RowMapping) -> InboundRow:
         match_detail=row["match_detail"],
         parse_errors=tuple(json.loads(row["parse_errors"])),
         bounce_recipient=row["bounce_recipient"],
+        authentication=row["authentication"],
+        withheld=row["withheld"],
     )
 
 

@@ -2,10 +2,11 @@
 
 Pure: ``wanted()`` says what to look up for a message, the store answers with
 ``Candidates``, and ``match()`` decides. The order of the rules is the order of confidence:
-our own Message-IDs (as we sent them or as a relay rewrote them), an earlier message of the
-conversation, the reply token, an order number written by that order's buyer or a
-marketplace relay, and last the buyer's address when it has exactly one recent order. A
-subject alone never threads a message.
+our signed return path (a report about one of our sends), our own Message-IDs (as we sent
+them or as a relay rewrote them), an earlier message of the conversation, the reply token,
+an order number written by that order's buyer or an authenticated marketplace, and last the
+buyer's address when it has exactly one recent order. A subject alone never threads a
+message, and neither does a From header no one vouched for.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ _LOCAL_PART = re.compile(r"^<([^@<>]+)@")
 class SendRef:
     order_id: str
     send_id: int
+    recipient: str | None = None
+    """The address the send went to (unknown for sends made before it was recorded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,18 +36,23 @@ class Wanted:
     """What the store must look up to thread one message."""
 
     message_ids: tuple[str, ...]
+    return_path_sends: tuple[int, ...]
+    """Sends whose signed return path the message was addressed to."""
     relay_ids: tuple[str, ...]
     tokens: tuple[str, ...]
     order_numbers: tuple[str, ...]
     counterpart: str
     """The buyer's side of the conversation: the sender, or for our own mail and bounces the
     recipient."""
+    authenticated: bool = False
+    """The sender's domain is proven: an order number it names is believed."""
 
 
 @dataclass(frozen=True, slots=True)
 class Candidates:
     """The store's answers to ``Wanted``."""
 
+    sends_by_id: Mapping[int, SendRef] = field(default_factory=dict)
     sends_by_message_id: Mapping[str, SendRef] = field(default_factory=dict)
     sends_by_relay_id: Mapping[str, SendRef] = field(default_factory=dict)
     orders_by_message_id: Mapping[str, str] = field(default_factory=dict)
@@ -56,20 +64,34 @@ class Candidates:
 @dataclass(frozen=True, slots=True)
 class Threaded:
     match: Match | None
-    send_id: int | None = None
+    send: SendRef | None = None
+    """The send the message answers or reports on, when threaded by one of ours."""
+
+    @property
+    def send_id(self) -> int | None:
+        return self.send.send_id if self.send else None
 
 
-def wanted(message: InboundMessage, verdict: Classification) -> Wanted:
+def wanted(
+    message: InboundMessage,
+    verdict: Classification,
+    *,
+    return_path_sends: tuple[int, ...] = (),
+    authenticated: bool = False,
+) -> Wanted:
+    """``return_path_sends`` come from :meth:`worker.return_path.Signer.sends_in`."""
     ids = list(message.thread_ids)
     if verdict.bounce and verdict.bounce.original_message_id:
         ids.insert(0, verdict.bounce.original_message_id)
     ids = list(dict.fromkeys(ids))
     return Wanted(
         message_ids=tuple(ids),
+        return_path_sends=return_path_sends,
         relay_ids=_relay_ids(ids),
         tokens=tuple(t.lower() for t in reply_tokens(message.recipients)),
         order_numbers=verdict.order_numbers,
         counterpart=counterpart(message, verdict),
+        authenticated=authenticated,
     )
 
 
@@ -105,27 +127,26 @@ def match(
     recent: timedelta,
 ) -> Threaded:
     """The first rule that ties the message to an order; ``Threaded(None)`` if none does."""
+    for send_id in want.return_path_sends:
+        if ref := found.sends_by_id.get(send_id):
+            return Threaded(Match(ref.order_id, MatchMethod.RETURN_PATH, f"send {send_id}"), ref)
     for message_id in want.message_ids:
         if ref := found.sends_by_message_id.get(message_id):
-            return Threaded(
-                Match(ref.order_id, MatchMethod.SEND_MESSAGE_ID, message_id), ref.send_id
-            )
+            return Threaded(Match(ref.order_id, MatchMethod.SEND_MESSAGE_ID, message_id), ref)
     for relay_id in want.relay_ids:
         if ref := found.sends_by_relay_id.get(relay_id):
-            return Threaded(
-                Match(ref.order_id, MatchMethod.RELAY_MESSAGE_ID, relay_id), ref.send_id
-            )
+            return Threaded(Match(ref.order_id, MatchMethod.RELAY_MESSAGE_ID, relay_id), ref)
     for message_id in want.message_ids:
         if order_id := found.orders_by_message_id.get(message_id):
             return Threaded(Match(order_id, MatchMethod.CONVERSATION, message_id))
     for token in want.tokens:
         if order_id := found.orders_by_token.get(token):
             return Threaded(Match(order_id, MatchMethod.REPLY_TOKEN, token))
-    trusted = verdict.relayed or verdict.marketplace is not None
+    trusted = want.authenticated and (verdict.relayed or verdict.marketplace is not None)
     for number in want.order_numbers:
         order = found.orders_by_number.get(number)
         if order is not None and (trusted or order.buyer_email == want.counterpart):
-            how = "marketplace relay" if trusted else "from the order's buyer"
+            how = "authenticated marketplace" if trusted else "from the order's buyer"
             return Threaded(Match(order.order_id, MatchMethod.ORDER_NUMBER, f"{number} ({how})"))
     recent_orders = [o for o in found.orders_of_counterpart if _recent(o, now, recent)]
     if want.counterpart and len(recent_orders) == 1:

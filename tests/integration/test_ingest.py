@@ -166,12 +166,12 @@ class _Interrupted(Ingest):
         super().__init__(*args)
         self.server, self.left = server, n
 
-    def take(
+    async def take(
         self, fetched: FetchedMessage, folder: str, uidvalidity: int, report: IngestReport
     ) -> Recorded:
         if self.left == 0 and self.server is None:
             raise _Crash(f"killed before storing UID {fetched.uid}")
-        recorded = super().take(fetched, folder, uidvalidity, report)
+        recorded = await super().take(fetched, folder, uidvalidity, report)
         self.left -= 1
         if self.left == 0 and self.server is not None:
             self.server.stop()

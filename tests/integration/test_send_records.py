@@ -44,7 +44,7 @@ class ProcessKilled(BaseException):
 class CrashAfterAcceptance(Store):
     """The process dies after the server's 250 but before the database commit."""
 
-    def mark_sent(self, send_id: int, reply: str, now: datetime) -> bool:
+    def mark_sent(self, send_id: int, reply: str, now: datetime, text: str | None = None) -> bool:
         raise ProcessKilled("killed between 250 and commit")
 
 

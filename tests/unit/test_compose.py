@@ -5,20 +5,23 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
 
 import pytest
 
-from worker.compose import compose, message_id_for
+from worker.compose import compose
 from worker.config import Settings
 from worker.domain import Order, Send, SendState
 from worker.errors import TemplateError
 from worker.render import RenderedMessage
+from worker.return_path import Signer
 
 NOW = datetime(2024, 6, 10, 9, 30, tzinfo=UTC)
-SEND = Send(
+SIGNER = Signer(b"k" * 32)
+UNCLAIMED = Send(
     id=42,
     order_id="028-1234567-7654321",
     campaign="review-request",
@@ -26,6 +29,8 @@ SEND = Send(
     state=SendState.SENDING,
     due_at=NOW,
 )
+MESSAGE_ID = SIGNER.message_id(UNCLAIMED, "shop.example")
+SEND = replace(UNCLAIMED, message_id=MESSAGE_ID)
 ORDER = Order(
     order_id="028-1234567-7654321",
     marketplace="shop",
@@ -67,7 +72,7 @@ def test_headers() -> None:
     config = settings(reply_to="Help <help@shop.example>")
     _, parsed = build(config=config)
 
-    assert parsed["Message-ID"] == message_id_for(SEND, "shop.example")
+    assert parsed["Message-ID"] == MESSAGE_ID
     assert parsed["Date"].datetime == NOW
     assert parsed["From"] == "Beispiel Shop <service@shop.example>"
     assert parsed["Reply-To"] == "Help <help@shop.example>"
@@ -129,17 +134,19 @@ def test_text_and_html_parts_in_utf8() -> None:
     assert raw.isascii()
 
 
-def test_message_id_is_deterministic_per_send_row() -> None:
-    first = message_id_for(SEND, "shop.example")
-    other_step = Send(**{**_fields(SEND), "step": "request"})
+def test_message_id_is_stable_per_send_row_and_unguessable_without_the_key() -> None:
+    first = SIGNER.message_id(UNCLAIMED, "shop.example")
+    other_step = replace(UNCLAIMED, step="request")
 
-    assert first == message_id_for(SEND, "shop.example")
-    assert re.fullmatch(r"<w42\.[0-9a-f]{8}@shop\.example>", first)
-    assert message_id_for(other_step, "shop.example") != first
+    assert first == SIGNER.message_id(UNCLAIMED, "shop.example")
+    assert re.fullmatch(r"<w42\.[a-z2-7]{20}@shop\.example>", first)
+    assert SIGNER.message_id(other_step, "shop.example") != first
+    assert Signer(b"x" * 32).message_id(UNCLAIMED, "shop.example") != first
 
 
-def _fields(send: Send) -> dict[str, Any]:
-    return {name: getattr(send, name) for name in send.__slots__}
+def test_compose_refuses_a_send_that_was_never_claimed() -> None:
+    with pytest.raises(ValueError, match="claimed"):
+        compose(RENDERED, send=UNCLAIMED, order=ORDER, settings=settings(), now=NOW)
 
 
 def test_unsubscribe_mailto_setting_wins() -> None:
@@ -157,7 +164,7 @@ def test_https_unsubscribe_url_enables_one_click() -> None:
 
     raw, parsed = build(config=config)
 
-    quoted_id = message_id_for(SEND, "shop.example").strip("<>").replace("@", "%40")
+    quoted_id = MESSAGE_ID.strip("<>").replace("@", "%40")
     expected_url = url.replace("{message_id}", quoted_id)
     assert parsed["List-Unsubscribe"] == (
         f"<mailto:service@shop.example?subject=unsubscribe>, <{expected_url}>"

@@ -78,7 +78,7 @@ def test_order_number_threads_only_when_the_sender_is_the_buyer() -> None:
     assert stranger.match is None
 
 
-def test_order_number_from_a_marketplace_relay_threads() -> None:
+def test_order_number_from_an_authenticated_marketplace_threads() -> None:
     verdict = Classification(
         MessageKind.DISPUTE_OPENED,
         "rule=amazon-a-to-z-claim",
@@ -86,9 +86,34 @@ def test_order_number_from_a_marketplace_relay_threads() -> None:
         order_numbers=("302-1234567-7654321",),
     )
     found = Candidates(orders_by_number={"302-1234567-7654321": _order("302-1234567-7654321")})
-    threaded = _thread(_mail(sender="atoz-guarantee-no-reply@amazon.com"), found, verdict)
+    message = parse(_mail(sender="atoz-guarantee-no-reply@amazon.com"))
+    proven = wanted(message, verdict, authenticated=True)
+    threaded = match(proven, found, verdict, now=NOW, recent=RECENT)
     assert threaded.match and threaded.match.method is MatchMethod.ORDER_NUMBER
-    assert "marketplace" in threaded.match.detail
+    assert "authenticated marketplace" in threaded.match.detail
+    # The same From header with no one vouching for it names an order it cannot claim.
+    assert (
+        _thread(
+            raw=_mail(sender="atoz-guarantee-no-reply@amazon.com"), found=found, verdict=verdict
+        ).match
+        is None
+    )
+
+
+def test_a_signed_return_path_ties_a_report_to_its_send_first() -> None:
+    verdict = Classification(
+        MessageKind.BOUNCE_HARD, "dsn_status=5.1.1", bounce=Bounce("5.1.1", "mia@buyer.example")
+    )
+    found = Candidates(
+        sends_by_id={12: SendRef("1001", 12, "mia@buyer.example")},
+        sends_by_message_id={"<w7.aa@shop.example>": SendRef("2002", 7)},
+    )
+    message = parse(_mail("In-Reply-To: <w7.aa@shop.example>", sender="mailer-daemon@mx.example"))
+    threaded = match(
+        wanted(message, verdict, return_path_sends=(12,)), found, verdict, now=NOW, recent=RECENT
+    )
+    assert threaded.match and threaded.match.method is MatchMethod.RETURN_PATH
+    assert threaded.send == SendRef("1001", 12, "mia@buyer.example")
 
 
 @pytest.mark.parametrize(
