@@ -4,19 +4,26 @@
 keywords per language. It is validated once, at start-up, with every regular expression
 compiled, so a typo stops the worker with the file, line and key path instead of
 misfiling mail later. The meaning of each section is in ``docs/mail-rules.md``.
+
+Patterns are RE2, not Python ``re``: mail is written by strangers, and RE2 runs in time
+linear in the text whatever the pattern and the text say, where a backtracking engine can
+take minutes on one crafted subject. RE2 has no lookarounds and no backreferences, so the
+boundaries they would express (whole words, order numbers not inside longer numbers) are
+built here from what RE2 has.
 """
 
 from __future__ import annotations
 
-import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import re2
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -29,70 +36,125 @@ from pydantic import (
 from worker.domain import DisputeKind, MessageKind
 from worker.errors import RulesError
 
-_FLAGS = re.IGNORECASE
-_CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]")
+# re2's compiled pattern: generic in its stubs only, so pydantic sees the plain class.
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    Pattern: TypeAlias = re2._Regexp[str]
+else:
+    Pattern = re2._Regexp
+
+MAX_ORDER_NUMBERS = 32
+"""Order numbers returned per text; the threader looks each one up, and no buyer names more."""
+
+_NOT_LETTER_OR_DIGIT = r"[^\pL\pN]"
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
+_NO_RE2 = "patterns are RE2 syntax: lookarounds and backreferences are not supported"
+_NEGATION_BEFORE_CHARS = 40
+_NEGATION_AFTER_CHARS = 20
+
+
+def _options() -> re2.Options:
+    options = re2.Options()
+    options.case_sensitive = False
+    options.log_errors = False
+    return options
+
+
+_OPTIONS = _options()
 
 
 def normalise(text: str) -> str:
-    """NFKC with straight apostrophes: the form every pattern is written against."""
-    return unicodedata.normalize("NFKC", text).translate(_APOSTROPHES)
+    """NFKC with straight apostrophes: the form every pattern is written against.
+
+    A lone surrogate (a stray escape in a header) becomes ``?``: RE2 reads UTF-8 only.
+    """
+    readable = text.encode("utf-8", "replace").decode("utf-8")
+    return unicodedata.normalize("NFKC", readable).translate(_APOSTROPHES)
 
 
-def _compiled(source: str, flags: int = _FLAGS) -> re.Pattern[str]:
+def _compiled(source: str) -> Pattern:
     try:
-        return re.compile(source, flags)
-    except re.error as exc:
-        raise ValueError(f"bad regex {source!r}: {exc}") from None
+        return re2.compile(source, _OPTIONS)
+    except re2.error as exc:
+        said = exc.args[0] if exc.args else exc
+        reason = said.decode("utf-8", "replace") if isinstance(said, bytes) else str(said)
+        raise ValueError(f"bad regex {source!r}: {reason} ({_NO_RE2})") from None
+
+
+def _checked(value: Any) -> Any:
+    if isinstance(value, str):
+        _compiled(value)
+    return value
 
 
 def _regex(value: Any) -> Any:
     return _compiled(value) if isinstance(value, str) else value
 
 
+_CJK = _compiled(r"[\x{2e80}-\x{9fff}\x{ac00}-\x{d7af}\x{f900}-\x{faff}\x{ff66}-\x{ff9f}]")
+
+
 def _keyword(value: Any) -> Any:
-    """Latin-script keywords match whole words; Japanese and Chinese ones match anywhere."""
+    """Latin-script keywords match whole words; Japanese and Chinese ones match anywhere.
+
+    Group 1 is the keyword. A whole word is one with no letter or digit on either side: the
+    sides are matched, not looked around, so the engine still backtracks into a shorter
+    match ("doesn't heat" in "doesn't heat upstairs").
+    """
     if not isinstance(value, str):
         return value
     _compiled(value)
-    return _compiled(value if _CJK.search(value) else rf"(?<!\w)(?:{value})(?!\w)")
+    if _CJK.search(value):
+        return _compiled(f"((?:{value}))")
+    edge = _NOT_LETTER_OR_DIGIT
+    return _compiled(f"(?:^|{edge})((?:{value}))(?:{edge}|$)")
 
 
 def _multiline(value: Any) -> Any:
-    return _compiled(value, _FLAGS | re.MULTILINE) if isinstance(value, str) else value
-
-
-def _before(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    _compiled(value)
-    return _compiled(rf"(?:{value})\s*$")
-
-
-def _after(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    _compiled(value)
-    return _compiled(rf"^\s*(?:{value})")
+    return _compiled(f"(?m){_checked(value)}") if isinstance(value, str) else value
 
 
 def _dotall(value: Any) -> Any:
-    return _compiled(value, _FLAGS | re.DOTALL) if isinstance(value, str) else value
+    return _compiled(f"(?s){_checked(value)}") if isinstance(value, str) else value
 
 
-Regex = Annotated[re.Pattern[str], BeforeValidator(_regex)]
-DotAllRegex = Annotated[re.Pattern[str], BeforeValidator(_dotall)]
-KeywordRegex = Annotated[re.Pattern[str], BeforeValidator(_keyword)]
+Regex = Annotated[Pattern, BeforeValidator(_regex)]
+DotAllRegex = Annotated[Pattern, BeforeValidator(_dotall)]
+MultilineRegex = Annotated[Pattern, BeforeValidator(_multiline)]
+KeywordRegex = Annotated[Pattern, BeforeValidator(_keyword)]
+RegexSource = Annotated[str, AfterValidator(_checked)]
 Language = Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}$")]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 
 class OrderNumberRule(_Strict):
+    """An order number pattern, and the characters it must not touch on either side."""
+
     name: str
     pattern: Regex
+    not_after: Regex | None = None
+    """One character: a match right after such a character is part of something longer."""
+    not_before: Regex | None = None
+    """One character: a match right before such a character is part of something longer."""
+
+    def numbers_in(self, text: str) -> Iterator[str]:
+        """Each match standing alone, checked after the match: RE2 has no lookarounds, and
+        a match's neighbours left unconsumed may start the next ("#1001 #1002")."""
+        for found in self.pattern.finditer(text):
+            start, end = found.span()
+            if not (
+                _one_of(self.not_after, text[start - 1 : start] if start else "")
+                or _one_of(self.not_before, text[end : end + 1])
+            ):
+                yield found.group(1) if self.pattern.groups else found.group(0)
+
+
+def _one_of(chars: Pattern | None, char: str) -> bool:
+    return chars is not None and bool(char) and chars.fullmatch(char) is not None
 
 
 _RuleKind = Literal["dispute_opened", "dispute_closed", "review", "reply"]
@@ -148,18 +210,31 @@ class MarketplaceRule(_Strict):
 class HeaderRule(_Strict):
     header: str
     pattern: Regex
+
+
+class AutoReplyHeader(HeaderRule):
     notification: bool = False
     """Marketplace notifications carry it too: a matching marketplace rule wins."""
 
 
+class BulkHeader(HeaderRule):
+    mailing_list: bool = False
+    """Added by a mailing list: not counted when the list is one of the seller's own, which
+    passes buyers' mail on (a Google Group as the support address)."""
+
+
 class Negation(_Strict):
-    before: tuple[Annotated[re.Pattern[str], BeforeValidator(_before)], ...] = ()
-    after: tuple[Annotated[re.Pattern[str], BeforeValidator(_after)], ...] = ()
+    before: tuple[RegexSource, ...] = ()
+    after: tuple[RegexSource, ...] = ()
 
 
 class _AutoReply(_Strict):
-    headers: tuple[HeaderRule, ...] = ()
+    headers: tuple[AutoReplyHeader, ...] = ()
     subjects: dict[Language, tuple[Regex, ...]] = {}
+
+
+class _Bulk(_Strict):
+    headers: tuple[BulkHeader, ...] = ()
 
 
 class _Unsubscribe(_Strict):
@@ -173,9 +248,10 @@ class _RulesFile(_Strict):
     marketplace: tuple[MarketplaceRule, ...] = ()
     rating_words: dict[str, Annotated[int, Field(ge=1, le=5)]] = {}
     auto_reply: _AutoReply = _AutoReply()
+    bulk: _Bulk = _Bulk()
     unsubscribe: _Unsubscribe = _Unsubscribe()
-    quote_starts: tuple[Annotated[re.Pattern[str], BeforeValidator(_multiline)], ...] = ()
-    reply_prefixes: Regex = re.compile(r"^\s*(?:re\s*:\s*)+", _FLAGS)
+    quote_starts: tuple[MultilineRegex, ...] = ()
+    reply_prefixes: Regex = _compiled(r"^\s*(?:re\s*:\s*)+")
     complaint_priority: tuple[DisputeKind, ...] = ()
     complaints: dict[Language, dict[DisputeKind, tuple[KeywordRegex, ...]]] = {}
     negations: dict[Language, Negation] = {}
@@ -194,14 +270,19 @@ class Keyword:
     """A configured pattern and the language it belongs to, for the evidence."""
 
     language: str
-    pattern: re.Pattern[str]
+    pattern: Pattern
 
 
 @dataclass(frozen=True, slots=True)
 class ComplaintKeyword:
     kind: DisputeKind
     language: str
-    pattern: re.Pattern[str]
+    pattern: Pattern
+    """Group 1 is the keyword; see ``_keyword``."""
+
+    def spans(self, text: str) -> Iterator[tuple[int, int]]:
+        """Where the keyword stands in the text, as a whole word if it is Latin-script."""
+        return (found.span(1) for found in self.pattern.finditer(text))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -210,25 +291,30 @@ class MailRules:
 
     source: str
     order_number_rules: tuple[OrderNumberRule, ...]
-    relays: tuple[tuple[str, re.Pattern[str]], ...]
+    relays: tuple[tuple[str, Pattern], ...]
     marketplace: tuple[MarketplaceRule, ...]
     rating_words: Mapping[str, int]
-    auto_reply_headers: tuple[HeaderRule, ...]
+    auto_reply_headers: tuple[AutoReplyHeader, ...]
     auto_reply_subjects: tuple[Keyword, ...]
+    bulk_headers: tuple[BulkHeader, ...]
     unsubscribe_phrases: tuple[Keyword, ...]
     unsubscribe_max_lines: int
-    quote_starts: tuple[re.Pattern[str], ...]
-    reply_prefixes: re.Pattern[str]
+    quote_starts: tuple[Pattern, ...]
+    reply_prefixes: Pattern
     complaints: tuple[ComplaintKeyword, ...]
     """In the order they are tried: kinds by ``complaint_priority``, then file order."""
-    negations: Mapping[str, Negation]
+    negation_before: Pattern | None
+    """Every language's ``before`` negations as one pattern, anchored at the window's end."""
+    negation_after: Pattern | None
 
     def order_numbers_in(self, text: str) -> tuple[str, ...]:
         """Every order number in the text, first pattern first, without repeats."""
         found: dict[str, None] = {}
         for rule in self.order_number_rules:
-            for match in rule.pattern.finditer(text):
-                found[match.group(1) if rule.pattern.groups else match.group(0)] = None
+            for number in rule.numbers_in(text):
+                found[number] = None
+                if len(found) == MAX_ORDER_NUMBERS:
+                    return tuple(found)
         return tuple(found)
 
     def relay_marketplace(self, address: str) -> str | None:
@@ -241,16 +327,22 @@ class MailRules:
     def without_reply_prefixes(self, subject: str) -> str:
         return self.reply_prefixes.sub("", subject, count=1).strip()
 
+    def quote_start(self, text: str) -> int:
+        """Where the first configured quote marker starts; the text's length if none does."""
+        starts = (found.start() for p in self.quote_starts if (found := p.search(text)))
+        return min(starts, default=len(text))
+
     def negated(self, text: str, start: int, end: int) -> bool:
         """A negation right before (or, for Japanese, after) the keyword turns it around.
 
         Every language's negations are tried: Japanese and Chinese share characters, so a
         keyword may match in a text of the other language.
         """
-        before, after = text[max(0, start - 40) : start], text[end : end + 20]
-        return any(
-            any(p.search(before) for p in rules.before) or any(p.search(after) for p in rules.after)
-            for rules in self.negations.values()
+        before = text[max(0, start - _NEGATION_BEFORE_CHARS) : start]
+        after = text[end : end + _NEGATION_AFTER_CHARS]
+        return bool(
+            (self.negation_before is not None and self.negation_before.search(before))
+            or (self.negation_after is not None and self.negation_after.search(after))
         )
 
 
@@ -265,11 +357,20 @@ def _complaint_keywords(data: _RulesFile) -> tuple[ComplaintKeyword, ...]:
     return tuple(sorted(found, key=lambda k: order.get(k.kind, len(order))))
 
 
-def _keywords(table: Mapping[str, tuple[re.Pattern[str], ...]]) -> tuple[Keyword, ...]:
+def _keywords(table: Mapping[str, tuple[Pattern, ...]]) -> tuple[Keyword, ...]:
     return tuple(Keyword(lang, p) for lang, patterns in table.items() for p in patterns)
 
 
+def _any_of(sources: list[str], *, before: bool) -> Pattern | None:
+    """One pattern for many, so a keyword costs two searches whatever the languages."""
+    if not sources:
+        return None
+    either = "|".join(f"(?:{source})" for source in sources)
+    return _compiled(rf"(?:{either})\s*$" if before else rf"^\s*(?:{either})")
+
+
 def _build(data: _RulesFile, source: str) -> MailRules:
+    negations = data.negations.values()
     return MailRules(
         source=source,
         order_number_rules=data.order_numbers,
@@ -278,12 +379,14 @@ def _build(data: _RulesFile, source: str) -> MailRules:
         rating_words={k.lower(): v for k, v in data.rating_words.items()},
         auto_reply_headers=data.auto_reply.headers,
         auto_reply_subjects=_keywords(data.auto_reply.subjects),
+        bulk_headers=data.bulk.headers,
         unsubscribe_phrases=_keywords(data.unsubscribe.phrases),
         unsubscribe_max_lines=data.unsubscribe.max_lines,
         quote_starts=data.quote_starts,
         reply_prefixes=data.reply_prefixes,
         complaints=_complaint_keywords(data),
-        negations=data.negations,
+        negation_before=_any_of([p for n in negations for p in n.before], before=True),
+        negation_after=_any_of([p for n in negations for p in n.after], before=False),
     )
 
 

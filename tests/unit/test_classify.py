@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import textwrap
+import time
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from worker.classify import classify, own_words
+from worker.classify import TEXT_CHARS, classify, own_words
 from worker.domain import Classification, DisputeKind, MessageKind
-from worker.inbound import parse
-from worker.rules import MailRules, load_rules
+from worker.inbound import InboundMessage, parse
+from worker.rules import MailRules, load_rules, normalise
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIL = ROOT / "tests" / "fixtures" / "mail"
@@ -26,8 +31,10 @@ def rules() -> MailRules:
     return load_rules(ROOT / "config" / "mail-rules.yaml")
 
 
-def run(rules: MailRules, raw: bytes) -> Classification:
-    return classify(parse(raw), rules, seller_addresses=SELLER, unsubscribe_addresses=UNSUBSCRIBE)
+def run(rules: MailRules, raw: bytes, ours: tuple[str, ...] = ()) -> Classification:
+    return classify(
+        parse(raw), rules, seller_addresses=SELLER, unsubscribe_addresses=UNSUBSCRIBE, ours=ours
+    )
 
 
 class Expect(NamedTuple):
@@ -51,7 +58,16 @@ AUTO_REPLIES = {
     "ja_fuzai_iso2022jp": Expect(K.AUTO_REPLY, "subject=ja:自動返信"),
     "zh_zidong_huifu_gb2312": Expect(K.AUTO_REPLY, "subject=zh:自动回复"),
     "x_autoreply": Expect(K.AUTO_REPLY, "header=X-Autoreply: yes"),
-    "precedence_bulk": Expect(K.AUTO_REPLY, "header=Precedence: bulk", numbers=("#48213",)),
+    # An acknowledgement with only Precedence: bulk, which bulk mail carries: not a real
+    # automatic reply (Auto-Submitted: auto-replied, X-Autoreply, an out-of-office subject).
+    "precedence_bulk": Expect(K.BULK, "header=Precedence: bulk", numbers=("#48213",)),
+}
+BULK_MAIL = {
+    "newsletter_esp": Expect(K.BULK, "header=List-Unsubscribe: <https://em.descaler.example/"),
+    "mailing_list_post": Expect(
+        K.BULK, "header=List-Id: Kettle sellers forum <sellers.forum.example.org>"
+    ),
+    "carrier_notice_feedback_id": Expect(K.BULK, "header=Feedback-ID: 1.eu-west-1.Qx7d:"),
 }
 UNSUBSCRIBE_MAIL = {
     "en_please_unsubscribe": Expect(K.UNSUBSCRIBE, "unsubscribe=en:Please unsubscribe me"),
@@ -135,6 +151,7 @@ COMPLAINTS = {
     "zh_refund_gb2312": Expect(K.COMPLAINT, "keyword=zh:退款", D.REFUND, ("#1056",)),
     "zh_wrong_item_big5": Expect(K.COMPLAINT, "keyword=zh:寄錯", D.WRONG_ITEM, ("#1057",)),
     "ko_euc_kr_reply": Expect(K.REPLY, "rule=default", numbers=("#1058",)),
+    "en_damaged_via_own_group": Expect(K.COMPLAINT, "keyword=en:broken", D.DAMAGED, ("#1061",)),
 }
 REPLIES = {
     "en_thanks": Expect(K.REPLY, "rule=default"),
@@ -148,6 +165,9 @@ REPLIES = {
     "ja_arigatou": Expect(K.REPLY, "rule=default"),
     "zh_xiexie": Expect(K.REPLY, "rule=default"),
     "seller_answer": Expect(K.SELLER, "from=help@shop.example", numbers=("#1042",)),
+    "en_forwarded_checkin": Expect(K.REPLY, "rule=default"),
+    "de_forwarded_thunderbird": Expect(K.REPLY, "rule=default"),
+    "fr_apple_forward": Expect(K.REPLY, "rule=default"),
 }
 BROKEN = {
     "missing_boundary": Expect(K.REPLY, "rule=default", numbers=("#1051",)),
@@ -160,6 +180,7 @@ TABLE = {
     f"{group}/{name}": expect
     for group, table in (
         ("auto_replies", AUTO_REPLIES),
+        ("bulk", BULK_MAIL),
         ("unsubscribe", UNSUBSCRIBE_MAIL),
         ("marketplace", MARKETPLACE),
         ("complaints", COMPLAINTS),
@@ -185,7 +206,15 @@ def test_fixture_is_classified(rules: MailRules, name: str) -> None:
 
 
 def test_every_fixture_is_in_the_table() -> None:
-    groups = ("auto_replies", "unsubscribe", "marketplace", "complaints", "replies", "broken")
+    groups = (
+        "auto_replies",
+        "bulk",
+        "unsubscribe",
+        "marketplace",
+        "complaints",
+        "replies",
+        "broken",
+    )
     on_disk = {f"{p.parent.name}/{p.stem}" for g in groups for p in (MAIL / g).glob("*.eml")}
     assert on_disk == set(TABLE)
 
@@ -239,6 +268,17 @@ def mail(subject: str, body: str, *headers: str, sender: str = "buyer@buyer.exam
         ("Re: Your order", "please unsubscribe me from this list, thanks", K.UNSUBSCRIBE, None),
         ("Re: Your order", "I will stop using it if it keeps leaking.", K.REPLY, None),
         ("Hi", "Does it come with a UK plug?", K.REPLY, None),
+        ("Commande", "Je veux être remboursée.", K.COMPLAINT, D.REFUND),
+        (
+            "Hi",
+            "The kettle doesn't heat upstairs, only in the kitchen.",
+            K.COMPLAINT,
+            D.NOT_AS_DESCRIBED,
+        ),
+        ("ケトル", "蓋が壊れていません。", K.REPLY, None),
+        ("ケトル", "蓋が壊れています。", K.COMPLAINT, D.DAMAGED),
+        ("不在票が入っていました", "再配達をお願いします。", K.REPLY, None),
+        ("【不在】3月23日まで", "不在にしております。", K.AUTO_REPLY, None),
     ],
 )
 def test_buyer_words(
@@ -266,15 +306,25 @@ def test_auto_reply_beats_a_complaint_word(rules: MailRules) -> None:
     ("header", "kind"),
     [
         ("X-Auto-Response-Suppress: All", K.REPLY),
-        ("Precedence: list", K.REPLY),
-        ("Precedence: junk", K.AUTO_REPLY),
+        ("Precedence: list", K.BULK),
+        ("Precedence: junk", K.BULK),
+        ("Precedence: bulk", K.BULK),
+        ("Precedence: first-class", K.REPLY),
         ("Precedence: auto_reply", K.AUTO_REPLY),
         ("Auto-Submitted: no", K.REPLY),
+        ("Auto-Submitted: No (manual)", K.REPLY),
         ("Auto-Submitted: auto-generated", K.AUTO_REPLY),
+        ("Auto-Submitted: auto-notified", K.AUTO_REPLY),
         ("X-Autorespond: 1", K.AUTO_REPLY),
+        ("List-Id: Kettle news <news.descaler.example>", K.BULK),
+        ("List-Unsubscribe: <mailto:leave@descaler.example>", K.BULK),
+        ("List-Post: NO", K.BULK),
+        ("Feedback-ID: 42:news:descaler", K.BULK),
+        ("X-Campaign: spring26", K.BULK),
+        ("X-CSA-Complaints: csa-complaints@eco.de", K.BULK),
     ],
 )
-def test_auto_reply_headers(rules: MailRules, header: str, kind: MessageKind) -> None:
+def test_automatic_and_bulk_headers(rules: MailRules, header: str, kind: MessageKind) -> None:
     assert run(rules, mail("Re: your order", "Thanks!", header)).kind is kind
 
 
@@ -326,14 +376,327 @@ def test_quoted_order_numbers_are_not_the_buyers(rules: MailRules) -> None:
         "Von: Kettle & Co <service@shop.example>\nGesendet: Donnerstag, 12. März 2026 09:00",
         "差出人: Kettle & Co <service@shop.example>\n送信日時: 2026年3月12日 9:00",
         "发件人: Kettle & Co <service@shop.example>\n发送时间: 2026年3月12日 9:00",
+        "De : Kettle & Co <service@shop.example>\nEnvoyé : jeudi 12 mars 2026 09:00",
+        "De: Kettle & Co <service@shop.example>\nEnviado: jueves, 12 de marzo de 2026 9:00",
+        "Da: Kettle & Co <service@shop.example>\nInviato: giovedì 12 marzo 2026 09:00",
+        "________________________________\nFrom: Kettle & Co <service@shop.example>",
+        "---------- Forwarded message ---------\nFrom: Kettle & Co <service@shop.example>",
+        "---------- Forwarded message ---------",
+        "Begin forwarded message:\n\nFrom: Kettle & Co <service@shop.example>",
+        "Begin forwarded message:",
+        "Anfang der weitergeleiteten Nachricht:",
+        "Début du message réexpédié :",
+        "-------- Weitergeleitete Nachricht --------\nBetreff: Wasserkocher",
+        "-------- Message transféré --------",
+        "---------- Mensaje reenviado ---------",
+        "-------- Messaggio inoltrato --------",
     ],
 )
 def test_quoted_text_is_not_the_buyers(rules: MailRules, separator: str) -> None:
-    from worker.rules import normalise
-
     text = normalise(f"All fine, thanks!\n\n{separator}\n\nSomething missing or damaged? Refund?")
     assert own_words(text, rules) == "All fine, thanks!"
 
 
 def test_greater_than_lines_are_dropped_anywhere(rules: MailRules) -> None:
     assert own_words("Hi\n> damaged?\nall good", rules) == "Hi\nall good"
+
+
+@pytest.mark.parametrize(
+    "separator",
+    [
+        "Op do 12 mrt. 2026 om 09:00 schreef Kettle & Co <service@shop.example>:",
+        "Em qui., 12 de mar. de 2026 às 09:00, Kettle & Co <service@shop.example> escreveu:",
+        "Den 12 mars 2026 kl. 09:00 skrev Kettle & Co <service@shop.example>:",
+        "2026/03/12 Kettle & Co <service@shop.example>",
+    ],
+)
+def test_the_reply_parser_finds_headers_the_rules_do_not_list(
+    rules: MailRules, separator: str
+) -> None:
+    text = normalise(f"All fine, thanks!\n\n{separator}\n> Something missing or damaged?\nRefund?")
+    assert rules.quote_start(text) == len(text)
+    assert own_words(text, rules) == "All fine, thanks!"
+
+
+# Bulk and mailing-list mail ------------------------------------------------------------------
+
+NEWS = "news@descaler.example"
+BULKY = (
+    "List-Id: Kettle news <news.descaler.example>",
+    "List-Unsubscribe: <mailto:leave@descaler.example>",
+    "Precedence: bulk",
+)
+OWN_GROUP = (
+    "List-Id: <help.shop.example>",
+    "List-Post: <https://groups.google.com/a/shop.example/group/help/post>, "
+    "<mailto:help@shop.example>",
+    "List-Unsubscribe: <mailto:googlegroups-manage+8033+unsubscribe@googlegroups.com>",
+    "Precedence: list",
+)
+
+
+@pytest.mark.parametrize(
+    ("subject", "body"),
+    [
+        ("Spring offer", "My parcel has not arrived? Broken kettle? Full refund, always."),
+        ("STOP", "Unsubscribe"),
+        ("Re: your order #1042", "Thanks for your order!"),
+    ],
+)
+def test_bulk_is_never_a_complaint_an_unsubscribe_or_a_reply(
+    rules: MailRules, subject: str, body: str
+) -> None:
+    verdict = run(rules, mail(subject, body, *BULKY, sender=NEWS))
+    assert verdict.kind is K.BULK
+    assert verdict.evidence == "header=List-Id: Kettle news <news.descaler.example>"
+
+
+@pytest.mark.parametrize(
+    ("subject", "header", "evidence"),
+    [
+        ("Re: your order", "Auto-Submitted: auto-replied", "header=Auto-Submitted: auto-replied"),
+        ("Re: your order", "X-Autoreply: yes", "header=X-Autoreply: yes"),
+        ("Out of office: Re: your order", "X-Mailer: vacation", "subject=en:Out of office"),
+    ],
+)
+def test_a_real_automatic_reply_stays_one_with_bulk_headers(
+    rules: MailRules, subject: str, header: str, evidence: str
+) -> None:
+    verdict = run(rules, mail(subject, "I am away until Monday.", header, *BULKY))
+    assert (verdict.kind, verdict.evidence) == (K.AUTO_REPLY, evidence)
+
+
+def test_bulk_headers_beat_auto_generated(rules: MailRules) -> None:
+    raw = mail("Weekly news", "Hello", "Auto-Submitted: auto-generated", *BULKY, sender=NEWS)
+    assert run(rules, raw).kind is K.BULK
+
+
+def with_headers(raw: bytes, *headers: str) -> bytes:
+    head, _, body = raw.partition(b"\nSubject:")
+    return head + "".join(f"\n{h}" for h in headers).encode() + b"\nSubject:" + body
+
+
+@pytest.mark.parametrize(
+    ("fixture", "kind"),
+    [
+        ("ebay_case_opened", K.DISPUTE_OPENED),
+        ("ebay_feedback_negative", K.REVIEW),
+        ("amazon_buyer_message", K.REPLY),
+        ("amazon_buyer_complaint", K.COMPLAINT),
+    ],
+)
+def test_marketplace_rules_beat_their_list_headers(
+    rules: MailRules, fixture: str, kind: MessageKind
+) -> None:
+    raw = (MAIL / "marketplace" / f"{fixture}.eml").read_bytes()
+    raw = with_headers(raw, "List-Unsubscribe: <mailto:u@marketplace.example>", "Feedback-ID: 1:x")
+    assert parse(raw).header("Feedback-ID") == "1:x"
+    verdict = run(rules, raw)
+    assert (verdict.kind, verdict.marketplace is not None) == (kind, True)
+
+
+def test_the_sellers_own_group_passing_a_complaint_on_is_no_bulk(rules: MailRules) -> None:
+    verdict = run(rules, mail("Order #1061", "The glass is broken.", *OWN_GROUP))
+    assert (verdict.kind, verdict.dispute_kind) == (K.COMPLAINT, D.DAMAGED)
+    assert run(rules, mail("Order #1061", "STOP", *OWN_GROUP)).kind is K.UNSUBSCRIBE
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        ("List-Id: <help.shop.example.evil.example>",),
+        ("List-Post: <mailto:help@shop.example.evil.example>",),
+        ("List-Id: <shop.example>", "List-Post: <mailto:news@shop.example>"),
+        (*OWN_GROUP, "Feedback-ID: 42:news:descaler"),
+    ],
+)
+def test_a_list_that_is_not_the_sellers_own_is_bulk(
+    rules: MailRules, headers: tuple[str, ...]
+) -> None:
+    assert run(rules, mail("Offer", "Refund guaranteed!", *headers)).kind is K.BULK
+
+
+# Our own mail coming back -------------------------------------------------------------------
+
+CHECK_IN = """Hello Emily,
+
+Thank you for your order #1042. Your parcel should have reached you by now, so we would like \
+to check in: did it arrive safely, and does your Electric kettle 1.7 l work as you expected?
+
+If anything is not quite right, we are glad to help:
+
+1. A question about setting it up or using it: reply to this e-mail and tell us where you \
+are stuck.
+2. Something missing or damaged: reply with a short description (a photo helps), and we \
+will put it right within 1-2 working days.
+3. Anything else: just reply; we answer every message within 24 hours.
+
+To stop receiving these messages, simply reply with "unsubscribe".
+
+Best regards,
+Anna, customer service
+Kettle & Co"""
+CHECK_IN_SUBJECT = "Re: Did your Electric kettle 1.7 l arrive safely?"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        f"All good, thanks!\n\n{CHECK_IN}",
+        f"All good, thanks!\n\n---------- 전달된 메일 ----------\n{CHECK_IN}",
+        f"All good, thanks!\n\n-------- Przekazana wiadomość --------\n{CHECK_IN}",
+        f"All good, thanks!\n\n{CHECK_IN.upper()}",
+        "All good, thanks!\n\n" + textwrap.fill(CHECK_IN, 66, break_on_hyphens=False),
+        "All good, thanks!\n\n" + CHECK_IN.replace(" ", "  ").replace("\n", "\n\t"),
+    ],
+    ids=["no-marker", "korean-forward", "polish-forward", "capitals", "rewrapped", "spaced"],
+)
+def test_our_text_without_a_known_marker_is_not_the_buyers(rules: MailRules, body: str) -> None:
+    raw = mail(CHECK_IN_SUBJECT, body)
+    assert run(rules, raw).kind is K.COMPLAINT, "without ours, our 'damaged' reads as theirs"
+    verdict = run(rules, raw, ours=("Thanks for your review!", CHECK_IN))
+    assert (verdict.kind, verdict.order_numbers) == (K.REPLY, ())
+
+
+def test_our_check_in_forwarded_under_a_marker_is_not_the_buyers(rules: MailRules) -> None:
+    body = f"See below, all fine.\n\n---------- Forwarded message ---------\n{CHECK_IN}"
+    for ours in ((), (CHECK_IN,)):
+        verdict = run(rules, mail(f"Fwd: {CHECK_IN_SUBJECT[4:]}", body), ours=ours)
+        assert (verdict.kind, verdict.order_numbers) == (K.REPLY, ())
+
+
+def test_an_out_of_office_in_another_language_quoting_us_opens_nothing(rules: MailRules) -> None:
+    body = f"부재중입니다. 3월 23일에 돌아옵니다.\n\n{CHECK_IN}"
+    raw = mail(f"부재중: {CHECK_IN_SUBJECT[4:]}", body)
+    assert run(rules, raw).kind is K.COMPLAINT
+    assert run(rules, raw, ours=(CHECK_IN,)).kind is K.REPLY
+
+
+@pytest.mark.parametrize(
+    ("body", "dispute"),
+    [
+        (f"Something missing or damaged: yes, the lid.\n\n{CHECK_IN}", D.DAMAGED),
+        (f"It never arrived.\n\n{CHECK_IN}", D.NOT_RECEIVED),
+        (f"{CHECK_IN}\n\nP.S. the base is cracked", D.DAMAGED),
+    ],
+)
+def test_the_buyers_own_lines_stay_beside_ours(
+    rules: MailRules, body: str, dispute: DisputeKind
+) -> None:
+    verdict = run(rules, mail(CHECK_IN_SUBJECT, body), ours=(CHECK_IN,))
+    assert (verdict.kind, verdict.dispute_kind) == (K.COMPLAINT, dispute)
+
+
+def test_only_whole_lines_or_long_pieces_of_ours_are_removed(rules: MailRules) -> None:
+    text = "Best regards,\n  KETTLE   & co \nDamaged\nreply with a short description\nThanks"
+    ours = ("Something missing or damaged: reply with a short description.\nKettle & Co",)
+    assert own_words(text, rules, ours) == "Best regards,\nDamaged\nThanks"
+
+
+def test_what_our_mail_quotes_is_not_ours(rules: MailRules) -> None:
+    ours = ("> The lid of my kettle is cracked.\nSorry! A new lid is on its way.",)
+    text = "The lid of my kettle is cracked.\nSorry! A new lid is on its way."
+    assert own_words(text, rules, ours) == "The lid of my kettle is cracked."
+
+
+# Hostile mail -------------------------------------------------------------------------------
+
+MB = 1_000_000
+AMAZON = "x7q@marketplace.amazon.com"
+EBAY = "ebay@ebay.com"
+# (sender, subject, body) of 1 MB each: backtracking bait for every family of shipped pattern.
+BAIT = {
+    "spaces": (None, " " * MB, " " * MB),
+    "whitespace-runs": (None, "\t \u3000" * (MB // 3), " \t\n\r\f\v\xa0" * (MB // 7)),
+    "words-apart": (None, "has" + " " * MB + "not arrived", "where is" + "\n" * MB + "my parcel"),
+    "a-then-bang": (None, "a" * MB + "!", "a" * MB + "!"),
+    "punctuation-then-word": (None, "!" * MB + "a", ".\n" * (MB // 2) + "a"),
+    "digits": (None, "1" * MB, "1-" * (MB // 2)),
+    "order-bait": (None, "112-4567890-" * (MB // 12), "#1" * (MB // 2) + "&#1234" * (MB // 6)),
+    "adjacent-numbers": (None, "#1001 " * (MB // 6), "8178123456789012 " * (MB // 17)),
+    "negated-keywords": (None, "not damaged " * (MB // 12), "no refund, " * (MB // 11)),
+    "glued-keywords": (None, "damaged" * (MB // 7), "xrefundx " * (MB // 9)),
+    "cjk": (None, "没" * MB, "壊れて" * (MB // 3) + "いません"),
+    "unsubscribe-bait": (None, "please " * (MB // 7) + "unsubscribe!", "stop " * (MB // 5)),
+    "reply-prefixes": (None, "Re: " * (MB // 4) + "broken", "AW:[1]" * (MB // 6)),
+    "quote-starts": (None, "On " + "x " * MB, "On x\n" * (MB // 5) + "-" * MB),
+    "outlook-blocks": (None, "_" * MB, "From: x\n" * (MB // 8) + "2026年3月12日" * (MB // 10)),
+    "parser-date-bait": (None, "x", ("2026/1/1 " + " <@" * 60 + "\n") * (MB // 190)),
+    "parser-long-lines": (None, "x", ("Am " + " schrieb " * 20 + "\n") * (MB // 170)),
+    "amazon-subjects": (AMAZON, "A-to-z Guarantee claim " * (MB // 23), "-" * MB),
+    "amazon-buyer-text": (AMAZON, "x", "-----Message:-----" * (MB // 18)),
+    "ebay-buyer-text": ("x@members.ebay.com", "x", "New message from: x\n" + "a\n" * (MB // 2)),
+    "ebay-ratings": (EBAY, "feedback " * (MB // 9), "left you a " * (MB // 11)),
+    "trustpilot-ratings": ("n@trustpilot.com", "review", "5-star " * (MB // 7)),
+    "long-sender": ("a" * MB + "@ebay.com", "feedback", "x"),
+}
+
+
+def hostile(
+    subject: str,
+    text: str,
+    sender: str | None = None,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> InboundMessage:
+    """A parsed message with the given fields put in whole, past the parser's own limits."""
+    base = parse(mail("x", "x"))
+    return dataclasses.replace(
+        base,
+        subject=subject,
+        text=text,
+        sender=base.sender if sender is None else sender,
+        headers=base.headers + headers,
+    )
+
+
+def seconds(rules: MailRules, message: InboundMessage, ours: tuple[str, ...] = ()) -> float:
+    started = time.perf_counter()
+    classify(message, rules, seller_addresses=SELLER, ours=ours)
+    return time.perf_counter() - started
+
+
+@pytest.mark.parametrize("name", sorted(BAIT))
+def test_regex_bait_is_classified_quickly(rules: MailRules, name: str) -> None:
+    sender, subject, body = BAIT[name]
+    assert seconds(rules, hostile(subject, body, sender)) < 1.0
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["List-Id", "List-Post", "Auto-Submitted", "Precedence", "X-Autoreply", "Feedback-ID"],
+)
+def test_huge_header_values_are_read_quickly(rules: MailRules, header: str) -> None:
+    values = (" " * MB + "no", "<" * MB, "<mailto:" * (MB // 8))
+    message = hostile("x", "x", headers=tuple((header, value) for value in values))
+    assert seconds(rules, message) < 1.0
+
+
+def test_huge_mail_of_ours_is_compared_quickly(rules: MailRules) -> None:
+    lines = "".join(f"line {n:06} of our text, long enough\n" for n in range(MB // 37))
+    message = hostile("x", lines)
+    assert seconds(rules, message, ours=(lines, "x" * MB, " \n" * MB)) < 1.0
+    assert classify(message, rules, seller_addresses=SELLER, ours=(lines,)).kind is K.REPLY
+
+
+def test_a_keyword_past_the_cut_is_not_read(rules: MailRules) -> None:
+    """The limits are real: a 1 MB body is read as its first 64 KB."""
+    tail = "x\n" * (TEXT_CHARS // 2) + "It arrived broken."
+    assert run(rules, mail("Hello", "It arrived broken.")).kind is K.COMPLAINT
+    assert classify(hostile("Hello", tail), rules, seller_addresses=SELLER).kind is K.REPLY
+
+
+TRICKY = st.sampled_from(
+    ["\ud800", "\udcff", "\x00", "\u2028", "\u3000", ">", "-- ", "On x wrote:", "#1001"]
+)
+TEXT = st.lists(st.one_of(st.text(max_size=40), TRICKY), max_size=30).map("\n".join)
+
+
+@given(subject=TEXT, body=TEXT, value=TEXT, ours=st.lists(TEXT, max_size=3))
+@settings(max_examples=150, deadline=None)
+def test_classify_never_raises(
+    rules: MailRules, subject: str, body: str, value: str, ours: list[str]
+) -> None:
+    headers = tuple((name, value) for name in ("List-Id", "List-Post", "Auto-Submitted"))
+    message = hostile(subject, body, sender=value, headers=headers)
+    verdict = classify(message, rules, seller_addresses=SELLER, ours=tuple(ours))
+    assert verdict.kind in set(MessageKind)

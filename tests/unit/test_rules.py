@@ -139,3 +139,122 @@ def test_repeated_rule_ids_are_refused(tmp_path: Path) -> None:
     rule = "  - {id: a, marketplace: shop, kind: reply, senders: ['x']}\n"
     with pytest.raises(RulesError, match="repeated: \\['a'\\]"):
         load_rules(write(tmp_path, "marketplace:\n" + rule + rule))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "112-4567890-1234567 113-9876543-7654321",
+        "24-11223-44556 19-55667-88990",
+        "8178123456789012 8178123456789013",
+        "#1001 #1002",
+        "#1001,#1002",
+    ],
+)
+def test_numbers_one_space_apart_are_both_found(rules: MailRules, text: str) -> None:
+    first, _, second = text.replace(",", " ").partition(" ")
+    assert rules.order_numbers_in(text) == (first, second)
+
+
+@pytest.mark.parametrize(
+    ("text", "numbers"),
+    [
+        ("1112-4567890-1234567 and 112-4567890-12345678", ()),
+        ("112-4567890-1234567-2, 9-112-4567890-1234567", ()),
+        ("Order:112-4567890-1234567.", ("112-4567890-1234567",)),
+        ("Bestellung112-4567890-1234567", ("112-4567890-1234567",)),
+        ("Order#1001 ##1002 &#1003; #10045678", ()),
+        ("(#1001)", ("#1001",)),
+        ("#1001abc", ("#1001",)),
+    ],
+)
+def test_order_numbers_stand_alone(rules: MailRules, text: str, numbers: tuple[str, ...]) -> None:
+    assert rules.order_numbers_in(text) == numbers
+
+
+def test_order_numbers_are_capped(rules: MailRules) -> None:
+    text = " ".join(f"#{n}" for n in range(1000, 1100))
+    assert rules.order_numbers_in(text) == tuple(f"#{n}" for n in range(1000, 1000 + 32))
+
+
+def spans(rules: MailRules, language: str, source: str, text: str) -> list[str]:
+    keyword = next(
+        k for k in rules.complaints if k.language == language and source in k.pattern.pattern
+    )
+    return [text[start:end] for start, end in keyword.spans(text)]
+
+
+@pytest.mark.parametrize(
+    ("language", "source", "text", "found"),
+    [
+        (
+            "en",
+            "((?:damaged))",
+            "undamaged, damaged! (damaged) _damaged_ damagedx",
+            ["damaged"] * 3,
+        ),
+        ("en", "heat", "it doesn't heat upstairs", ["doesn't heat"]),
+        ("en", "heat", "it doesn't heat up, doesn't heat", ["doesn't heat up", "doesn't heat"]),
+        (
+            "de",
+            "storn",
+            "bitte stornieren, Stornierung! Stornoß",
+            ["stornieren", "Stornierung", "Stornoß"],
+        ),
+        ("fr", "rembours", "remboursé, remboursement", ["remboursé", "remboursement"]),
+        ("ja", "破損", "蓋が破損していました", ["破損"]),
+        ("zh", "退款", "我要求全额退款。", ["退款"]),
+    ],
+)
+def test_latin_keywords_match_whole_words_cjk_anywhere(
+    rules: MailRules, language: str, source: str, text: str, found: list[str]
+) -> None:
+    assert spans(rules, language, source, text) == found
+
+
+@pytest.mark.parametrize(
+    ("text", "keyword", "negated"),
+    [
+        ("it arrived not damaged", "damaged", True),
+        ("it isn't damaged", "damaged", True),
+        ("Nothing damaged", "damaged", False),
+        ("keine Beschädigung, nicht beschädigt", "beschädigt", True),
+        ("壊れていません", "壊れて", True),
+        ("壊れています", "壊れて", False),
+        ("没有损坏", "损坏", True),
+    ],
+)
+def test_negations_right_next_to_a_keyword(
+    rules: MailRules, text: str, keyword: str, negated: bool
+) -> None:
+    start = text.rindex(keyword)
+    assert rules.negated(text, start, start + len(keyword)) is negated
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "source"),
+    [
+        ("order_numbers:\n  - {name: a, pattern: '(?<!\\d)\\d{4}'}\n", ":2", "(?<!\\d)\\d{4}"),
+        (
+            "complaints:\n  en:\n    damaged:\n      - 'broken(?! glass)'\n",
+            ":4",
+            "broken(?! glass)",
+        ),
+        ("negations:\n  en:\n    before: ['(no)\\s+\\1']\n", ":3", "(no)\\s+\\1"),
+        ("quote_starts:\n  - 'x'\n  - '(?<=^)On '\n", ":3", "(?<=^)On "),
+        (
+            "order_numbers:\n  - name: a\n    pattern: '#\\d+'\n    not_before: '(?=x)'\n",
+            ":4",
+            "(?=x)",
+        ),
+    ],
+)
+def test_lookarounds_and_backreferences_are_refused_at_start_up(
+    tmp_path: Path, text: str, where: str, source: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(RulesError) as caught:
+        load_rules(path)
+    assert caught.value.where == f"{path}{where}"
+    assert f"bad regex {source!r}" in caught.value.detail
+    assert "lookarounds and backreferences are not supported" in caught.value.detail
