@@ -58,11 +58,11 @@ AUTO_REPLIES = {
     "ja_fuzai_iso2022jp": Expect(K.AUTO_REPLY, "subject=ja:自動返信"),
     "zh_zidong_huifu_gb2312": Expect(K.AUTO_REPLY, "subject=zh:自动回复"),
     "x_autoreply": Expect(K.AUTO_REPLY, "header=X-Autoreply: yes"),
+}
+BULK_MAIL = {
     # An acknowledgement with only Precedence: bulk, which bulk mail carries: not a real
     # automatic reply (Auto-Submitted: auto-replied, X-Autoreply, an out-of-office subject).
     "precedence_bulk": Expect(K.BULK, "header=Precedence: bulk", numbers=("#48213",)),
-}
-BULK_MAIL = {
     "newsletter_esp": Expect(K.BULK, "header=List-Unsubscribe: <https://em.descaler.example/"),
     "mailing_list_post": Expect(
         K.BULK, "header=List-Id: Kettle sellers forum <sellers.forum.example.org>"
