@@ -53,6 +53,7 @@ from worker.domain import Order  # noqa: E402
 from worker.inbound import Received, parse  # noqa: E402
 from worker.ingest import Ingest, IngestReport  # noqa: E402
 from worker.mailbox import FetchedMessage, Mailbox  # noqa: E402
+from worker.origin import judge  # noqa: E402
 from worker.react import react  # noqa: E402
 from worker.return_path import Signer  # noqa: E402
 from worker.rules import MailRules, load_rules  # noqa: E402
@@ -428,8 +429,8 @@ class Stopwatch:
 async def breakdown(settings: Settings, rules: MailRules, expected: int) -> tuple[Stopwatch, float]:
     """A sequential copy of ``Ingest.run_once`` for one folder, each public call timed."""
     store = Store.open(settings.database_url)
-    ingest = Ingest(settings, store, rules, FixedClock(NOW))
-    mailbox = Mailbox(settings.imap)
+    ingest = Ingest(settings, store, rules, FixedClock(NOW), signer=SIGNER)
+    mailbox = Mailbox(settings.imap, max_message_bytes=settings.inbox.max_message_bytes)
     watch = Stopwatch()
     try:
         start = perf_counter()
@@ -462,27 +463,33 @@ async def _copy_of_folder(ingest: Ingest, mailbox: Mailbox, watch: Stopwatch) ->
 def _copy_of_take(
     ingest: Ingest, fetched: FetchedMessage, uidvalidity: int, watch: Stopwatch
 ) -> None:
-    """The calls of ``Ingest.take``, in its order; logging and the report are left out."""
+    """The calls of ``Ingest.take``, in its order, run inline (the daemon reads off the event
+    loop in a thread); logging and the report are left out."""
     store, settings = ingest.store, ingest.settings
     with watch.stage("parse: inbound.parse"):
-        message = parse(fetched.raw)
+        message = parse(fetched.raw, limits=ingest.limits)
+    with watch.stage("store: texts we sent"):
+        ours = store.texts_sent_to(message.sender)
     with watch.stage("classify"):
         verdict = classify(
             message,
             ingest.rules,
             seller_addresses=settings.seller_addresses,
             unsubscribe_addresses=ingest.unsubscribe_addresses,
+            ours=ours,
         )
+    with watch.stage("origin: judge"):
+        origin = judge(message, settings.authentication.authserv_ids)
     with watch.stage("thread: wanted"):
-        want = wanted(message, verdict)
+        want = wanted(message, verdict, return_path_sends=SIGNER.sends_in(message.recipients))
     with watch.stage("store: candidates query"):
         found = store.candidates(want)
     with watch.stage("thread: match + react"):
         threaded = match(want, found, verdict, now=NOW, recent=settings.inbox.buyer_match_window)
     with watch.stage("store: order of the match"):
-        buyer = store.order(threaded.match.order_id).buyer_email if threaded.match else None
+        standing = ingest._standing(message, origin, threaded)
     with watch.stage("thread: match + react"):
-        reactions = react(verdict, threaded.match, message.sender, buyer)
+        reactions = react(verdict, threaded.match, standing)
     at = min(fetched.internal_date, NOW)
     received = Received(ingest.name, FOLDER, uidvalidity, fetched.uid, at)
     with watch.stage("store: record_inbound (1 tx)"):
@@ -604,7 +611,7 @@ def one_repeat(
     results.raw.values.append(total / seconds)
     store = Store.open(run.settings.database_url)
     try:
-        ingest = Ingest(run.settings, store, inputs.rules, FixedClock(NOW))
+        ingest = Ingest(run.settings, store, inputs.rules, FixedClock(NOW), signer=SIGNER)
         results.pure.values.append(total / pure_steps(inputs, run.settings, ingest))
         seconds, report = asyncio.run(asyncio.wait_for(ingest_run(ingest, total), timeout))
     finally:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
-import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,13 +19,25 @@ from pathlib import Path
 from typing import TypeVar
 
 from worker import __version__, logs
+from worker.classify import classify
 from worker.clock import Clock, ShiftedClock, SystemClock
 from worker.config import Settings, load_settings, parse_duration
 from worker.daemon import Daemon, load_checked_campaigns, run_until_stopped
-from worker.domain import Dispute, DisputeKind, MessageKind, Reply, Review, SendState
+from worker.domain import (
+    Classification,
+    Dispute,
+    DisputeKind,
+    MessageKind,
+    Reply,
+    Review,
+    SendState,
+    SuppressionReason,
+)
 from worker.errors import ConfigError, FeedError, WorkerError
 from worker.feeds import Format, RejectedRow, RejectsFile, read_disputes, read_orders, read_reviews
-from worker.ingest import Ingest
+from worker.inbound import InboundMessage, parse
+from worker.ingest import Ingest, parse_limits, unsubscribe_only
+from worker.origin import Origin, judge
 from worker.plan import Verdict
 from worker.render import Renderer
 from worker.return_path import load_signer
@@ -33,6 +45,7 @@ from worker.rules import load_rules
 from worker.signals import on_stop
 from worker.sink import RejectRule, SinkOptions, serve
 from worker.store import SoftBounceRule, Store, UpsertCount
+from worker.terminal import printable
 
 T = TypeVar("T")
 
@@ -231,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(handler=cmd_ingest)
 
+    classifying = commands.add_parser(
+        "classify", help="classify message files as the mailbox reader would; one JSON line each"
+    )
+    classifying.add_argument(
+        "files", nargs="*", default=["-"], metavar="FILE", help="messages; - or none: stdin"
+    )
+    classifying.set_defaults(handler=cmd_classify)
+
     thread = commands.add_parser("thread", help="an order's conversation, oldest first")
     thread.add_argument("order_id")
     thread.add_argument("--full", action="store_true", help="whole message texts, not a preview")
@@ -356,15 +377,16 @@ def cmd_sends(args: argparse.Namespace, settings: Settings) -> int:
         )
         print(f"{'campaign/step':36} {'state':9} {'count':>5}  reason")
         for (campaign, step, state, reason), count in sorted(counts.items()):
-            shown = reason if state in ("skipped", "failed") else ""
+            shown = _shown(reason) if state in ("skipped", "failed") else ""
             print(f"{campaign + '/' + step:36} {state:9} {count:5}  {shown}")
         return 0
     states = [SendState(s) for s in args.state] if args.state else None
     print(f"{'state':9} {'order':22} {'campaign/step':36} {'due (UTC)':17} reason / message-id")
     for row in store.sends(states):
-        detail = row.reason or row.message_id or ""
+        # A relay's reply or a feed's order id is a stranger's text too.
+        detail = _shown(row.reason or row.message_id or "")
         print(
-            f"{row.state.value:9} {row.order_id:22} {row.campaign + '/' + row.step:36} "
+            f"{row.state.value:9} {_shown(row.order_id):22} {row.campaign + '/' + row.step:36} "
             f"{row.due_at:%Y-%m-%d %H:%M} {detail}"
         )
     return 0
@@ -535,16 +557,65 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
+    """What the mailbox reader would make of each message, with no database: one JSON line
+    per file, in order. ``suppress`` is what the content alone would suppress; the worker
+    also needs proof that a report is about one of our sends (``needs``)."""
+    rules = load_rules(settings.inbox.rules_file)
+    limits = parse_limits(settings)
+    failed = 0
+    for name in args.files:
+        try:
+            raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        except OSError as exc:  # one unreadable file is reported; the others are read
+            failed += 1
+            print(json.dumps({"file": name, "error": str(exc)}), flush=True)
+            continue
+        message = parse(raw, limits=limits)
+        verdict = classify(
+            message,
+            rules,
+            seller_addresses=settings.seller_addresses,
+            unsubscribe_addresses=unsubscribe_only(settings),
+        )
+        origin = judge(message, settings.authentication.authserv_ids)
+        print(json.dumps({"file": name, **_verdict_fields(message, verdict, origin)}), flush=True)
+    return 1 if failed else 0
 
 
-def _shown(text: str) -> str:
-    """Mail text on an agent's terminal: no escape sequences from a stranger's message."""
-    return _UNPRINTABLE.sub("\N{REPLACEMENT CHARACTER}", text)
+_SUPPRESSES = {
+    MessageKind.BOUNCE_HARD: SuppressionReason.HARD_BOUNCE,
+    MessageKind.SPAM_COMPLAINT: SuppressionReason.SPAM_COMPLAINT,
+    MessageKind.UNSUBSCRIBE: SuppressionReason.UNSUBSCRIBE,
+}
+
+
+def _verdict_fields(
+    message: InboundMessage, verdict: Classification, origin: Origin
+) -> dict[str, object]:
+    reported = verdict.bounce.recipient if verdict.bounce else ""
+    who = message.sender if verdict.kind is MessageKind.UNSUBSCRIBE else reported
+    reason = _SUPPRESSES.get(verdict.kind) if who else None
+    fields: dict[str, object] = {
+        "kind": verdict.kind.value,
+        "evidence": verdict.evidence,
+        "suppress": who if reason else None,
+        "reason": reason.value if reason else None,
+        "authentication": {"verified_domain": origin.verified_domain, "evidence": origin.evidence},
+        "defects": list(message.errors),
+    }
+    if reason in (SuppressionReason.HARD_BOUNCE, SuppressionReason.SPAM_COMPLAINT):
+        fields["needs"] = "our return-path token or Message-ID"
+    return fields
+
+
+def _shown(text: str, *, keep_newlines: bool = False) -> str:
+    """Mail text on an agent's terminal: characters, never escape sequences or bidi tricks."""
+    return printable(text, keep_newlines=keep_newlines)
 
 
 def _preview(text: str, width: int = 100) -> str:
-    flat = " ".join(_shown(text).split())
+    flat = printable(" ".join(text.split()))
     return flat if len(flat) <= width else flat[: width - 3] + "..."
 
 
@@ -552,16 +623,19 @@ def cmd_thread(args: argparse.Namespace, settings: Settings) -> int:
     store = _open_store(settings)
     order = store.order(args.order_id)
     entries = store.conversation(args.order_id)
-    print(f"order {order.order_id} ({order.marketplace}), buyer {order.buyer_email}")
+    print(
+        f"order {_shown(order.order_id)} ({_shown(order.marketplace)}), "
+        f"buyer {_shown(order.buyer_email)}"
+    )
     for entry in entries:
         arrow = "<-" if entry.direction == "in" else "->"
-        print(f"{entry.at:%Y-%m-%d %H:%M} {arrow} {entry.label:20} {_shown(entry.who)}")
+        print(f"{entry.at:%Y-%m-%d %H:%M} {arrow} {_shown(entry.label):20} {_shown(entry.who)}")
         if entry.subject:
             print(f"    subject: {_preview(entry.subject)}")
         if entry.text:
-            body = _shown(entry.text) if args.full else _preview(entry.text)
+            body = _shown(entry.text, keep_newlines=True) if args.full else _preview(entry.text)
             print("    " + body.replace("\n", "\n    "))
-        print(f"    ({entry.detail})")
+        print(f"    ({_shown(entry.detail)})")
     if not entries:
         print("no messages yet")
     return 0
@@ -578,14 +652,14 @@ def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
         for item in waiting:
             age_h = (now - item.since).total_seconds() / 3600
             print(
-                f"{item.order_id:22} {age_h:6.0f} h  {item.kind:10} {_shown(item.buyer)}  "
-                f"{_preview(item.subject, 60)}"
+                f"{_shown(item.order_id):22} {age_h:6.0f} h  {_shown(item.kind):10} "
+                f"{_shown(item.buyer)}  {_preview(item.subject, 60)}"
             )
         return 0
     rows = store.inbound_messages(unmatched=args.unmatched, kinds=args.kind)
     print(f"{'id':>5} {'received (UTC)':16} {'kind':14} {'order':22} sender / subject")
     for row in rows:
-        order = row.order_id or "-"
+        order = _shown(row.order_id or "-")
         print(
             f"{row.id:5} {row.received_at:%Y-%m-%d %H:%M} {row.kind.value:14} {order:22} "
             f"{_shown(row.sender)}  {_preview(row.subject, 60)}"
@@ -594,6 +668,8 @@ def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
             errors = "; ".join(row.parse_errors[:3])
             why = row.evidence + (f"; parse errors: {errors}" if errors else "")
             print(f"      {_preview(why, 200)}")
+        if row.withheld:
+            print(f"      withheld: {_preview(row.withheld, 200)}")
     return 0
 
 
@@ -602,7 +678,7 @@ def cmd_inbox_assign(args: argparse.Namespace, settings: Settings) -> int:
     rule = SoftBounceRule(settings.inbox.soft_bounce_limit, settings.inbox.soft_bounce_window)
     done = store.assign_inbound(args.message, args.order_id, rule)
     effects = [f"{done.dispute.value} dispute opened"] if done.dispute else []
-    effects += [f"{s.email} suppressed ({s.reason.value})" for s in done.suppressed]
+    effects += [f"{_shown(s.email)} suppressed ({s.reason.value})" for s in done.suppressed]
     if done.disputes_closed:
         effects.append(f"{done.disputes_closed} dispute(s) closed")
     print(

@@ -176,6 +176,29 @@ class InboxSettings(_Strict):
         description="Time to parse and classify one message; past it the message is "
         "quarantined and the next one read.",
     )
+    max_message_bytes: int = Field(
+        25_000_000,
+        ge=64 * 1024,
+        description="A bigger message is fetched and read in part: its header and the start "
+        "of its text, marked truncated. Bounds the memory one message can take.",
+    )
+    max_header_bytes: int = Field(
+        256 * 1024, ge=4096, description="Header read of one message; past it, cut (marked)."
+    )
+    max_parts: int = Field(
+        200,
+        ge=1,
+        description="MIME parts read of one message (attachments, attached messages); "
+        "past it the rest is not read (marked truncated).",
+    )
+    max_depth: int = Field(
+        20, ge=1, description="Nesting of multiparts and attached messages read; deeper, cut."
+    )
+    max_text_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="Decoded bytes read of the text part (or HTML part); past it, cut (marked).",
+    )
 
     _lists = field_validator("agent_addresses", mode="before")(_comma_list)
     _durations = field_validator(

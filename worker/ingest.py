@@ -12,13 +12,11 @@ no single message can stop or stall the mailbox.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from email.message import Message
 
 from worker import logs
 from worker.classify import classify
@@ -26,7 +24,7 @@ from worker.clock import Clock
 from worker.config import Settings
 from worker.domain import Classification, MatchMethod, MessageKind
 from worker.errors import FolderMissing, MailboxError, StoreError
-from worker.inbound import InboundMessage, Received, parse
+from worker.inbound import InboundMessage, ParseLimits, Received, parse, unreadable
 from worker.mailbox import FetchedMessage, FolderStatus, Mailbox
 from worker.origin import MAX_SIGNATURES, DnsLookup, Origin, judge, verify_dkim
 from worker.react import Standing, react
@@ -98,12 +96,16 @@ class Ingest:
         self.store = store
         self.rules = rules
         self.clock = clock
-        self.new_mailbox = connect_mailbox or (lambda: Mailbox(settings.imap))
+        cap = settings.inbox.max_message_bytes
+        self.new_mailbox = connect_mailbox or (
+            lambda: Mailbox(settings.imap, max_message_bytes=cap)
+        )
+        self.limits = parse_limits(settings)
         self.name = f"{self.imap.username or ''}@{self.imap.host}"
         self.soft_bounces = SoftBounceRule(
             settings.inbox.soft_bounce_limit, settings.inbox.soft_bounce_window
         )
-        self.unsubscribe_addresses = _unsubscribe_only(settings)
+        self.unsubscribe_addresses = unsubscribe_only(settings)
         self.signer = signer or Signer.ephemeral()
         self.dkim_dns = dkim_dns
         self.last_read_at: datetime | None = None
@@ -138,7 +140,7 @@ class Ingest:
             for fetched in batch:
                 await self.take(fetched, folder, status.uidvalidity, report)
                 last_uid = fetched.uid
-            if len(batch) < self.imap.batch_size:
+            if not batch:  # a batch cut short by size is not the end of the folder
                 return
 
     def _start_from(self, status: FolderStatus) -> int:
@@ -211,7 +213,7 @@ class Ingest:
     async def _read_within_budget(self, fetched: FetchedMessage, folder: str) -> Reading:
         budget = self.settings.inbox.read_timeout_s
         try:
-            return await asyncio.wait_for(asyncio.to_thread(self._read, fetched.raw), budget)
+            return await asyncio.wait_for(asyncio.to_thread(self._read, fetched), budget)
         except TimeoutError:
             error = f"not read within {budget:g} s (inbox.read_timeout_s)"
         except Exception as exc:  # one message must never stop the mailbox
@@ -219,9 +221,13 @@ class Ingest:
         log.error("mail.quarantined", folder=folder, uid=fetched.uid, error=error)
         return _quarantined(fetched.raw, error)
 
-    def _read(self, raw: bytes) -> Reading:
-        """Blocking: runs in a worker thread. Parse, classify, judge the origin."""
-        message = parse(raw)
+    def _read(self, fetched: FetchedMessage) -> Reading:
+        """Blocking: runs in a worker thread. Parse, classify, judge the origin.
+
+        A message fetched cut short (past ``max_message_bytes``) is read as what it is; the
+        server's size is believed only then, as some servers' sizes are a little off."""
+        size = fetched.size if fetched.truncated else None
+        message = parse(fetched.raw, limits=self.limits, size=size)
         verdict = classify(
             message,
             self.rules,
@@ -368,8 +374,9 @@ class Ingest:
         return done
 
 
-def _unsubscribe_only(settings: Settings) -> frozenset[str]:
-    """The List-Unsubscribe address, unless buyers' ordinary replies go there too."""
+def unsubscribe_only(settings: Settings) -> frozenset[str]:
+    """The List-Unsubscribe address, unless buyers' ordinary replies go there too: only mail
+    to an address of its own is an unsubscribe whatever it says."""
     mailto = (settings.unsubscribe.mailto or "").lower()
     replies = settings.reply_address.lower()
     return frozenset({mailto}) if mailto and mailto != replies else frozenset()
@@ -382,23 +389,18 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
+def parse_limits(settings: Settings) -> ParseLimits:
+    inbox = settings.inbox
+    return ParseLimits(
+        max_message_bytes=inbox.max_message_bytes,
+        max_header_bytes=inbox.max_header_bytes,
+        max_parts=inbox.max_parts,
+        max_depth=inbox.max_depth,
+        max_text_bytes=inbox.max_text_bytes,
+    )
+
+
 def _quarantined(raw: bytes, error: str) -> Reading:
     """A message that could not be read: kept raw with its error, acting on nothing."""
-    message = InboundMessage(
-        raw=raw,
-        content_hash=hashlib.sha256(raw).hexdigest(),
-        message_id=None,
-        sender="",
-        sender_name="",
-        recipients=(),
-        subject="",
-        date=None,
-        in_reply_to=(),
-        references=(),
-        headers=(),
-        text="",
-        errors=(error,),
-        tree=Message(),
-    )
     verdict = Classification(MessageKind.QUARANTINED, error)
-    return Reading(message, verdict, Origin("", None, "not read"))
+    return Reading(unreadable(raw, error), verdict, Origin("", None, "not read"))

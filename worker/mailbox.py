@@ -36,12 +36,24 @@ IDLE_SLICE_S = 0.5
 _NEWS = (b"EXISTS", b"RECENT")
 
 
+KEPT_OF_LARGE = 1024 * 1024
+"""Of a message past ``max_message_bytes``, at most this much of its header and as much of
+its text is fetched (and never more than half the limit each)."""
+
+BATCH_LIMITS = 2
+"""A batch stops growing once it holds this many times ``max_message_bytes``."""
+
+
 @dataclass(frozen=True, slots=True)
 class FetchedMessage:
     uid: int
     raw: bytes
     internal_date: datetime
     """When the server received the message, tz-aware UTC."""
+    size: int
+    """The whole message's size (RFC822.SIZE), even when ``raw`` is only its start."""
+    truncated: bool = False
+    """``raw`` is the header and the start of the text of a message past the limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +67,13 @@ class FolderStatus:
 class Mailbox:
     """One IMAP connection to one mailbox."""
 
-    def __init__(self, settings: ImapSettings) -> None:
+    def __init__(self, settings: ImapSettings, *, max_message_bytes: int | None = None) -> None:
+        """``max_message_bytes``: a bigger message is fetched in part (its header and the
+        start of its text), so no message, whatever its size, can exhaust memory."""
         if not settings.host:
             raise MailboxError("no imap.host configured", where="imap")
         self.settings = settings
+        self.max_message_bytes = max_message_bytes
         self._host: str = settings.host
         self._client: Any = None
         self._folder: str | None = None
@@ -102,8 +117,11 @@ class Mailbox:
     async def fetch_after(self, last_uid: int, limit: int) -> list[FetchedMessage]:
         """Messages with UID > ``last_uid`` in the selected folder, oldest first, at most ``limit``.
 
-        BODY.PEEK[] leaves \\Seen alone. ``UID n:*`` also matches the highest UID when it is
-        below n, hence the filter.
+        Sizes are asked first: a message past ``max_message_bytes`` comes as its header and
+        the start of its text, marked ``truncated``; and the batch ends early, after at least
+        one message, once it holds ``BATCH_LIMITS`` times that limit. BODY.PEEK leaves
+        \\Seen alone. ``UID n:*`` also matches the highest UID when it is below n, hence the
+        filter.
         """
         return await self._call(lambda: self._fetch_after(last_uid, limit))
 
@@ -265,8 +283,35 @@ class Mailbox:
         uids = sorted(uid for uid in found if uid > last_uid)[:limit]
         if not uids:
             return []
-        response = client.fetch(uids, ["BODY.PEEK[]", "INTERNALDATE"])
-        return [_fetched(uid, response[uid]) for uid in uids if uid in response]
+        meta = client.fetch(uids, ["RFC822.SIZE", "INTERNALDATE"])
+        sizes = {uid: int(data[b"RFC822.SIZE"]) for uid, data in meta.items()}
+        chosen = self._batch([uid for uid in uids if uid in sizes], sizes)
+        most = self.max_message_bytes
+        cut = [uid for uid in chosen if most is not None and sizes[uid] > most]
+        whole = [uid for uid in chosen if uid not in cut]
+        bodies = client.fetch(whole, ["BODY.PEEK[]"]) if whole else {}
+        kept = self._kept_of_large()
+        parts = [f"BODY.PEEK[HEADER]<0.{kept}>", f"BODY.PEEK[TEXT]<0.{kept}>"]
+        starts = client.fetch(cut, parts) if cut else {}
+        fetched = [_fetched(uid, meta[uid], bodies[uid]) for uid in whole if uid in bodies]
+        fetched += [_fetched(uid, meta[uid], starts[uid]) for uid in cut if uid in starts]
+        return sorted(fetched, key=lambda message: message.uid)  # expunged meanwhile: gone
+
+    def _kept_of_large(self) -> int:
+        return max(1, min(KEPT_OF_LARGE, (self.max_message_bytes or 0) // 2))
+
+    def _batch(self, uids: list[int], sizes: dict[int, int]) -> list[int]:
+        """The first UIDs whose fetched bytes stay within ``BATCH_LIMITS`` limits."""
+        if self.max_message_bytes is None:
+            return uids
+        budget, held = BATCH_LIMITS * self.max_message_bytes, 0
+        chosen: list[int] = []
+        for uid in uids:
+            if chosen and held >= budget:
+                break
+            chosen.append(uid)
+            held += min(sizes[uid], self.max_message_bytes)
+        return chosen
 
     def _idle_until(self, max_wait_s: float, stop: threading.Event) -> bool:
         client = self._connected()
@@ -348,11 +393,30 @@ def _folder_names(client: Any) -> list[str]:
     return sorted(str(name) for _flags, _delimiter, name in client.list_folders())
 
 
-def _fetched(uid: int, data: dict[bytes, Any]) -> FetchedMessage:
-    when: datetime = data[b"INTERNALDATE"]
+def _fetched(uid: int, meta: dict[bytes, Any], data: dict[bytes, Any]) -> FetchedMessage:
+    when: datetime = meta[b"INTERNALDATE"]
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return FetchedMessage(uid=uid, raw=bytes(data[b"BODY[]"]), internal_date=when.astimezone(UTC))
+    truncated = b"BODY[]" not in data
+    if truncated:
+        raw = _header_and_text(bytes(data[b"BODY[HEADER]<0>"]), bytes(data[b"BODY[TEXT]<0>"]))
+    else:
+        raw = bytes(data[b"BODY[]"])
+    return FetchedMessage(
+        uid=uid,
+        raw=raw,
+        internal_date=when.astimezone(UTC),
+        size=int(meta[b"RFC822.SIZE"]),
+        truncated=truncated,
+    )
+
+
+def _header_and_text(header: bytes, text: bytes) -> bytes:
+    """The header, cut at its last whole line if it was cut, a blank line, the text."""
+    if header.endswith((b"\r\n\r\n", b"\n\n")):
+        return header + text
+    cut = header.rfind(b"\n")
+    return header[: cut + 1] + b"\r\n" + text
 
 
 def _logout(client: Any) -> None:

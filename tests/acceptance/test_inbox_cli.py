@@ -83,7 +83,7 @@ def test_ingest_thread_and_inbox_show_an_agent_what_waits(
 
     unmatched = work.run("inbox", "--unmatched", check=True).stdout
     assert "who@else.example" in unmatched and "SHOP-" not in unmatched
-    assert "Hello\ufffd[2J" in unmatched and "\x1b" not in unmatched
+    assert "Hello␛[2J" in unmatched and "\x1b" not in unmatched
 
     row_id = next(line.split()[0] for line in unmatched.splitlines() if "who@else" in line)
     filed = work.run("inbox", "assign", row_id, "SHOP-2001", check=True).stdout

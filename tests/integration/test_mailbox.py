@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta, timezone
@@ -13,6 +14,7 @@ import pytest
 from tests.dovecot import Dovecot, User
 from worker.config import ImapSettings, TlsMode
 from worker.errors import MailboxError
+from worker.inbound import ParseLimits, parse
 from worker.mailbox import Mailbox
 
 SEEN = b"\\Seen"
@@ -32,9 +34,17 @@ def message(n: int, subject: str = "Re: Order 305-1234567-7654321") -> bytes:
     ).encode()
 
 
+def long_message(n: int, size: int) -> bytes:
+    """A message of about ``size`` bytes: a short header and many lines of text."""
+    line = f"Line of a long message {n}, written to fill it up.\r\n".encode()
+    return message(n)[:-2] + line * (size // len(line))
+
+
 @asynccontextmanager
-async def connected(settings: ImapSettings, folder: str = "INBOX") -> AsyncIterator[Mailbox]:
-    mailbox = Mailbox(settings)
+async def connected(
+    settings: ImapSettings, folder: str = "INBOX", max_message_bytes: int | None = None
+) -> AsyncIterator[Mailbox]:
+    mailbox = Mailbox(settings, max_message_bytes=max_message_bytes)
     await mailbox.connect()
     try:
         await mailbox.select(folder)
@@ -280,3 +290,52 @@ async def test_mail_announced_before_the_wait_is_news(dovecot: Dovecot, mailbox_
         dovecot.append(mailbox_user, "INBOX", message(1))
         assert await mailbox.fetch_after(0, 0) == []  # a command that hears of the new mail
         assert await mailbox.wait_for_news(10) is True
+
+
+async def test_a_message_past_the_limit_comes_as_its_header_and_start(
+    dovecot: Dovecot, mailbox_user: User
+) -> None:
+    big = long_message(2, 1_000_000)
+    uids = [dovecot.append(mailbox_user, "INBOX", raw) for raw in (message(1), big, message(3))]
+    settings = dovecot.imap_settings(mailbox_user)
+    async with connected(settings, max_message_bytes=100_000) as mailbox:
+        fetched = await mailbox.fetch_after(0, 10)
+    assert [m.uid for m in fetched] == uids
+    first, cut, last = fetched
+    assert (first.raw, first.size, first.truncated) == (message(1), len(message(1)), False)
+    assert (last.raw, last.truncated) == (message(3), False)
+    body_at = big.index(b"\r\n\r\n") + 4
+    assert (cut.size, cut.truncated) == (len(big), True)
+    assert cut.raw == big[: body_at + 50_000], "the whole header, then half the limit of text"
+    read = parse(cut.raw, limits=ParseLimits(max_message_bytes=100_000), size=cut.size)
+    assert (read.subject, read.sender) == (
+        "Re: Order 305-1234567-7654321 (2)",
+        "erika@buyer.example",
+    )
+    assert read.truncated == f"size {len(big)} > max_message_bytes 100000"
+
+
+async def test_memory_does_not_grow_with_the_message(dovecot: Dovecot, mailbox_user: User) -> None:
+    dovecot.append(mailbox_user, "INBOX", long_message(1, 8_000_000))
+    async with connected(dovecot.imap_settings(mailbox_user), max_message_bytes=100_000) as mailbox:
+        tracemalloc.start()
+        try:
+            (fetched,) = await mailbox.fetch_after(0, 10)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert fetched.truncated and fetched.size > 8_000_000
+    assert peak < 1_000_000, f"fetching the start of an 8 MB message took {peak} bytes"
+
+
+async def test_a_batch_of_big_messages_ends_early_and_the_rest_follow(
+    dovecot: Dovecot, mailbox_user: User
+) -> None:
+    raws = [long_message(n, 60_000) for n in range(5)]
+    uids = [dovecot.append(mailbox_user, "INBOX", raw) for raw in raws]
+    async with connected(dovecot.imap_settings(mailbox_user), max_message_bytes=100_000) as mailbox:
+        first = await mailbox.fetch_after(0, 10)
+        rest = await mailbox.fetch_after(first[-1].uid, 10)
+    assert [m.uid for m in first] == uids[:4], "twice the limit is held: 60 + 60 + 60 + 60 KB"
+    assert [m.raw for m in first + rest] == raws
+    assert not any(m.truncated for m in first + rest)

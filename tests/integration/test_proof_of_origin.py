@@ -130,8 +130,9 @@ async def test_forged_closing_notices_and_feedback_change_nothing(
     assert report.total == n + 1
     assert _still_open(store) == {DisputeKind.A_TO_Z, DisputeKind.DAMAGED, DisputeKind.REFUND}
     assert all(not h.reviews for h in store.histories())
-    notices = [r for r in store.inbound_messages() if r.kind is not MessageKind.REPLY]
-    assert len(notices) == 2 * len(FORGERIES)
+    relaxing = {MessageKind.DISPUTE_CLOSED, MessageKind.REVIEW}
+    notices = [r for r in store.inbound_messages() if r.kind in relaxing]
+    assert len(notices) == 2 * len(FORGERIES)  # the encoded-word one is no Amazon notice
     assert all("withheld: not authenticated" in r.withheld for r in notices)
     encoded = next(r for r in store.inbound_messages() if "eve@" in r.sender)
     assert encoded.sender == "eve@attacker.example"  # the addr-spec, not the encoded word

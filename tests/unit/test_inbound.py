@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
 
-from worker.inbound import codec_for, parse
+from worker import inbound
+from worker.config import InboxSettings
+from worker.inbound import MAX_ERRORS, MAX_THREAD_IDS, ParseLimits, codec_for, parse
 
 
 def _word(text: str, charset: str, codec: str | None = None) -> str:
@@ -155,3 +158,115 @@ def test_identity_is_the_hash_of_the_bytes() -> None:
 )
 def test_legacy_labels_read_with_their_supersets(label: str, codec: str | None) -> None:
     assert codec_for(label) == codec
+
+
+@pytest.mark.parametrize(
+    "label", ["zlib", "hex", "base64", "rot13", "punycode", "idna", "undefined", "unicode_escape"]
+)
+def test_codecs_that_are_no_mail_charset_are_unknown(label: str) -> None:
+    assert codec_for(label) is None
+
+
+@pytest.mark.parametrize("label", ["UTF_8", " utf-8 ", '"utf-8"', "utf-8\0", "UTF--8"])
+def test_spellings_of_a_charset_are_one_charset(label: str) -> None:
+    assert codec_for(label) == "utf-8"
+
+
+def test_a_character_split_across_encoded_words_is_joined() -> None:
+    data = "退货".encode("gb18030")
+    first, second = (base64.b64encode(half).decode() for half in (data[:3], data[3:]))
+    raw = _message(f"Subject: =?GB2312?B?{first}?=\n =?GB2312?B?{second}?= now\n")
+    assert parse(raw).subject == "退货 now"
+
+
+def test_blanks_between_encoded_words_vanish_and_text_between_stays() -> None:
+    raw = _message(
+        "Subject: =?utf-8?q?a?= =?utf-8?q?b?= and =?utf-8?q?c?=\n folded\n =?utf-8?q?d?=\n"
+        "X-Plain: one\n two\n"
+    )
+    message = parse(raw)
+    assert message.subject == "ab and c folded d"
+    assert message.header("X-Plain") == "one two"
+
+
+def test_a_bad_encoded_word_stays_as_written_and_says_so() -> None:
+    raw = _message("Subject: Re: =?utf-8?B?A?= =?utf-8?B?SGVsbG8=?=\n")
+    message = parse(raw)
+    assert message.subject == "Re: =?utf-8?B?A?= Hello"
+    assert message.errors == ("Subject: malformed encoded word '=?utf-8?B?A?='",)
+
+
+def test_backslash_escapes_in_a_header_stay_text() -> None:
+    raw = _message("Subject: \\u202e =?utf-8?q?x?=\n")
+    assert parse(raw).subject == "\\u202e x"
+
+
+def test_message_ids_are_bracketed_words() -> None:
+    raw = _message(
+        "Message-ID: junk <a b> <ok@x> <also@x>\nIn-Reply-To: <<q@x>>\nReferences: <1@x> <2@x>\n"
+    )
+    message = parse(raw)
+    assert message.message_id == "<ok@x>"
+    assert message.thread_ids == ("<q@x>", "<2@x>", "<1@x>")
+
+
+def test_thread_ids_keep_the_newest_references() -> None:
+    references = " ".join(f"<{n}@x>" for n in range(MAX_THREAD_IDS + 50))
+    message = parse(_message(f"References: {references}\n"))
+    assert message.references[0] == "<50@x>"
+    assert len(message.references) == MAX_THREAD_IDS
+
+
+def test_error_lines_are_capped() -> None:
+    words = " ".join(f"=?x-{n}?q?a?=" for n in range(MAX_ERRORS * 2))
+    message = parse(_message(f"Subject: {words}\n"))
+    assert len(message.errors) == MAX_ERRORS
+    assert message.errors[-1] == f"... and {MAX_ERRORS + 1} more"
+
+
+def test_html_scripts_and_styles_go_block_ends_break_lines() -> None:
+    raw = _message(
+        "From: a@buyer.example\nContent-Type: text/html; charset=utf-8\n",
+        b"<SCRIPT type=x>alert(1)</script>Dear<br/>seller<Style>p{}</STYLE></P><div>my "
+        b"<b>kettle</b> &lt;3</div><scripts>kept</scripts><script>no end",
+    )
+    assert parse(raw).text == "Dear\nseller\nmy kettle <3\nkeptno end"
+
+
+def test_runs_of_blank_lines_become_one() -> None:
+    raw = _message("From: a@buyer.example\n", b"one\r\n \r\n\r\n\t\r\ntwo\r\n  three\r\n\r\n")
+    assert parse(raw).text == "one\n\ntwo\n  three"
+
+
+def test_a_text_cut_at_the_limit_drops_a_split_character() -> None:
+    raw = _message("Content-Type: text/plain; charset=utf-8\n", "aé".encode() * 10)
+    message = parse(raw, limits=ParseLimits(max_text_bytes=4))
+    assert message.text == "aéa"
+    assert message.truncated == "text > max_text_bytes 4"
+    assert not any("not valid" in e for e in message.errors)
+
+
+def test_the_limits_default_to_the_inbox_settings() -> None:
+    settings = InboxSettings()
+    chosen = {f.name: getattr(settings, f.name) for f in dataclasses.fields(ParseLimits)}
+    assert ParseLimits(**chosen) == ParseLimits()
+
+
+def test_truncation_is_said_first_even_among_many_errors() -> None:
+    words = " ".join(f"=?x-{n}?q?a?=" for n in range(MAX_ERRORS * 2))
+    raw = _message(f"Subject: {words}\n", b"a long text " * 100)
+    message = parse(raw, limits=ParseLimits(max_text_bytes=1024))
+    assert message.errors[0] == "truncated: text > max_text_bytes 1024"
+
+
+def test_a_bug_costs_the_message_its_reading_not_the_mailbox(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*_: object) -> tuple[str, bool]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(inbound, "_body_text", broken)
+    raw = _message("From: a@buyer.example\n")
+    message = parse(raw)
+    assert message.errors == ("unreadable: RuntimeError('a bug')",)
+    assert (message.raw, message.text, message.sender) == (raw, "", "")
