@@ -124,6 +124,31 @@ async def test_a_reply_to_our_check_in_threads_to_the_order(
     ]
 
 
+async def test_our_own_check_in_coming_back_unmarked_opens_no_dispute(
+    store: Store, sink: Sink, dovecot: Dovecot, mailbox_user: User
+) -> None:
+    """An out-of-office in a language the rules do not cover pastes our check-in back, with
+    no quote marker: "missing or damaged" are our words, not the buyer's."""
+    store.upsert_orders([ANN], DELIVERED)
+    clock = FixedClock(DELIVERED + 7 * DAY)
+    daemon = _daemon(_settings(store, sink, dovecot, mailbox_user), store, clock)
+    assert (await daemon.run_once()).outcomes["sent"] == 1
+    (ours,) = store.texts_sent_to(ANN.buyer_email)
+    assert "damaged" in ours
+
+    clock.advance(DAY)
+    echo = _mail(
+        "Ann Smith <ann@buyer.example>", "부재중", f"부재중입니다.\n\n{ours}", message_id="<e1@b>"
+    )
+    dovecot.append(mailbox_user, "INBOX", echo, when=clock.now())
+    assert daemon.ingest is not None
+    await daemon.ingest.run_once()
+
+    [row] = store.inbound_messages()
+    assert row.kind is not MessageKind.COMPLAINT, row.evidence
+    assert store.histories()[0].disputes == ()
+
+
 async def test_a_complaint_between_two_passes_stops_the_review_request_due_in_the_second(
     store: Store, sink: Sink, dovecot: Dovecot, mailbox_user: User
 ) -> None:
