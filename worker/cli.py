@@ -40,7 +40,7 @@ from worker.ingest import Ingest, parse_limits, unsubscribe_only
 from worker.origin import Origin, judge
 from worker.plan import Verdict
 from worker.render import Renderer
-from worker.return_path import load_signer
+from worker.return_path import Signer, load_signer
 from worker.rules import load_rules
 from worker.signals import on_stop
 from worker.sink import RejectRule, SinkOptions, serve
@@ -306,20 +306,22 @@ def _open_store(settings: Settings, *, check: bool = True) -> Store:
     return store
 
 
-def _ingest(settings: Settings, store: Store, clock: Clock) -> Ingest | None:
+def _ingest(
+    settings: Settings, store: Store, clock: Clock, signer: Signer | None = None
+) -> Ingest | None:
     """The mailbox reader, when a mailbox is configured; its mail rules are checked here."""
     if not settings.imap.host:
         return None
     rules = load_rules(settings.inbox.rules_file)
-    return Ingest(settings, store, rules, clock, signer=load_signer(settings))
+    return Ingest(settings, store, rules, clock, signer=signer or load_signer(settings))
 
 
 def _daemon(settings: Settings, clock: Clock) -> Daemon:
     store = _open_store(settings)
     renderer = Renderer(settings.templates_dir, settings.default_locale)
     campaigns = load_checked_campaigns(settings, renderer)
-    ingest = _ingest(settings, store, clock)
-    signer = load_signer(settings)
+    signer = load_signer(settings)  # one key signs what goes out and checks what comes back
+    ingest = _ingest(settings, store, clock, signer)
     return Daemon(settings, store, campaigns, renderer, clock, ingest=ingest, signer=signer)
 
 
