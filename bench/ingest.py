@@ -151,7 +151,7 @@ def seed_database(path: Path, orders: list[Order]) -> dict[str, str]:
         ]
         claimed = store.claim(
             [r.id for r in rows], SENT, "bench", lambda s: SIGNER.message_id(s, DOMAIN)
-        )
+        ).sends
         for send in claimed:
             store.mark_sent(send.id, f"250 2.0.0 Ok: queued as Q{send.id}", SENT)
         return {s.order_id: s.message_id or "" for s in claimed}

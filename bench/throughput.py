@@ -408,7 +408,8 @@ async def _copy_of_pass(daemon: Daemon, watch: Stopwatch) -> None:
                 now,
                 "bench",
                 lambda s: daemon.signer.message_id(s, settings.sender_domain),
-            )
+                daemon._guard,
+            ).sends
             history = histories[send.order_id]
             step = steps[(send.campaign, send.step)]
             message = _build(daemon, watch, send, history, step)

@@ -27,7 +27,7 @@ from worker.config import Settings
 from worker.domain import Campaign, Review, Send, SuppressionReason, TriggerEvent
 from worker.errors import CampaignError, StoreError, WorkerError
 from worker.ingest import Ingest
-from worker.plan import Decision, OrderHistory, Plan, Policy, plan
+from worker.plan import Decision, OrderHistory, Plan, Policy, Refusal, plan, refusal
 from worker.render import Renderer, message_context, sample_context
 from worker.return_path import Signer, return_path_base
 from worker.send import Failed, InDoubt, Mailer, Outcome, Retry, Sent
@@ -54,7 +54,7 @@ class PassReport:
             "now": self.now.isoformat(),
             **{
                 k: self.outcomes[k]
-                for k in ("sent", "skipped", "retry", "failed", "in_doubt", "error")
+                for k in ("sent", "skipped", "refused", "retry", "failed", "in_doubt", "error")
             },
             "waiting": sum(self.waiting.values()),
             "next_wakeup": self.next_wakeup.isoformat() if self.next_wakeup else None,
@@ -268,13 +268,23 @@ class Daemon:
         """Take no new work once ``stop`` is set; finish what was claimed."""
         while not stop.is_set() and not queue.empty():
             decision, send_id = queue.get_nowait()
-            claimed = self.store.claim(
-                [send_id], self.clock.now(), self.worker_id, self._message_id
+            claim = self.store.claim(
+                [send_id], self.clock.now(), self.worker_id, self._message_id, self._guard
             )
-            if not claimed:
+            if send_id in claim.refused:
+                reason = claim.refused[send_id]
+                report.outcomes["refused"] += 1
+                log.info("send.refused_at_claim", **{**_fields(decision), "reason": reason})
+                continue
+            if not claim.sends:
                 log.info("send.claimed_elsewhere", **_fields(decision))
                 continue
-            await self._deliver(claimed[0], histories[decision.order_id], mailer, report)
+            await self._deliver(claim.sends[0], histories[decision.order_id], mailer, report)
+
+    def _guard(self, send: Send, history: OrderHistory) -> Refusal | None:
+        """The protections asked again as the send is claimed, against what is stored now."""
+        step = next(c for c in self.campaigns if c.name == send.campaign).step(send.step)
+        return refusal(history, step, self.clock.now(), self.policy)
 
     def _reply_token(self, order_id: str) -> str | None:
         if not self.settings.inbox.reply_tokens:

@@ -298,3 +298,26 @@ def _compact(delta: timedelta) -> str:
     hours = int(delta.total_seconds() // 3600)
     days, hours = divmod(hours, 24)
     return (f"{days}d" if days else "") + (f"{hours}h" if hours or not days else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a due send must not go out after all; ``final``: skip it, else only hold it."""
+
+    reason: str
+    final: bool
+
+
+def refusal(
+    history: OrderHistory, step: CampaignStep, now: datetime, policy: Policy
+) -> Refusal | None:
+    """The planner's protections, asked again at the moment a send is claimed: a dispute,
+    suppression, review or reply recorded while the pass ran stops the send."""
+    if (condition := _unless_holds(history, step, now)) is not None:
+        return Refusal(condition.value, final=True)
+    if history.suppression is not None and history.suppression.created_at <= now:
+        return Refusal(f"suppressed:{history.suppression.reason.value}", final=True)
+    blocks = _dispute_blocks(history.disputes, now, policy.dispute_cooldown)
+    if (block := _block_at(now, blocks)) is not None:
+        return Refusal("dispute_open" if block[1] is _FOREVER else "dispute_cooldown", final=False)
+    return None

@@ -49,7 +49,7 @@ from worker.domain import (
 from worker.errors import DuplicateSend, SchemaOutOfDate, StoreError, UnknownOrder
 from worker.inbound import InboundMessage, Received
 from worker.origin import Origin
-from worker.plan import OrderHistory
+from worker.plan import OrderHistory, Refusal
 from worker.react import CloseDisputes, Reactions, Standing, Suppress, react
 from worker.send import relay_message_id
 from worker.thread import Candidates, SendRef, Threaded, Wanted
@@ -80,6 +80,14 @@ class Checkpoint:
 class SoftBounceRule:
     limit: int
     window: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a claim took (``sends``, now ``sending``) and what it refused, with the reason."""
+
+    sends: list[Send]
+    refused: dict[int, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,35 +406,7 @@ class Store:
     def histories(self) -> list[OrderHistory]:
         """Every order with what the planner needs; the buyer's disputes span all their orders."""
         with self._connect() as c:
-            orders = [_order_from(r) for r in c.execute(select(schema.order)).mappings()]
-            customers = {
-                r["email"]: _customer_from(r) for r in c.execute(select(schema.customer)).mappings()
-            }
-            buyer_of = {o.order_id: o.buyer_email for o in orders}
-            disputes: dict[str, list[Dispute]] = defaultdict(list)
-            for r in c.execute(select(schema.dispute)).mappings():
-                disputes[buyer_of[r["order_id"]]].append(_dispute_from(r))
-            reviews = _group(c, schema.review, _review_from)
-            replies = _group(c, schema.reply, _reply_from)
-            sends: dict[str, dict[tuple[str, str], Send]] = defaultdict(dict)
-            for r in c.execute(select(schema.send)).mappings():
-                sends[r["order_id"]][(r["campaign"], r["step"])] = _send_from(r)
-            suppressions = {
-                r["email"]: _suppression_from(r)
-                for r in c.execute(select(schema.suppression)).mappings()
-            }
-        return [
-            OrderHistory(
-                order=o,
-                customer=customers.get(o.buyer_email, Customer(o.buyer_email)),
-                disputes=tuple(disputes.get(o.buyer_email, ())),
-                reviews=tuple(reviews.get(o.order_id, ())),
-                replies=tuple(replies.get(o.order_id, ())),
-                sends=sends.get(o.order_id, {}),
-                suppression=suppressions.get(o.buyer_email),
-            )
-            for o in orders
-        ]
+            return list(_histories_of(c, None).values())
 
     # Send records ---------------------------------------------------------------------------
 
@@ -490,27 +470,47 @@ class Store:
         return _send_from(row)
 
     def claim(
-        self, send_ids: Sequence[int], now: datetime, worker: str, message_id: Callable[[Send], str]
-    ) -> list[Send]:
-        """Mark due rows ``sending`` and commit, so no other worker can take them."""
+        self,
+        send_ids: Sequence[int],
+        now: datetime,
+        worker: str,
+        message_id: Callable[[Send], str],
+        check: Callable[[Send, OrderHistory], Refusal | None] | None = None,
+    ) -> Claim:
+        """Mark due rows ``sending`` and commit, so no other worker can take them.
+
+        ``check`` judges each row against what is stored *now*, in the same transaction: a
+        dispute opened, an address suppressed, a review or reply recorded while the pass ran
+        stops the send here, before any SMTP talk. A refused row is skipped for good, or left
+        scheduled when the refusal is only for now (an open dispute).
+        """
         if not send_ids:
-            return []
+            return Claim([], {})
         table = schema.send
-        claimable = (
-            select(table.c.id)
+        due = (
+            select(table)
             .where(
                 table.c.id.in_(list(send_ids)),
                 table.c.state == SendState.SCHEDULED.value,
                 or_(table.c.not_before.is_(None), table.c.not_before <= now),
             )
             .with_for_update(skip_locked=True)
-            .scalar_subquery()
         )
         with self._begin() as tx:
+            candidates = [_send_from(r) for r in tx.execute(due).mappings()]
+            refused = self._refusals(tx, candidates, check) if check else {}
+            for send_id, refusal in refused.items():
+                state = SendState.SKIPPED if refusal.final else SendState.SCHEDULED
+                tx.execute(
+                    table.update()
+                    .where(table.c.id == send_id, table.c.state == SendState.SCHEDULED.value)
+                    .values(state=state.value, reason=refusal.reason, updated_at=now)
+                )
+            chosen = [c.id for c in candidates if c.id not in refused]
             rows = (
                 tx.execute(
                     table.update()
-                    .where(table.c.id.in_(claimable), table.c.state == SendState.SCHEDULED.value)
+                    .where(table.c.id.in_(chosen), table.c.state == SendState.SCHEDULED.value)
                     .values(
                         state=SendState.SENDING.value,
                         recipient=_buyer_of_send(),
@@ -523,12 +523,25 @@ class Store:
                 )
                 .mappings()
                 .all()
+                if chosen
+                else []
             )
             claimed = [_send_from(r) for r in rows]
             for row in claimed:
                 mid = message_id(row)
                 tx.execute(table.update().where(table.c.id == row.id).values(message_id=mid))
-        return sorted((replace(r, message_id=message_id(r)) for r in claimed), key=lambda s: s.id)
+        sends = sorted((replace(r, message_id=message_id(r)) for r in claimed), key=lambda s: s.id)
+        return Claim(sends, {i: r.reason for i, r in refused.items()})
+
+    def _refusals(
+        self,
+        tx: Connection,
+        candidates: list[Send],
+        check: Callable[[Send, OrderHistory], Refusal | None],
+    ) -> dict[int, Refusal]:
+        histories = _histories_of(tx, {c.order_id for c in candidates})
+        found = {c.id: check(c, histories[c.order_id]) for c in candidates}
+        return {send_id: refusal for send_id, refusal in found.items() if refusal is not None}
 
     def mark_sent(self, send_id: int, reply: str, now: datetime, text: str | None = None) -> bool:
         """``text`` is the message's text part, kept so our words never count as the buyer's."""
@@ -967,6 +980,57 @@ def _send_refs(c: Connection, column: Any, values: Sequence[Any]) -> dict[Any, S
     }
 
 
+def _histories_of(c: Connection, order_ids: set[str] | None) -> dict[str, OrderHistory]:
+    """The planner's view of these orders (``None``: of every order), read in ``c``."""
+    order = schema.order
+    query = (
+        select(order) if order_ids is None else select(order).where(order.c.order_id.in_(order_ids))
+    )
+    orders = [_order_from(r) for r in c.execute(query).mappings()]
+    buyers = {o.buyer_email for o in orders}
+    ids = {o.order_id for o in orders}
+
+    def rows(table: Any, *where: Any) -> Iterator[RowMapping]:
+        return iter(c.execute(select(table).where(*where) if where else select(table)).mappings())
+
+    every = order_ids is None
+    customers = {
+        r["email"]: _customer_from(r)
+        for r in rows(schema.customer, *(() if every else (schema.customer.c.email.in_(buyers),)))
+    }
+    buyer_of_dispute = select(order.c.buyer_email, schema.dispute).join(
+        order, order.c.order_id == schema.dispute.c.order_id
+    )
+    if not every:
+        buyer_of_dispute = buyer_of_dispute.where(order.c.buyer_email.in_(buyers))
+    disputes: dict[str, list[Dispute]] = defaultdict(list)
+    for r in c.execute(buyer_of_dispute).mappings():
+        disputes[r["buyer_email"]].append(_dispute_from(r))
+    reviews = _group(c, schema.review, _review_from, None if every else ids)
+    replies = _group(c, schema.reply, _reply_from, None if every else ids)
+    sends: dict[str, dict[tuple[str, str], Send]] = defaultdict(dict)
+    for r in rows(schema.send, *(() if every else (schema.send.c.order_id.in_(ids),))):
+        sends[r["order_id"]][(r["campaign"], r["step"])] = _send_from(r)
+    suppressions = {
+        r["email"]: _suppression_from(r)
+        for r in rows(
+            schema.suppression, *(() if every else (schema.suppression.c.email.in_(buyers),))
+        )
+    }
+    return {
+        o.order_id: OrderHistory(
+            order=o,
+            customer=customers.get(o.buyer_email, Customer(o.buyer_email)),
+            disputes=tuple(disputes.get(o.buyer_email, ())),
+            reviews=tuple(reviews.get(o.order_id, ())),
+            replies=tuple(replies.get(o.order_id, ())),
+            sends=sends.get(o.order_id, {}),
+            suppression=suppressions.get(o.buyer_email),
+        )
+        for o in orders
+    }
+
+
 def _buyer_of_send() -> Any:
     """The claimed send's buyer address, read in the claiming statement itself."""
     order, send = schema.order, schema.send
@@ -1190,10 +1254,16 @@ def _rows_by(tx: Connection, table: Any, key: str, values: list[str]) -> dict[st
 
 
 def _group(
-    connection: Connection, table: Any, convert: Callable[[RowMapping], Any]
+    connection: Connection,
+    table: Any,
+    convert: Callable[[RowMapping], Any],
+    order_ids: set[str] | None = None,
 ) -> dict[str, list[Any]]:
+    query = (
+        select(table) if order_ids is None else select(table).where(table.c.order_id.in_(order_ids))
+    )
     grouped: dict[str, list[Any]] = defaultdict(list)
-    for row in connection.execute(select(table)).mappings():
+    for row in connection.execute(query).mappings():
         grouped[row["order_id"]].append(convert(row))
     return grouped
 

@@ -142,10 +142,10 @@ def test_schedule_is_idempotent_and_claim_is_exclusive(store: Store) -> None:
     store.upsert_orders([ORDER], T0)
     first = store.schedule("SHOP-1", "c", "s", T0, T0)
     assert store.schedule("SHOP-1", "c", "s", T0 + timedelta(days=1), T0).id == first.id
-    [claimed] = store.claim([first.id], T0, "worker-a", _message_id)
+    [claimed] = store.claim([first.id], T0, "worker-a", _message_id).sends
     assert claimed.state is SendState.SENDING and claimed.attempts == 1
     assert claimed.message_id == f"<w{first.id}@test>"
-    assert store.claim([first.id], T0, "worker-b", _message_id) == []
+    assert store.claim([first.id], T0, "worker-b", _message_id).sends == []
     assert store.mark_sent(first.id, "250 ok", T0)
     assert not store.mark_sent(first.id, "250 ok", T0), "transitions are guarded by state"
     assert not store.mark_failed(first.id, "late", T0)
@@ -157,8 +157,8 @@ def test_released_send_is_claimable_only_after_not_before(store: Store) -> None:
     row = store.schedule("SHOP-1", "c", "s", T0, T0)
     store.claim([row.id], T0, "w", _message_id)
     store.release(row.id, "451 busy", T0 + timedelta(minutes=15), T0)
-    assert store.claim([row.id], T0 + timedelta(minutes=14), "w", _message_id) == []
-    [again] = store.claim([row.id], T0 + timedelta(minutes=15), "w", _message_id)
+    assert store.claim([row.id], T0 + timedelta(minutes=14), "w", _message_id).sends == []
+    [again] = store.claim([row.id], T0 + timedelta(minutes=15), "w", _message_id).sends
     assert again.attempts == 2
 
 
