@@ -48,6 +48,7 @@ from worker.store import SoftBounceRule, Store, UpsertCount
 from worker.terminal import printable
 
 T = TypeVar("T")
+log = logs.get("worker.cli")
 
 
 def _instant(text: str) -> datetime:
@@ -130,6 +131,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--summary", action="store_true", help="counts per campaign, step and state only"
     )
     sends.set_defaults(handler=cmd_sends)
+    send_actions = sends.add_subparsers(dest="sends_action", metavar="ACTION")
+    requeue = send_actions.add_parser(
+        "requeue",
+        help="an in_doubt send you found NOT delivered (relay log): send it again on the next pass",
+    )
+    requeue.add_argument("send_id", type=int, help="the id `worker sends --state in_doubt` shows")
+    requeue.set_defaults(handler=cmd_sends_requeue)
+    resolve = send_actions.add_parser(
+        "resolve", help="record what the relay's log says about an in_doubt send; sends nothing"
+    )
+    resolve.add_argument("send_id", type=int)
+    outcome = resolve.add_mutually_exclusive_group(required=True)
+    outcome.add_argument("--sent", action="store_true", help="the relay took it: mark it sent")
+    outcome.add_argument(
+        "--not-sent", action="store_true", help="it never left: mark it failed, not re-sent"
+    )
+    resolve.set_defaults(handler=cmd_sends_resolve)
 
     check = commands.add_parser(
         "check", help="validate settings, database schema, campaigns and templates"
@@ -383,14 +401,35 @@ def cmd_sends(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{campaign + '/' + step:36} {state:9} {count:5}  {shown}")
         return 0
     states = [SendState(s) for s in args.state] if args.state else None
-    print(f"{'state':9} {'order':22} {'campaign/step':36} {'due (UTC)':17} reason / message-id")
+    print(
+        f"{'id':>6} {'state':9} {'order':22} {'campaign/step':36} {'due (UTC)':17} "
+        "reason / message-id"
+    )
     for row in store.sends(states):
         # A relay's reply or a feed's order id is a stranger's text too.
         detail = _shown(row.reason or row.message_id or "")
+        if row.state is SendState.IN_DOUBT and row.message_id:
+            detail = f"{detail} {row.message_id}" if row.reason else detail
         print(
-            f"{row.state.value:9} {_shown(row.order_id):22} {row.campaign + '/' + row.step:36} "
-            f"{row.due_at:%Y-%m-%d %H:%M} {detail}"
+            f"{row.id:6} {row.state.value:9} {_shown(row.order_id):22} "
+            f"{row.campaign + '/' + row.step:36} {row.due_at:%Y-%m-%d %H:%M} {detail}"
         )
+    return 0
+
+
+def cmd_sends_requeue(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    row = store.requeue(args.send_id, SystemClock().now())
+    log.warning("send.requeued", send_id=row.id, order=row.order_id, step=row.step, by="operator")
+    print(f"send {row.id} ({_shown(row.order_id)} {row.campaign}/{row.step}) is scheduled again")
+    return 0
+
+
+def cmd_sends_resolve(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    row = store.resolve(args.send_id, sent=args.sent, now=SystemClock().now())
+    log.warning("send.resolved", send_id=row.id, order=row.order_id, state=row.state.value)
+    print(f"send {row.id} ({_shown(row.order_id)} {row.campaign}/{row.step}) is now {row.state}")
     return 0
 
 

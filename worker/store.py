@@ -569,6 +569,28 @@ class Store:
                 tx, send_id, SendState.SENDING, SendState.IN_DOUBT, now, reason=reason
             )
 
+    def requeue(self, send_id: int, now: datetime) -> Send:
+        """An operator found an ``in_doubt`` send not delivered: schedule it again."""
+        reason = "requeued by an operator after in_doubt"
+        return self._settle(send_id, SendState.SCHEDULED, now, reason=reason, not_before=None)
+
+    def resolve(self, send_id: int, *, sent: bool, now: datetime) -> Send:
+        """An operator read the relay's log: the ``in_doubt`` send went out, or never did."""
+        if sent:
+            return self._settle(send_id, SendState.SENT, now, reason="", sent_at=now)
+        reason = "not sent (resolved by an operator after in_doubt)"
+        return self._settle(send_id, SendState.FAILED, now, reason=reason)
+
+    def _settle(self, send_id: int, to: SendState, now: datetime, **values: Any) -> Send:
+        table = schema.send
+        with self._begin() as tx:
+            if not self._move(tx, send_id, SendState.IN_DOUBT, to, now, **values):
+                row = tx.execute(select(table.c.state).where(table.c.id == send_id)).first()
+                state = "no such send" if row is None else f"it is {row[0]}"
+                raise StoreError(f"send {send_id} is not in_doubt ({state}); nothing changed")
+            found = tx.execute(select(table).where(table.c.id == send_id)).mappings().one()
+        return _send_from(found)
+
     def release(self, send_id: int, reason: str, not_before: datetime, now: datetime) -> bool:
         """Give a transiently failed claim back, to be retried no earlier than ``not_before``."""
         with self._begin() as tx:

@@ -261,3 +261,34 @@ def test_disputes_and_reviews_by_hand_and_from_files(workdir: Workdir) -> None:
     assert "dispute_cooldown" in out
     bad = workdir.run("review", "add", "SHOP-2", "--rating", "9")
     assert bad.returncode == 2 and "rating" in bad.stderr
+
+
+def test_in_doubt_sends_are_settled_by_an_operator_never_by_the_worker(
+    workdir: Workdir,
+) -> None:
+    """The relay drops the connection after Bob's data: his send is in_doubt, shown with its
+    id and Message-ID; the operator records what the relay's log says, or sends it again."""
+    workdir.ready()
+    dropping = workdir.start(
+        "sink", "--port", str(workdir.smtp_port), "--maildir", "var/sink",
+        "--drop-after-data", "bob@*",
+    )  # fmt: skip
+    try:
+        assert dropping.stdout is not None and "sink listening" in dropping.stdout.readline()
+        done = workdir.run("run", "--once", "--now", DUE)
+    finally:
+        dropping.send_signal(signal.SIGINT)
+        dropping.communicate(timeout=10)
+    assert done.returncode == 1 and "in_doubt 1" in done.stdout, done.stdout + done.stderr
+    listed = workdir.run("sends", "--state", "in_doubt", check=True).stdout.splitlines()[1:]
+    [line] = listed
+    send_id, message_id = line.split()[0], line.split()[-1]
+    assert "SHOP-2" in line and message_id.startswith("<w")
+
+    refused = workdir.run("sends", "requeue", "99999")
+    assert refused.returncode == 1 and "not in_doubt (no such send)" in refused.stderr
+
+    settled = workdir.run("sends", "resolve", send_id, "--not-sent", check=True)
+    assert "is now failed" in settled.stdout and '"event": "send.resolved"' in settled.stderr
+    again = workdir.run("sends", "requeue", send_id)
+    assert again.returncode == 1 and "it is failed" in again.stderr

@@ -186,3 +186,28 @@ async def test_daemon_survives_a_failed_pass_and_sends_on_the_next(
     events = [e["event"] for e in logs]
     assert events.index("pass.failed") < events.index("send.sent")
     assert [r.state for r in store.sends()] == [SendState.SENT]
+
+
+def _in_doubt(store: Store) -> int:
+    store.upsert_orders(_orders("ann@example.com"), DELIVERED)
+    row = store.schedule("SHOP-1", "review-follow-up", "check-in", CHECK_IN_DUE, CHECK_IN_DUE)
+    [claimed] = store.claim([row.id], CHECK_IN_DUE, "w", lambda s: f"<w{s.id}.x@shop>").sends
+    assert store.mark_in_doubt(claimed.id, "connection lost after the data", CHECK_IN_DUE)
+    return claimed.id
+
+
+def test_an_operator_settles_in_doubt_and_nothing_else(store: Store) -> None:
+    later = CHECK_IN_DUE + timedelta(hours=1)
+    send_id = _in_doubt(store)
+    requeued = store.requeue(send_id, later)
+    assert (requeued.state, requeued.not_before) == (SendState.SCHEDULED, None)
+    assert "operator" in requeued.reason
+    with pytest.raises(StoreError, match="is not in_doubt \\(it is scheduled\\)"):
+        store.resolve(send_id, sent=True, now=later)
+
+
+def test_resolved_as_sent_keeps_the_message_id_for_threading(store: Store) -> None:
+    send_id = _in_doubt(store)
+    sent = store.resolve(send_id, sent=True, now=CHECK_IN_DUE + timedelta(hours=1))
+    assert (sent.state, sent.message_id) == (SendState.SENT, f"<w{send_id}.x@shop>")
+    assert sent.sent_at == CHECK_IN_DUE + timedelta(hours=1)
