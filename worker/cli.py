@@ -22,7 +22,13 @@ from worker import __version__, logs
 from worker.classify import classify
 from worker.clock import Clock, ShiftedClock, SystemClock
 from worker.config import Settings, load_settings, parse_duration
-from worker.daemon import Daemon, load_checked_campaigns, run_until_stopped
+from worker.daemon import (
+    Daemon,
+    PassReport,
+    load_checked_campaigns,
+    run_once_until_stopped,
+    run_until_stopped,
+)
 from worker.domain import (
     Classification,
     Dispute,
@@ -347,7 +353,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     clock: Clock = ShiftedClock(args.now) if args.now else SystemClock()
     daemon = _daemon(settings, clock)
     if args.once:
-        report = asyncio.run(daemon.run_once())
+
+        async def once() -> PassReport:
+            stop = asyncio.Event()
+            with on_stop(stop):
+                return await run_once_until_stopped(daemon, stop, settings.shutdown_timeout_s)
+
+        report = asyncio.run(once())
         _print_outcomes(report.outcomes, report.waiting)
         return 0 if report.ok else 1
 

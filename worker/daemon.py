@@ -169,14 +169,18 @@ class Daemon:
             log.error("pass.failed", error=str(exc), retry_in_s=self.settings.poll_interval_s)
             return self.settings.poll_interval_s
 
-    async def run_once(self) -> PassReport:
+    async def run_once(self, stop: asyncio.Event | None = None) -> PassReport:
         """``worker run --once``: read the mailbox to the end, then one sending pass.
 
-        If the mailbox cannot be read, nothing is sent: a complaint may be waiting in it.
+        If the mailbox cannot be read, nothing is sent: a complaint may be waiting in it. Once
+        ``stop`` is set no new send is taken; what was claimed finishes.
         """
+        stop = stop or asyncio.Event()
         if self.ingest is not None:
             await self.ingest.run_once()
-        return await self.run_pass()
+        if stop.is_set():
+            return PassReport(self.clock.now())
+        return await self.run_pass(stop)
 
     def _sleep_s(self, report: PassReport) -> float:
         delay = self.settings.poll_interval_s
@@ -413,9 +417,21 @@ def _fields(decision: Decision) -> dict[str, object]:
 async def run_until_stopped(daemon: Daemon, stop: asyncio.Event, shutdown_timeout_s: float) -> None:
     """Run until stopped; then let in-flight sends finish, cancelling them after the timeout.
 
-    A cancelled send is recorded ``in_doubt`` by :meth:`Daemon._deliver`, never lost.
+    A cancelled send is recorded by :meth:`Daemon._deliver`, never lost.
     """
-    task = asyncio.create_task(daemon.run(stop))
+    await _drained(asyncio.create_task(daemon.run(stop)), stop, shutdown_timeout_s)
+
+
+async def run_once_until_stopped(
+    daemon: Daemon, stop: asyncio.Event, shutdown_timeout_s: float
+) -> PassReport:
+    """``--once`` under the same rule as the daemon: a stop takes no new work and drains."""
+    task = asyncio.create_task(daemon.run_once(stop))
+    await _drained(task, stop, shutdown_timeout_s)
+    return task.result() if not task.cancelled() else PassReport(daemon.clock.now())
+
+
+async def _drained(task: asyncio.Task[Any], stop: asyncio.Event, shutdown_timeout_s: float) -> None:
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
