@@ -352,6 +352,11 @@ def _daemon(settings: Settings, clock: Clock) -> Daemon:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     clock: Clock = ShiftedClock(args.now) if args.now else SystemClock()
     daemon = _daemon(settings, clock)
+    with daemon.store.sole_worker():
+        return _run(args, settings, daemon)
+
+
+def _run(args: argparse.Namespace, settings: Settings, daemon: Daemon) -> int:
     if args.once:
 
         async def once() -> PassReport:

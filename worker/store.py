@@ -9,7 +9,9 @@ committed before the SMTP conversation begins.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -196,6 +198,34 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextlib.contextmanager
+    def sole_worker(self) -> Iterator[None]:
+        """While held, no other ``worker run`` may use this SQLite file (an OS lock beside
+        it, released when the process ends however it ends). PostgreSQL takes several
+        workers: its claims lock rows, so this holds nothing there."""
+        database = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+            yield
+            return
+        path = Path(f"{database}.lock")
+        with path.open("a+", encoding="ascii") as lock:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                raise StoreError(
+                    f"another worker (pid {holder}) is running on this SQLite file; SQLite "
+                    "takes one worker per database: stop that one, or use PostgreSQL for "
+                    "several",
+                    where=self.where,
+                ) from None
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+            yield
 
     @property
     def where(self) -> str:

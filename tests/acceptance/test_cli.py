@@ -292,3 +292,24 @@ def test_in_doubt_sends_are_settled_by_an_operator_never_by_the_worker(
     assert "is now failed" in settled.stdout and '"event": "send.resolved"' in settled.stderr
     again = workdir.run("sends", "requeue", send_id)
     assert again.returncode == 1 and "it is failed" in again.stderr
+
+
+def test_a_second_worker_on_one_sqlite_file_refuses_to_start(
+    workdir: Workdir, sink: subprocess.Popen[str]
+) -> None:
+    workdir.ready()
+    lock = workdir.path / "var" / "worker.db.lock"
+    daemon = workdir.start("run", "--now", DUE)
+    try:
+        wait_until(lambda: lock.exists() and lock.read_text().strip() == str(daemon.pid), 30,
+                   "the first worker to hold the file")  # fmt: skip
+        second = workdir.run("run", "--once", "--now", DUE)
+        reading = workdir.run("sends", check=True)  # other commands still read the file
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=20)
+    assert second.returncode == 1
+    assert f"another worker (pid {daemon.pid}) is running" in second.stderr
+    assert "Traceback" not in second.stderr and "state" in reading.stdout
+    after = workdir.run("run", "--once", "--now", DUE)  # the lock went with the process
+    assert after.returncode == 0, after.stderr
