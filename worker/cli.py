@@ -366,6 +366,8 @@ def _run(args: argparse.Namespace, settings: Settings, daemon: Daemon) -> int:
 
         report = asyncio.run(once())
         _print_outcomes(report.outcomes, report.waiting)
+        if report.relay_down:
+            print(f"relay down, sending stopped; the rest waits: {_shown(report.relay_down)}")
         return 0 if report.ok else 1
 
     async def forever() -> None:

@@ -91,6 +91,13 @@ class SmtpSettings(_Strict):
     backoff_max_s: float = Field(30.0, ge=0)
     helo_name: str | None = None
     validate_certs: bool = True
+    breaker_failures: int = Field(
+        3,
+        ge=1,
+        description="Connection or greeting failures in a row after which the relay is taken "
+        "as down: the pass's remaining messages wait for the next pass at once instead of "
+        "each spending its deadline on a dead relay.",
+    )
 
     _crlf = field_validator("host", "username", "helo_name")(
         lambda v: v if v is None else _no_crlf(v)
@@ -301,6 +308,19 @@ class Settings(_Strict):
     dispute_cooldown: timedelta = timedelta(days=3)
     poll_interval_s: float = Field(60.0, gt=0)
     shutdown_timeout_s: float = Field(30.0, gt=0)
+    render_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Time one message may take to render; past it the rendering process is "
+        "killed and the message fails with a TemplateError, so a template looping on some "
+        "order's data cannot hang sending.",
+    )
+    render_max_bytes: int = Field(
+        1_000_000,
+        ge=1024,
+        description="Size (UTF-8 bytes) of one rendered message, subject, text and HTML "
+        "together; a template producing more is stopped as it writes and the message fails.",
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
 
     _addresses = field_validator("sender")(_address)

@@ -30,10 +30,16 @@ from worker.ingest import Ingest
 from worker.plan import Decision, OrderHistory, Plan, Policy, Refusal, plan, refusal
 from worker.render import Renderer, message_context, sample_context
 from worker.return_path import Signer, return_path_base
-from worker.send import Failed, InDoubt, Mailer, Outcome, Retry, Sent
+from worker.send import Failed, Handover, InDoubt, Mailer, Outcome, Retry, Sent
 from worker.store import Store
 
 log = logs.get("worker.daemon")
+
+OUTCOMES = ("sent", "skipped", "refused", "retry", "given_back", "failed", "in_doubt", "error")
+"""What a pass did with each due send, in the order the summary gives them."""
+RELAY_BACKOFF_MAX_S = 1800.0
+"""The longest wait between passes while the relay stays down."""
+_RELAY_DOWN = "the SMTP relay refuses connections or never greets; check smtp.host/port and it"
 
 
 @dataclass
@@ -44,20 +50,23 @@ class PassReport:
     outcomes: Counter[str] = field(default_factory=Counter)
     waiting: Counter[str] = field(default_factory=Counter)
     next_wakeup: datetime | None = None
+    relay_down: str | None = None
+    """Why sending stopped early: the relay was found down."""
+    retry_in_s: float | None = None
+    """With ``relay_down``: when the next pass tries again."""
 
     @property
     def ok(self) -> bool:
-        return not (self.outcomes["failed"] or self.outcomes["in_doubt"] or self.outcomes["error"])
+        bad = self.outcomes["failed"] or self.outcomes["in_doubt"] or self.outcomes["error"]
+        return not (bad or self.relay_down)
 
     def summary(self) -> dict[str, object]:
         return {
             "now": self.now.isoformat(),
-            **{
-                k: self.outcomes[k]
-                for k in ("sent", "skipped", "refused", "retry", "failed", "in_doubt", "error")
-            },
+            **{k: self.outcomes[k] for k in OUTCOMES},
             "waiting": sum(self.waiting.values()),
             "next_wakeup": self.next_wakeup.isoformat() if self.next_wakeup else None,
+            "relay_down": self.relay_down,
         }
 
 
@@ -113,6 +122,7 @@ class Daemon:
         self.return_path_base = return_path_base(settings)
         self.ingest = ingest
         self._sent_copies: list[tuple[bytes, datetime]] = []
+        self._relay_down_passes = 0
         self._wake = asyncio.Event()
 
     def plan(self, at: datetime | None = None) -> Plan:
@@ -183,6 +193,8 @@ class Daemon:
         return await self.run_pass(stop)
 
     def _sleep_s(self, report: PassReport) -> float:
+        if report.retry_in_s is not None:  # the relay is down: wait for it, not for what is due
+            return report.retry_in_s
         delay = self.settings.poll_interval_s
         if report.next_wakeup is not None:
             delay = min(delay, (report.next_wakeup - self.clock.now()).total_seconds())
@@ -269,8 +281,12 @@ class Daemon:
         report: PassReport,
         stop: asyncio.Event,
     ) -> None:
-        """Take no new work once ``stop`` is set; finish what was claimed."""
+        """Take no new work once ``stop`` is set or the relay is down; finish what was
+        claimed. Unclaimed rows stay scheduled for the next pass."""
         while not stop.is_set() and not queue.empty():
+            if mailer.relay_down is not None:
+                self._relay_is_down(mailer.relay_down, report)
+                return
             decision, send_id = queue.get_nowait()
             claim = self.store.claim(
                 [send_id], self.clock.now(), self.worker_id, self._message_id, self._guard
@@ -324,20 +340,47 @@ class Daemon:
             failed = Failed(f"cannot build the message: {exc}", None, False)
             self._record(send, failed, report, order.buyer_email)
             return
+        handover = Handover()
         try:
             return_path = self.signer.return_path(send.id, self.return_path_base)
-            outcome = await mailer.send(message, sender=return_path, recipient=order.buyer_email)
+            outcome = await mailer.send(
+                message, sender=return_path, recipient=order.buyer_email, progress=handover
+            )
         except asyncio.CancelledError:
-            stopped = InDoubt("stopped during the SMTP conversation")
-            self._record(send, stopped, report, order.buyer_email)
+            if handover.data_started:
+                stopped = InDoubt("stopped after the message data began to go out")
+                self._record(send, stopped, report, order.buyer_email)
+            else:
+                self._give_back(send, "stopped before the message was handed over", report)
             raise
         except Exception as exc:  # a bug must not leave the row claimed for ever
             broken = InDoubt(f"unexpected error during the SMTP conversation: {exc!r}")
             self._record(send, broken, report, order.buyer_email)
             raise
+        if isinstance(outcome, Retry) and mailer.relay_down is not None:
+            self._give_back(send, outcome.reason, report)  # a dead relay costs no pass
+            return
         self._record(send, outcome, report, order.buyer_email, rendered.text)
         if isinstance(outcome, Sent):
             self._sent_copies.append((message.as_bytes(), self.clock.now()))
+
+    def _give_back(self, send: Send, reason: str, report: PassReport) -> None:
+        """Synchronous, like ``_record``: the row is scheduled again before anything else."""
+        self.store.unclaim(send.id, reason, self.clock.now())
+        report.outcomes["given_back"] += 1
+        log.info("send.given_back", send_id=send.id, order=send.order_id, reason=reason)
+
+    def _relay_is_down(self, reason: str, report: PassReport) -> None:
+        """Once per pass: stop sending; the next pass tries again, later each time."""
+        if report.relay_down is not None:
+            return
+        self._relay_down_passes += 1
+        delay = min(
+            self.settings.poll_interval_s * 2 ** (self._relay_down_passes - 1), RELAY_BACKOFF_MAX_S
+        )
+        report.relay_down = reason
+        report.retry_in_s = delay
+        log.error("relay.down", reason=reason, retry_in_s=delay, meaning=_RELAY_DOWN)
 
     def _record(
         self,
@@ -360,6 +403,7 @@ class Daemon:
         if isinstance(outcome, Sent):
             self.store.mark_sent(send.id, outcome.reply, now, text)
             report.outcomes["sent"] += 1
+            self._relay_down_passes = 0
             log.info("send.sent", **fields, relay_message_id=outcome.relay_message_id)
         elif isinstance(outcome, Retry) and send.attempts < self.settings.smtp.max_passes:
             not_before = now + timedelta(seconds=self.settings.smtp.retry_after_s)

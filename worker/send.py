@@ -3,37 +3,51 @@
 The caller records the outcome. The one rule that shapes everything here: once the message
 data may have reached the server, it is never sent again automatically (:class:`InDoubt`), so
 a buyer is never written to twice.
+
+Every text that leaves this module (reasons, replies) is one line, at most a few hundred
+characters, with control characters and anything that looks like the login removed: the
+daemon stores and logs it, and relays have been seen echoing the AUTH exchange.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import email.policy
 import re
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from types import TracebackType
+from typing import Literal
 
 import aiosmtplib
 from aiosmtplib import (
     SMTPAuthenticationError,
     SMTPConnectError,
+    SMTPConnectTimeoutError,
+    SMTPDataError,
     SMTPException,
     SMTPNotSupported,
     SMTPResponseException,
     SMTPServerDisconnected,
+    SMTPStatus,
     SMTPTimeoutError,
 )
 from tenacity import (
     AsyncRetrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_random_exponential,
 )
 
 from worker.config import SmtpSettings, TlsMode
+
+Stage = Literal["connect", "MAIL", "RCPT", "DATA", "backoff"]
+"""Where a conversation is: connect covers the greeting, STARTTLS and AUTH; DATA runs from
+the DATA command to the reply to the final "."."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +79,9 @@ class Failed:
 class InDoubt:
     """The data may have reached the server without a 250 seen: never retry automatically.
 
-    aiosmtplib's ``data()`` sends DATA, waits for 354, writes the message and the final "."
-    and waits for the reply in one call, so a disconnect or timeout inside it cannot tell
-    which side of the "." it happened on. Assuming the server has the message is the only
-    answer that cannot write to a buyer twice; an operator checks the relay's log.
+    Once the message data has begun to go out, a disconnect or timeout cannot tell which side
+    of the final "." it happened on. Assuming the server has the message is the only answer
+    that cannot write to a buyer twice; an operator checks the relay's log.
     """
 
     reason: str
@@ -76,14 +89,44 @@ class InDoubt:
 
 Outcome = Sent | Retry | Failed | InDoubt
 
+
+@dataclass(slots=True)
+class Handover:
+    """Whether the server may hold the message; read it when :meth:`Mailer.send` is cancelled.
+
+    ``data_started`` turns True the moment the message data begins to go out (after the
+    server's 354) and back to False if the server then refuses the data with a 4xx/5xx. While
+    False the server cannot have the message and the send can simply be scheduled again;
+    while True it may have it, and the send is in doubt.
+    """
+
+    data_started: bool = False
+
+
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
-_UNKNOWN_RECIPIENT = re.compile(
-    r"no such (user|mailbox|recipient)|user unknown|unknown user|mailbox (is )?unavailable"
-    r"|(user|mailbox|recipient) not found|does not exist|doesn't exist|address rejected",
-    re.IGNORECASE,
-)
 # 5.1.10 is Microsoft 365's "RecipientNotFound": the same failure as 5.1.1.
 _RECIPIENT_STATUSES = frozenset({"5.1.1", "5.1.2", "5.1.6", "5.1.10"})
+_RECIPIENT_UNKNOWN = re.compile(
+    r"\bno\s+such\s+(?:user|mailbox|recipient|account|addressee)\b"
+    r"|\b(?:user|recipient|mailbox|account|addressee)\s+(?:is\s+)?unknown\b"
+    r"|\bunknown\s+(?:user|recipient|mailbox|account|addressee)\b"
+    r"|\b(?:user|recipient|mailbox|account|addressee)(?:\s+address)?\s+(?:was\s+)?not\s+found\b"
+    r"|\b(?:user|recipient|mailbox|account|addressee)\b[^.;,]{0,40}?"
+    r"\b(?:does\s+not|doesn't)\s+exist\b",
+    re.IGNORECASE,
+)
+"""Words naming the recipient, user or mailbox as unknown. ("mailbox unavailable" is RFC
+5321's stock text for any 550, policy refusals included, so it is not among them.)"""
+_ABOUT_US = re.compile(
+    r"\bsender|\b(?:mail|envelope)\s+from\b|\brelay|\bip\b|\bclient\s+host\b|\be?helo\b"
+    r"|\bpolic(?:y|ies)\b|\bblock\s*-?\s*list|\bblack\s*-?\s*list|\bblocked\b|\b(?:rbl|dnsbl)\b"
+    r"|spamhaus|spam|authenticat|\bauth\b|credential|\b(?:spf|dkim|dmarc)\b|reputation"
+    r"|\bverif(?:y|ied|ication)\b|callout|\bdenied\b|not\s+(?:permitted|allowed|authori[sz]ed)"
+    r"|reverse\s+dns|\bptr\b|rate\s+limit|throttl|\btls\b|virus|malware|phishing|\bcontent\b"
+    r"|\bbanned\b|\bprohibited\b|\b\d{1,3}(?:\.\d{1,3}){3}\b",
+    re.IGNORECASE,
+)
+"""Words about our sender, relay, IP, policy or login: the refusal is not the buyer's."""
 _RELAY_ID = (
     re.compile(r"queued as\s+([^\s<>]+)", re.IGNORECASE),
     re.compile(r"<([^<>\s]+)>"),
@@ -95,27 +138,50 @@ _OUR_SIDE = (
     "refused for policy, reputation or authentication reasons: a problem on our side "
     "(sender domain, SPF/DKIM/DMARC, IP reputation or relay permission), not the buyer's address"
 )
+_UNPROVEN = "no proof that the buyer's address is bad: nobody is suppressed"
+
+_REPLY_CHARS = 300
+_REASON_CHARS = 1000
+_READ_CHARS = 8192
+_REMOVED = "[credentials removed]"
+_INVISIBLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ud800-\udfff]"
+)
+_AUTH_ECHO = re.compile(
+    r"\bAUTH\s+(?:PLAIN|LOGIN|CRAM-MD5|DIGEST-MD5|XOAUTH2?|OAUTHBEARER|NTLM|GSSAPI|SCRAM-[\w-]+)"
+    r"(?:\s+[A-Za-z0-9+/]+={0,2}(?![\w+/=]))?"
+    r"|\b334[ -]\S*(?:\s+[A-Za-z0-9+/]{4,}={0,2}(?![\w+/=]))?",
+    re.IGNORECASE,
+)
+"""An echoed AUTH command with its initial response, or a 334 challenge with the answer."""
+_BASE64_TOKEN = re.compile(r"[A-Za-z0-9+/]{4,}={0,2}")
 
 
-def classify_reply(code: int, text: str) -> Retry | Failed:
-    """Turn an SMTP refusal into a decision; only recipient-level 5xx suppress the address.
+def classify_reply(code: int, text: str, *, stage: Stage = "RCPT") -> Retry | Failed:
+    """Turn an SMTP refusal at ``stage`` into a decision; only the recipient's own 5xx suppress.
 
-    A wrongly suppressed buyer never hears from the seller again, so suppression needs either
-    a recipient enhanced status (5.1.1, 5.1.2, 5.1.6) or, without a specific one, a 550/551/553
-    whose text says the mailbox does not exist. 5.7.x is about us, not the buyer.
+    A wrongly suppressed buyer never hears from the seller again, and one misconfigured relay
+    would suppress every buyer of a pass, so suppression needs a refusal of RCPT TO that
+    proves the address is unknown: a recipient enhanced status (5.1.1, 5.1.2, 5.1.6, 5.1.10),
+    or, without any enhanced status, a 550/551/553 whose words name the user or mailbox as
+    unknown. Words about the sender, relay, IP, policy, spam or login, a 5.7.x, a refusal of
+    MAIL FROM or of the data, and an unspecific 5.0.0 suppress no one. The default stage
+    keeps two-argument callers (the bounce tests) reading a reply to RCPT TO.
     """
-    reply = f"{code} {text}".strip()
+    reply = f"{code} {_tidy(text)}".strip()
     if 400 <= code < 500:
         return Retry(reply, code)
-    enhanced = _ENHANCED.match(text)
+    words = " ".join(text[:_READ_CHARS].split())
+    enhanced = _ENHANCED.match(words)
     status = ".".join(enhanced.groups()) if enhanced else None
-    if status is not None and status.startswith("5.7."):
+    if stage in ("connect", "MAIL") or (status or "").startswith("5.7.") or _ABOUT_US.search(words):
         return Failed(f"{reply} ({_OUR_SIDE})", code, suppress=False)
-    if status in _RECIPIENT_STATUSES:
+    unknown = code in (550, 551, 553) and bool(_RECIPIENT_UNKNOWN.search(words))
+    if stage == "RCPT" and (status in _RECIPIENT_STATUSES or (status is None and unknown)):
         return Failed(reply, code, suppress=True)
-    plain = status is None or status == "5.0.0"
-    unknown = code in (550, 551, 553) and bool(_UNKNOWN_RECIPIENT.search(text))
-    return Failed(reply, code, suppress=plain and unknown)
+    if unknown or status in _RECIPIENT_STATUSES:
+        return Failed(f"{reply} ({_UNPROVEN})", code, suppress=False)
+    return Failed(reply, code, suppress=False)
 
 
 def relay_message_id(text: str) -> str | None:
@@ -125,6 +191,50 @@ def relay_message_id(text: str) -> str | None:
         if match:
             return match.group(1)
     return None
+
+
+class _Secrets:
+    """The configured login in every form a relay might echo back, to keep it out of reasons."""
+
+    def __init__(self, username: str | None, password: str | None) -> None:
+        self._password = (password or "").encode()
+        forms: set[str] = set()
+        if password:
+            user = (username or "").encode()
+            forms |= {password, " ".join(password.split())}
+            for raw in (self._password, b"\0" + user + b"\0" + self._password):
+                forms.add(base64.b64encode(raw).decode())
+        self._forms = sorted((f for f in forms if f), key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        if not self._password:
+            return text
+        for form in self._forms:
+            text = text.replace(form, _REMOVED)
+        return _BASE64_TOKEN.sub(self._token, text)
+
+    def _token(self, match: re.Match[str]) -> str:
+        """A blob that decodes, at any alignment, to bytes holding the password."""
+        token = match.group(0)
+        for start in range(4):
+            chunk = token[start:]
+            chunk = chunk[: len(chunk) - len(chunk) % 4]
+            try:
+                decoded = base64.b64decode(chunk)
+            except (binascii.Error, ValueError):
+                continue
+            if self._password in decoded:
+                return _REMOVED
+        return token
+
+
+def _tidy(text: str, limit: int = _REPLY_CHARS, secrets: _Secrets | None = None) -> str:
+    """One line, no control or invisible characters, no credentials, at most ``limit``."""
+    flat = " ".join(_INVISIBLE.sub("", " ".join(text[:_READ_CHARS].split())).split())
+    if secrets is not None:
+        flat = secrets.redact(flat)
+    flat = _AUTH_ECHO.sub(_REMOVED, flat)
+    return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
 class _Transient(Exception):
@@ -139,7 +249,9 @@ class _Transient(Exception):
 class _Progress:
     """How far one message got; decides between Retry and InDoubt when time runs out."""
 
-    stage: str = "connect"
+    handover: Handover = field(default_factory=Handover)
+    stage: Stage = "connect"
+    connecting: bool = False
     conn: aiosmtplib.SMTP | None = None
 
     def discard(self) -> None:
@@ -154,6 +266,10 @@ class Mailer:
     At most ``concurrency`` conversations run at once; a slot is held across a message's
     retries so a throttling server sees less traffic, and the per-message deadline starts
     once the slot is granted so queueing does not eat it.
+
+    A circuit breaker spares a dead relay's deadlines: after ``breaker_failures`` connection
+    or greeting failures in a row, :attr:`relay_down` says why and every send returns a
+    :class:`Retry` at once without connecting; a relay that greets again closes it.
     """
 
     def __init__(
@@ -167,6 +283,9 @@ class Mailer:
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._idle: list[aiosmtplib.SMTP] = []
         self._where = f"smtp {settings.host}:{settings.port}"
+        self._secrets = _Secrets(settings.username, settings.password)
+        self._failures = 0
+        self._down: str | None = None
 
     async def __aenter__(self) -> Mailer:
         return self
@@ -178,6 +297,11 @@ class Mailer:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+    @property
+    def relay_down(self) -> str | None:
+        """Why the relay is taken as down (sends return Retry at once), or None."""
+        return self._down
 
     async def close(self) -> None:
         """Say QUIT on every pooled connection; a server that does not answer is just dropped."""
@@ -191,53 +315,90 @@ class Mailer:
             finally:
                 conn.close()
 
-    async def send(self, message: EmailMessage, *, sender: str, recipient: str) -> Outcome:
-        """Deliver one message to one recipient; never raises for SMTP or network trouble."""
+    async def send(
+        self,
+        message: EmailMessage,
+        *,
+        sender: str,
+        recipient: str,
+        progress: Handover | None = None,
+    ) -> Outcome:
+        """Deliver one message to one recipient; never raises for SMTP or network trouble.
+
+        ``progress``, when given, tells a caller whose await was cancelled whether the
+        message data had begun to go out (see :class:`Handover`).
+        """
+        state = _Progress(progress if progress is not None else Handover())
+        state.handover.data_started = False
         bad = _address_problem(sender, "sender") or _address_problem(recipient, "recipient")
         if bad:
-            return Failed(bad, None, suppress=False)
-        data = message.as_bytes(policy=email.policy.SMTP)
-        progress = _Progress()
+            return self._scrub(Failed(bad, None, suppress=False))
+        if self._down is not None:
+            return self._scrub(self._down_outcome())
+        payload = _wire(message.as_bytes(policy=email.policy.SMTP))
         async with self._slots:
+            if self._down is not None:
+                return self._scrub(self._down_outcome())
             try:
                 async with asyncio.timeout(self._settings.message_deadline_s):
-                    return await self._attempts(data, sender, recipient, progress)
+                    outcome = await self._attempts(payload, sender, recipient, state)
             except TimeoutError:
-                progress.discard()
-                return self._deadline_outcome(progress.stage)
+                state.discard()
+                if state.connecting:
+                    self._connect_failed("no greeting before the message deadline")
+                outcome = self._deadline_outcome(state)
             except _Transient as exc:
-                return exc.outcome
+                outcome = exc.outcome
+        return self._scrub(outcome)
 
-    def _deadline_outcome(self, stage: str) -> Retry | InDoubt:
+    def _down_outcome(self) -> Retry:
+        return Retry(f"relay down: {self._down}", None)
+
+    def _connect_failed(self, why: str) -> None:
+        self._failures += 1
+        if self._failures >= self._settings.breaker_failures:
+            self._down = self._clean(
+                f"{self._where}: {self._failures} connection attempts in a row failed "
+                f"(the last: {why})"
+            )
+
+    def _deadline_outcome(self, progress: _Progress) -> Retry | InDoubt:
         deadline = f"message deadline of {self._settings.message_deadline_s:g}s passed"
-        if stage == "DATA":
+        if progress.handover.data_started:
             return InDoubt(f"{self._where} DATA: {deadline} while the message was being sent")
-        return Retry(f"{self._where} {stage}: {deadline} before the message was handed over", None)
+        return Retry(
+            f"{self._where} {progress.stage}: {deadline} before the message was handed over",
+            None,
+        )
+
+    def _retry_worth_it(self, exc: BaseException) -> bool:
+        return isinstance(exc, _Transient) and self._down is None
 
     async def _attempts(
-        self, data: bytes, sender: str, recipient: str, progress: _Progress
+        self, payload: bytes, sender: str, recipient: str, progress: _Progress
     ) -> Outcome:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._settings.attempts),
             wait=wait_random_exponential(
                 multiplier=self._settings.backoff_initial_s, max=self._settings.backoff_max_s
             ),
-            retry=retry_if_exception_type(_Transient),
+            retry=retry_if_exception(self._retry_worth_it),
             sleep=self._sleep,
             reraise=True,
         )
-        outcome: Outcome = await retrying(self._attempt, data, sender, recipient, progress)
+        outcome: Outcome = await retrying(self._attempt, payload, sender, recipient, progress)
         return outcome
 
     async def _attempt(
-        self, data: bytes, sender: str, recipient: str, progress: _Progress
+        self, payload: bytes, sender: str, recipient: str, progress: _Progress
     ) -> Outcome:
         progress.stage = "connect"
         try:
-            return await self._converse(data, sender, recipient, progress)
+            return await self._converse(payload, sender, recipient, progress)
         except (SMTPException, OSError) as exc:
             progress.discard()
-            outcome = self._judge(exc, progress.stage)
+            progress.connecting = False  # a failed connection was counted where it failed
+            outcome = self._judge(exc, progress)
             if isinstance(outcome, Retry):
                 progress.stage = "backoff"
                 raise _Transient(outcome) from exc
@@ -247,18 +408,38 @@ class Mailer:
             raise
 
     async def _converse(
-        self, data: bytes, sender: str, recipient: str, progress: _Progress
+        self, payload: bytes, sender: str, recipient: str, progress: _Progress
     ) -> Sent:
-        progress.conn = self._pooled() or await self._connect()
+        progress.conn = self._pooled() or await self._connect(progress)
         progress.stage = "MAIL"
         await progress.conn.mail(sender)
         progress.stage = "RCPT"
         await progress.conn.rcpt(recipient)
         progress.stage = "DATA"
-        reply = await progress.conn.data(data)
+        reply = await self._data(progress.conn, payload, progress.handover)
         self._idle.append(progress.conn)
         progress.conn = None
-        return Sent(str(reply), relay_message_id(reply.message))
+        text = self._clean(reply.message)
+        return Sent(f"{reply.code} {text}", relay_message_id(text))
+
+    async def _data(
+        self, conn: aiosmtplib.SMTP, payload: bytes, handover: Handover
+    ) -> aiosmtplib.SMTPResponse:
+        """DATA in two steps, so ``handover`` can mark the moment the message starts to go out
+        (aiosmtplib's ``data()`` does both in one call)."""
+        start = await conn.execute_command(b"DATA")
+        if start.code != SMTPStatus.start_input:
+            raise SMTPDataError(start.code, start.message)
+        if conn.protocol is None:
+            raise SMTPServerDisconnected("Connection lost")
+        handover.data_started = True
+        conn.protocol.write(payload)
+        reply = await conn.protocol.read_response(timeout=self._settings.timeout_s)
+        if reply.code != SMTPStatus.completed:
+            if 400 <= reply.code < 600:
+                handover.data_started = False  # refused: the server does not keep it
+            raise SMTPDataError(reply.code, reply.message)
+        return reply
 
     def _pooled(self) -> aiosmtplib.SMTP | None:
         while self._idle:
@@ -268,8 +449,12 @@ class Mailer:
             conn.close()
         return None
 
-    async def _connect(self) -> aiosmtplib.SMTP:
-        """Open a connection exactly as configured: never a silent plaintext fallback."""
+    async def _connect(self, progress: _Progress) -> aiosmtplib.SMTP:
+        """Open a connection exactly as configured: never a silent plaintext fallback.
+
+        The greeting (and TLS) must arrive within ``timeout_s`` as a whole; failing that, or
+        TLS, or a 4xx/5xx greeting, counts towards the circuit breaker.
+        """
         s = self._settings
         conn = aiosmtplib.SMTP(
             hostname=s.host,
@@ -280,10 +465,31 @@ class Mailer:
             validate_certs=s.validate_certs,
             local_hostname=s.helo_name,
         )
+        progress.connecting = True
         try:
-            await conn.connect()
-            if s.tls is TlsMode.STARTTLS:
-                await _start_tls(conn)
+            async with asyncio.timeout(s.timeout_s):
+                await conn.connect()
+                if s.tls is TlsMode.STARTTLS:
+                    await _start_tls(conn)
+        except TimeoutError as exc:
+            conn.close()
+            timeout = SMTPConnectTimeoutError(f"no greeting within {s.timeout_s:g}s")
+            self._connect_failed(_describe(timeout))
+            raise timeout from exc
+        except SMTPNotSupported:
+            conn.close()
+            raise
+        except (SMTPException, OSError) as exc:
+            conn.close()
+            self._connect_failed(_describe(exc))
+            raise
+        except BaseException:
+            conn.close()
+            raise
+        progress.connecting = False
+        self._failures = 0
+        self._down = None
+        try:
             if s.username:
                 await conn.login(s.username, s.password or "")
         except BaseException:
@@ -291,41 +497,59 @@ class Mailer:
             raise
         return conn
 
-    def _judge(self, exc: SMTPException | OSError, stage: str) -> Outcome:
+    def _judge(self, exc: SMTPException | OSError, progress: _Progress) -> Outcome:
         """Map what went wrong, and where, to an outcome."""
-        where = f"{self._where} {stage}"
+        where = f"{self._where} {progress.stage}"
         if _tls_failure(exc):
             return Failed(
-                f"{where}: TLS failed ({exc}); check smtp.tls, smtp.port and smtp.validate_certs",
+                f"{where}: TLS failed ({self._clean(str(exc))}); check smtp.tls, smtp.port and "
+                "smtp.validate_certs",
                 None,
                 suppress=False,
             )
         if isinstance(exc, SMTPAuthenticationError) and exc.code >= 500:
             return Failed(
-                f"{where}: {exc.code} {exc.message} (login refused; check "
+                f"{where}: {exc.code} {self._clean(exc.message)} (login refused; check "
                 "WORKER_SMTP_USERNAME and WORKER_SMTP_PASSWORD)",
                 exc.code,
                 suppress=False,
             )
         if isinstance(exc, SMTPResponseException):
-            return self._judge_reply(exc.code, exc.message, stage)
+            return self._judge_reply(exc.code, exc.message, progress)
         if isinstance(exc, SMTPServerDisconnected | SMTPConnectError | SMTPTimeoutError | OSError):
-            if stage == "DATA":
-                return InDoubt(f"{where}: {_describe(exc)} while the message was being sent")
-            return Retry(f"{where}: {_describe(exc)}", None)
-        return Failed(f"{where}: {exc}", None, suppress=False)
+            described = self._clean(_describe(exc))
+            if progress.handover.data_started:
+                return InDoubt(f"{where}: {described} while the message was being sent")
+            return Retry(f"{where}: {described}", None)
+        return Failed(f"{where}: {self._clean(str(exc))}", None, suppress=False)
 
-    def _judge_reply(self, code: int, text: str, stage: str) -> Outcome:
-        where = f"{self._where} {stage}"
+    def _judge_reply(self, code: int, text: str, progress: _Progress) -> Outcome:
+        where = f"{self._where} {progress.stage}"
         if not 400 <= code < 600:
-            if stage == "DATA":
+            text = self._clean(text)
+            if progress.handover.data_started:
                 return InDoubt(f"{where}: unexpected reply {code} {text}")
             return Failed(f"{where}: unexpected reply {code} {text}", code, suppress=False)
-        outcome = classify_reply(code, text)
-        outcome = replace(outcome, reason=f"{where}: {outcome.reason}")
-        if isinstance(outcome, Failed) and stage not in ("RCPT", "DATA"):
-            outcome = replace(outcome, suppress=False)
-        return outcome
+        # Whole (not cut) so no word is missed and no credential is cut in half unrecognised.
+        outcome = classify_reply(code, self._clean(text, _READ_CHARS), stage=progress.stage)
+        return replace(outcome, reason=f"{where}: {outcome.reason}")
+
+    def _clean(self, text: str, limit: int = _REPLY_CHARS) -> str:
+        return _tidy(text, limit, self._secrets)
+
+    def _scrub(self, outcome: Outcome) -> Outcome:
+        """The last look at what leaves the mailer: one line, bounded, no credentials."""
+        if isinstance(outcome, Sent):
+            return replace(outcome, reply=self._clean(outcome.reply))
+        return replace(outcome, reason=self._clean(outcome.reason, _REASON_CHARS))
+
+
+def _wire(data: bytes) -> bytes:
+    """The message as DATA carries it: CRLF lines, leading dots doubled, the final "."."""
+    lines = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    if not lines.endswith(b"\r\n"):
+        lines += b"\r\n"
+    return re.sub(rb"(?m)^\.", b"..", lines) + b".\r\n"
 
 
 async def _start_tls(conn: aiosmtplib.SMTP) -> None:

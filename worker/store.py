@@ -599,6 +599,24 @@ class Store:
                 tx, send_id, SendState.SENDING, SendState.IN_DOUBT, now, reason=reason
             )
 
+    def unclaim(self, send_id: int, reason: str, now: datetime) -> bool:
+        """Give back a claim whose message never reached the server (a stop before the data,
+        a relay found down): scheduled again, the attempt not counted."""
+        table = schema.send
+        with self._begin() as tx:
+            return self._move(
+                tx,
+                send_id,
+                SendState.SENDING,
+                SendState.SCHEDULED,
+                now,
+                reason=reason,
+                attempts=table.c.attempts - 1,
+                not_before=None,
+                claimed_at=None,
+                claimed_by=None,
+            )
+
     def requeue(self, send_id: int, now: datetime) -> Send:
         """An operator found an ``in_doubt`` send not delivered: schedule it again."""
         reason = "requeued by an operator after in_doubt"

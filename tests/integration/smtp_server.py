@@ -8,6 +8,7 @@ DATA commands). No mock ever stands in for the SMTP conversation.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import shutil
@@ -28,6 +29,8 @@ DROP = "drop"
 """Scripted reply: close the connection instead of answering."""
 HANG = "hang"
 """Scripted reply: never answer (until the client goes away)."""
+GREET = "greet"
+"""Scripted greeting: the normal 220, then the conversation."""
 
 
 @dataclass
@@ -43,6 +46,10 @@ class Seen:
     overlapped: bool = False
     messages: list[bytes] = field(default_factory=list)
     recipients: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    """MAIL, RCPT, DATA (the command) and "end of data", as each arrives."""
+    auth: list[str] = field(default_factory=list)
+    """The AUTH exchange as it went over the wire: the client's lines and the challenges."""
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def changed(self) -> None:
@@ -60,9 +67,15 @@ class Seen:
 class Script:
     """Replies to play, per command, in order; once a list is used up the server accepts."""
 
+    greeting: list[str] = field(default_factory=list)
+    """Per connection: GREET, HANG, DROP or a reply to send instead of 220 (then hang up)."""
     mail: list[str] = field(default_factory=list)
     rcpt: list[str] = field(default_factory=list)
+    data_command: list[str] = field(default_factory=list)
+    """Replies to the DATA command itself, instead of 354 (HANG: never say 354)."""
     data: list[str] = field(default_factory=list)
+    """Replies after the message's final ".". Any reply may quote the AUTH exchange as
+    ``{auth}``."""
     overlap_data: int = 0
     """Hold each message in DATA until this many sessions are in DATA at once (then let all
     go), so a test can see real parallelism; gives up after 5 s if the client never gets there."""
@@ -76,7 +89,9 @@ class _Handler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
     ) -> str:
-        reply = await _play(server, self.script.mail)
+        self.seen.commands.append("MAIL")
+        self.seen.changed()
+        reply = await _play(server, self.script.mail, self.seen)
         if reply is None:
             envelope.mail_from = address
             return "250 OK"
@@ -85,7 +100,9 @@ class _Handler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
     ) -> str:
-        reply = await _play(server, self.script.rcpt)
+        self.seen.commands.append("RCPT")
+        self.seen.changed()
+        reply = await _play(server, self.script.rcpt, self.seen)
         if reply is None:
             envelope.rcpt_tos.append(address)
             self.seen.recipients.append(address)
@@ -104,12 +121,13 @@ class _Handler:
         self.seen.changed()
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.seen.commands.append("end of data")
         self.seen.in_data += 1
         self.seen.max_in_data = max(self.seen.max_in_data, self.seen.in_data)
         self.seen.changed()
         try:
             await self._overlap()
-            reply = await _play(server, self.script.data)
+            reply = await _play(server, self.script.data, self.seen)
         finally:
             self.seen.in_data -= 1
         if reply is None:
@@ -118,7 +136,7 @@ class _Handler:
         return reply
 
 
-async def _play(server: SMTP, replies: list[str]) -> str | None:
+async def _play(server: SMTP, replies: list[str], seen: Seen) -> str | None:
     if not replies:
         return None
     reply = replies.pop(0)
@@ -128,11 +146,12 @@ async def _play(server: SMTP, replies: list[str]) -> str | None:
         return ""
     if reply == HANG:
         await asyncio.Event().wait()  # cancelled by aiosmtpd when the client disconnects
-    return reply
+    return reply.replace("{auth}", " ".join(seen.auth))
 
 
 class _CountingSMTP(SMTP):
     seen: Seen
+    script: Script
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None  # STARTTLS calls this again on the same session
@@ -148,9 +167,42 @@ class _CountingSMTP(SMTP):
         self.seen.open_now -= 1
         self.seen.changed()
 
+    async def _handle_client(self) -> None:
+        greeting = self.script.greeting.pop(0) if self.script.greeting else GREET
+        if greeting == GREET:
+            await super()._handle_client()
+            return
+        if greeting == HANG:
+            await asyncio.Event().wait()  # cancelled by aiosmtpd when the client disconnects
+        if greeting != DROP:
+            await self.push(greeting)
+        assert self.transport is not None
+        self.transport.close()
+
     async def smtp_DATA(self, arg: str) -> None:
         self.seen.data_commands += 1
+        self.seen.commands.append("DATA")
+        self.seen.changed()
+        reply = await _play(self, self.script.data_command, self.seen)
+        if reply is not None:
+            if reply:
+                await self.push(reply)
+            return
         await super().smtp_DATA(arg)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        self.seen.auth.append(f"AUTH {arg}")
+        await super().smtp_AUTH(arg)
+
+    async def challenge_auth(
+        self, challenge: str | bytes, encode_to_b64: bool = True, log_client_response: bool = False
+    ) -> Any:
+        raw = challenge.encode() if isinstance(challenge, str) else challenge
+        self.seen.auth.append("334 " + (base64.b64encode(raw) if encode_to_b64 else raw).decode())
+        answer = await super().challenge_auth(challenge, encode_to_b64, log_client_response)
+        if isinstance(answer, bytes):
+            self.seen.auth.append(base64.b64encode(answer).decode())
+        return answer
 
 
 @dataclass
@@ -173,6 +225,7 @@ async def scripted_server(
     seen = Seen()
     handler = _Handler(script, seen)
     loop = asyncio.get_running_loop()
+    sessions: list[_CountingSMTP] = []
 
     def factory() -> SMTP:
         smtp = _CountingSMTP(
@@ -185,6 +238,8 @@ async def scripted_server(
             loop=loop,
         )
         smtp.seen = seen
+        smtp.script = script
+        sessions.append(smtp)
         return smtp
 
     server = await loop.create_server(factory, "127.0.0.1", 0, ssl=implicit_tls)
@@ -192,6 +247,10 @@ async def scripted_server(
         yield ScriptedServer(server.sockets[0].getsockname()[1], seen, script)
     finally:
         server.close()
+        for session in sessions:  # hung sessions too, before the test's loop goes away
+            if session.transport is not None:
+                session.transport.close()
+        await seen.wait_until(lambda now: now.open_now == 0)
         await server.wait_closed()
 
 
@@ -228,6 +287,23 @@ def password_check(username: str, password: str) -> Callable[..., AuthResult]:
     def check(server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth: Any) -> Any:
         ok = auth.login == username.encode() and auth.password == password.encode()
         return AuthResult(success=ok, handled=False)  # aiosmtpd then replies 535
+
+    return check
+
+
+def echoing_login(username: str, password: str, accept: str | None) -> Callable[..., AuthResult]:
+    """An authenticator for a relay that quotes the whole AUTH exchange, and the password it
+    got, in its refusal; it accepts the right pair only by mechanism ``accept``."""
+
+    def check(server: Any, session: Session, envelope: Envelope, mechanism: str, auth: Any) -> Any:
+        ok = auth.login == username.encode() and auth.password == password.encode()
+        if ok and mechanism == accept:
+            return AuthResult(success=True)
+        said = " ".join(server.seen.auth)
+        got = auth.password.decode(errors="replace")
+        return AuthResult(
+            success=False, handled=False, message=f"535 5.7.8 {said} password {got} refused"
+        )
 
     return check
 

@@ -8,15 +8,19 @@ needs the pass to stand still at a known point.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from structlog.testing import capture_logs
 
 from tests.conftest import settings_for
+from tests.integration.smtp_server import HANG, Script, closed_port, scripted_server, silent_server
 from worker.clock import FixedClock
 from worker.daemon import Daemon, load_checked_campaigns
 from worker.domain import DisputeKind, Order, SendState, SuppressionReason
@@ -108,3 +112,58 @@ async def test_a_suppression_recorded_mid_pass_skips_the_send_for_good(store: St
         SendState.SKIPPED,
         "suppressed:unsubscribe",
     )
+
+
+def _orders(count: int) -> list[Order]:
+    return [_order(n, f"buyer{n}@example.com") for n in range(1, count + 1)]
+
+
+async def test_a_relay_that_never_greets_stops_the_pass_quickly_and_costs_no_attempt(
+    store: Store,
+) -> None:
+    store.upsert_orders(_orders(20), DELIVERED)
+    async with silent_server() as port:
+        daemon = _daemon(store, port, timeout_s=0.5, concurrency=4, breaker_failures=3)
+        with capture_logs() as logs:
+            report = await asyncio.wait_for(daemon.run_pass(), timeout=15)
+
+    assert report.relay_down is not None
+    assert report.retry_in_s == daemon.settings.poll_interval_s
+    assert not report.ok
+    rows = store.sends()
+    assert {s.state for s in rows} == {SendState.SCHEDULED} and len(rows) == 20
+    assert all(s.attempts == 0 for s in rows), [s.attempts for s in rows]
+    assert [e["event"] for e in logs].count("relay.down") == 1
+
+
+async def test_the_backoff_grows_while_the_relay_stays_down(store: Store) -> None:
+    store.upsert_orders(_orders(3), DELIVERED)
+    daemon = _daemon(store, closed_port(), timeout_s=0.5, breaker_failures=1)
+    waits = [(await daemon.run_pass()).retry_in_s for _ in range(3)]
+    first = daemon.settings.poll_interval_s
+    assert waits == [first, 2 * first, 4 * first]
+
+
+@pytest.mark.parametrize(
+    ("script", "state"),
+    [
+        (Script(rcpt=[HANG]), SendState.SCHEDULED),  # stopped before the data: not sent
+        (Script(data=[HANG]), SendState.IN_DOUBT),  # stopped after the data: maybe sent
+    ],
+    ids=["before-the-data", "after-the-data"],
+)
+async def test_a_stop_cancels_a_send_by_what_the_server_may_hold(
+    store: Store, script: Script, state: SendState
+) -> None:
+    store.upsert_orders(_orders(1), DELIVERED)
+    async with scripted_server(script) as server:
+        running = asyncio.create_task(_daemon(store, server.port).run_pass())
+        stage = "RCPT" if script.rcpt else "DATA"
+        await server.seen.wait_until(lambda seen: stage in " ".join(seen.commands), timeout_s=10)
+        running.cancel()  # what the shutdown timeout does to a send still in flight
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    [row] = store.sends()
+    assert row.state is state
+    if state is SendState.SCHEDULED:
+        assert row.attempts == 0 and "before the message was handed over" in row.reason

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
 import email.policy
 import mailbox
 from datetime import UTC, datetime
@@ -12,13 +14,18 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.smtp_server import (
     DROP,
+    GREET,
     HANG,
     Cert,
     RecordingSleep,
     Script,
+    Seen,
     closed_port,
+    echoing_login,
     password_check,
     scripted_server,
     self_signed_cert,
@@ -26,7 +33,7 @@ from tests.integration.smtp_server import (
 )
 from worker.clock import FixedClock
 from worker.config import SmtpSettings, TlsMode
-from worker.send import Failed, InDoubt, Mailer, Retry, Sent
+from worker.send import Failed, Handover, InDoubt, Mailer, Outcome, Retry, Sent
 from worker.sink import Sink, SinkOptions
 
 __all__ = ["self_signed_cert"]  # a fixture: imported so pytest finds it
@@ -312,3 +319,323 @@ async def test_an_address_with_a_line_break_fails_before_any_connection() -> Non
             outcome = await mailer.send(message(), sender=SENDER, recipient="a@b\r\nRCPT TO:<x@y>")
     assert isinstance(outcome, Failed)
     assert server.seen.connections == 0
+
+
+# Replies read with care ---------------------------------------------------------------------
+
+RELAY_MISCONFIGURATION = [
+    "550 Sender address rejected: not owned by user",
+    "550 Sender domain does not exist",
+    "550 Requested action not taken: mailbox unavailable (sender IP on blocklist)",
+    "550 5.0.0 Relay access denied",
+    "550-Verification failed for <service@shop.example>\r\n550-Unrouteable address\r\n"
+    "550 Sender verify failed",
+]
+
+
+@pytest.mark.parametrize("reply", RELAY_MISCONFIGURATION)
+@pytest.mark.parametrize("command", ["mail", "rcpt", "data"])
+async def test_a_misconfigured_relay_suppresses_no_buyer(reply: str, command: str) -> None:
+    async with scripted_server(Script(**{command: [reply]})) as server:
+        async with Mailer(settings(server.port, concurrency=2)) as mailer:
+            outcomes = await asyncio.gather(
+                *(mailer.send(message(n), sender=SENDER, recipient=BUYER) for n in range(2))
+            )
+    assert [type(o) for o in outcomes] == [Failed, Sent]
+    failed = outcomes[0]
+    assert isinstance(failed, Failed)
+    assert failed.suppress is False
+    assert "\n" not in failed.reason
+
+
+async def test_unknown_user_refused_at_rcpt_without_a_status_suppresses() -> None:
+    reply = f"550 <{BUYER}>: Recipient address rejected: User unknown in local recipient table"
+    async with scripted_server(Script(rcpt=[reply])) as server:
+        outcome = await send_one(settings(server.port))
+    assert isinstance(outcome, Failed)
+    assert outcome.suppress is True
+    assert "RCPT" in outcome.reason
+
+
+async def test_unknown_user_after_the_data_suppresses_no_one() -> None:
+    async with scripted_server(Script(data=["550 5.1.1 User unknown"])) as server:
+        outcome = await send_one(settings(server.port))
+    assert isinstance(outcome, Failed)
+    assert outcome.suppress is False
+
+
+async def test_refusal_of_the_data_command_is_not_in_doubt() -> None:
+    script = Script(data_command=["554 5.5.1 Error: no valid recipients"])
+    async with scripted_server(script) as server:
+        outcome = await send_one(settings(server.port))
+    assert isinstance(outcome, Failed)
+    assert outcome.suppress is False
+    assert server.seen.messages == []
+
+
+async def test_a_long_multiline_reply_is_stored_as_one_short_line() -> None:
+    reply = "550-5.7.1 " + "\r\n550-5.7.1 ".join(f"line {n}\x07 blah" * 5 for n in range(40))
+    async with scripted_server(Script(rcpt=[reply + "\r\n550 5.7.1 end"])) as server:
+        outcome = await send_one(settings(server.port))
+    assert isinstance(outcome, Failed)
+    assert "\n" not in outcome.reason
+    assert "\x07" not in outcome.reason
+    assert len(outcome.reason) < 700
+
+
+# Credentials never leave the mailer ---------------------------------------------------------
+
+USER, PASSWORD = "shop", "s3cret-Pa55word!"
+
+
+def b64(raw: str) -> str:
+    return base64.b64encode(raw.encode()).decode()
+
+
+SECRET_FORMS = (PASSWORD, b64(PASSWORD), b64(f"\0{USER}\0{PASSWORD}"))
+
+
+def text_fields(outcome: Outcome) -> list[str]:
+    return [str(getattr(outcome, f.name)) for f in dataclasses.fields(outcome)]
+
+
+async def test_a_relay_echoing_the_auth_exchange_in_its_refusal_leaks_nothing() -> None:
+    authenticator = echoing_login(USER, PASSWORD, accept=None)
+    async with scripted_server(authenticator=authenticator) as server:
+        async with Mailer(settings(server.port, username=USER, password=PASSWORD)) as mailer:
+            outcome = await mailer.send(message(), sender=SENDER, recipient=BUYER)
+    echoed = " ".join(server.seen.auth)
+    assert all(form in echoed for form in SECRET_FORMS[1:])  # PLAIN and LOGIN both went by
+    assert isinstance(outcome, Failed)
+    assert outcome.code == 535
+    assert "[credentials removed]" in outcome.reason
+    for value in text_fields(outcome):
+        for form in SECRET_FORMS:
+            assert form not in value
+
+
+@pytest.mark.parametrize(
+    ("script", "kind"),
+    [
+        (Script(mail=["530 5.7.0 Refused after {auth} with " + PASSWORD]), Failed),
+        (Script(rcpt=["451 4.7.1 Later; you said {auth} " + PASSWORD]), Retry),
+        (Script(data=["554 5.7.1 {auth}\r\n554 5.7.1 " + PASSWORD]), Failed),
+        (Script(data=["250 2.0.0 Ok: queued as Q1 after {auth} " + PASSWORD]), Sent),
+    ],
+)
+async def test_a_relay_echoing_the_login_in_any_reply_leaks_nothing(
+    script: Script, kind: type
+) -> None:
+    authenticator = echoing_login(USER, PASSWORD, accept="LOGIN")
+    async with scripted_server(script, authenticator=authenticator) as server:
+        smtp = settings(server.port, username=USER, password=PASSWORD, attempts=1)
+        async with Mailer(smtp) as mailer:
+            outcome = await mailer.send(message(), sender=SENDER, recipient=BUYER)
+    assert all(form in " ".join(server.seen.auth) for form in SECRET_FORMS[1:])
+    assert isinstance(outcome, kind)
+    for value in text_fields(outcome):
+        assert "\n" not in value
+        for form in SECRET_FORMS:
+            assert form not in value
+
+
+# What a cancelled send had handed over ------------------------------------------------------
+
+
+async def cancel_when(server_seen: Seen, command: str, send: asyncio.Task[Outcome]) -> None:
+    await server_seen.wait_until(lambda seen: command in seen.commands)
+    send.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await send
+
+
+@pytest.mark.parametrize(
+    ("script", "hung_at", "data_started"),
+    [
+        (Script(rcpt=[HANG]), "RCPT", False),
+        (Script(data_command=[HANG]), "DATA", False),
+        (Script(data=[HANG]), "end of data", True),
+    ],
+)
+async def test_a_cancelled_send_says_whether_the_data_had_started(
+    script: Script, hung_at: str, data_started: bool
+) -> None:
+    progress = Handover()
+    async with scripted_server(script) as server:
+        async with Mailer(settings(server.port)) as mailer:
+            send = asyncio.create_task(
+                mailer.send(message(), sender=SENDER, recipient=BUYER, progress=progress)
+            )
+            await cancel_when(server.seen, hung_at, send)
+    assert progress.data_started is data_started
+
+
+class BlockingSleep:
+    """A backoff that never ends, so a test can cancel a send while it waits to retry."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+
+    async def __call__(self, seconds: float) -> None:
+        self.entered.set()
+        await asyncio.Event().wait()
+
+
+async def test_data_refused_with_4xx_then_cancelled_in_backoff_had_not_started() -> None:
+    progress = Handover()
+    sleep = BlockingSleep()
+    async with scripted_server(Script(data=["452 4.3.1 Queue full"])) as server:
+        async with Mailer(settings(server.port), sleep=sleep) as mailer:
+            send = asyncio.create_task(
+                mailer.send(message(), sender=SENDER, recipient=BUYER, progress=progress)
+            )
+            async with asyncio.timeout(5):
+                await sleep.entered.wait()
+            send.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await send
+    assert server.seen.data_commands == 1
+    assert progress.data_started is False
+
+
+async def test_deadline_waiting_for_354_gives_retry_not_in_doubt() -> None:
+    progress = Handover()
+    async with scripted_server(Script(data_command=[HANG])) as server:
+        async with Mailer(settings(server.port, message_deadline_s=0.3)) as mailer:
+            outcome = await mailer.send(
+                message(), sender=SENDER, recipient=BUYER, progress=progress
+            )
+    assert isinstance(outcome, Retry)
+    assert "DATA" in outcome.reason
+    assert "before the message was handed over" in outcome.reason
+    assert progress.data_started is False
+
+
+async def test_deadline_after_the_data_is_in_doubt_and_progress_agrees() -> None:
+    progress = Handover()
+    async with scripted_server(Script(data=[HANG])) as server:
+        async with Mailer(settings(server.port, message_deadline_s=0.3)) as mailer:
+            outcome = await mailer.send(
+                message(), sender=SENDER, recipient=BUYER, progress=progress
+            )
+    assert isinstance(outcome, InDoubt)
+    assert progress.data_started is True
+
+
+# The circuit breaker ------------------------------------------------------------------------
+
+
+async def send_many(mailer: Mailer, count: int) -> list[Outcome]:
+    return await asyncio.gather(
+        *(mailer.send(message(n), sender=SENDER, recipient=BUYER) for n in range(count))
+    )
+
+
+def relay_down(outcomes: list[Outcome]) -> int:
+    return sum(isinstance(o, Retry) and o.reason.startswith("relay down: ") for o in outcomes)
+
+
+async def test_a_relay_that_never_greets_opens_the_breaker() -> None:
+    timeout_s, failures, concurrency = 0.5, 3, 4
+    loop = asyncio.get_running_loop()
+    async with scripted_server(Script(greeting=[HANG] * 100)) as server:
+        smtp = settings(
+            server.port,
+            timeout_s=timeout_s,
+            message_deadline_s=60.0,
+            concurrency=concurrency,
+            attempts=3,
+            breaker_failures=failures,
+        )
+        async with Mailer(smtp, sleep=RecordingSleep()) as mailer:
+            started = loop.time()
+            outcomes = await send_many(mailer, 20)
+            elapsed = loop.time() - started
+            down = mailer.relay_down
+    assert all(isinstance(o, Retry) for o in outcomes)
+    assert down is not None
+    assert "no greeting within 0.5s" in down
+    assert relay_down(outcomes) >= 20 - concurrency
+    assert server.seen.connections <= failures + concurrency
+    assert elapsed < (failures + 2) * timeout_s
+
+
+async def test_a_relay_that_refuses_connections_opens_the_breaker() -> None:
+    timeout_s, failures, concurrency = 0.5, 3, 4
+    loop = asyncio.get_running_loop()
+    smtp = settings(
+        closed_port(),
+        timeout_s=timeout_s,
+        concurrency=concurrency,
+        attempts=3,
+        breaker_failures=failures,
+    )
+    sleep = RecordingSleep()
+    async with Mailer(smtp, sleep=sleep) as mailer:
+        started = loop.time()
+        outcomes = await send_many(mailer, 20)
+        elapsed = loop.time() - started
+        down = mailer.relay_down
+    assert all(isinstance(o, Retry) for o in outcomes)
+    assert down is not None
+    assert "SMTPConnectError" in down
+    assert relay_down(outcomes) >= 20 - concurrency
+    assert len(sleep.delays) < failures  # no retry once the relay is known to be down
+    assert elapsed < (failures + 2) * timeout_s
+
+
+async def test_a_greeting_resets_the_count_so_only_failures_in_a_row_open_it() -> None:
+    busy = "421 4.3.2 Service not available, try later"
+    async with scripted_server(Script(greeting=[busy, GREET, busy, busy])) as server:
+        async with Mailer(settings(server.port, attempts=1, breaker_failures=2)) as mailer:
+            send = lambda: mailer.send(message(), sender=SENDER, recipient=BUYER)  # noqa: E731
+            assert isinstance(await send(), Retry)
+            assert mailer.relay_down is None
+            assert isinstance(await send(), Sent)
+            await mailer.close()  # the next message needs a connection of its own
+            assert isinstance(await send(), Retry)
+            assert mailer.relay_down is None
+            assert isinstance(await send(), Retry)
+            assert mailer.relay_down is not None
+            assert "421" in mailer.relay_down
+            last = await send()
+    assert isinstance(last, Retry)
+    assert last.reason.startswith("relay down: ")
+    assert server.seen.connections == 4
+
+
+async def test_a_5xx_greeting_counts_towards_the_breaker() -> None:
+    script = Script(greeting=["554 5.3.2 No SMTP service here"] * 10)
+    async with scripted_server(script) as server:
+        async with Mailer(settings(server.port, attempts=1, breaker_failures=2)) as mailer:
+            outcomes = [
+                await mailer.send(message(n), sender=SENDER, recipient=BUYER) for n in range(5)
+            ]
+    assert [type(o) for o in outcomes] == [Failed, Failed, Retry, Retry, Retry]
+    assert relay_down(outcomes) == 3
+    assert server.seen.connections == 2
+
+
+async def test_tls_handshake_failures_count_towards_the_breaker(self_signed_cert: Cert) -> None:
+    context = self_signed_cert.server_context()
+    async with scripted_server(implicit_tls=context) as server:
+        smtp = settings(server.port, tls=TlsMode.IMPLICIT, attempts=1, breaker_failures=2)
+        async with Mailer(smtp) as mailer:
+            outcomes = [
+                await mailer.send(message(n), sender=SENDER, recipient=BUYER) for n in range(3)
+            ]
+    assert [type(o) for o in outcomes] == [Failed, Failed, Retry]
+    assert relay_down(outcomes) == 1
+
+
+async def test_refusals_after_the_greeting_never_open_the_breaker() -> None:
+    script = Script(mail=["451 4.3.0 Later"] * 3, rcpt=["550 5.1.1 User unknown"])
+    async with scripted_server(script) as server:
+        async with Mailer(settings(server.port, attempts=1, breaker_failures=1)) as mailer:
+            outcomes = [
+                await mailer.send(message(n), sender=SENDER, recipient=BUYER) for n in range(5)
+            ]
+            down = mailer.relay_down
+    assert down is None
+    assert relay_down(outcomes) == 0
+    assert isinstance(outcomes[-1], Sent)

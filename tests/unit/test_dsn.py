@@ -178,7 +178,6 @@ def test_status_and_words_decide_the_kind(fields: str, kind: MessageKind, status
         (553, "5.1.6 Mailbox has moved"),
         (550, "No such user here"),
         (551, "User not local; please try <forward@example.org>, user unknown"),
-        (550, "5.0.0 Recipient address rejected: does not exist"),
         (550, "5.7.1 User unknown"),
         (552, "5.2.2 Mailbox full"),
         (554, "Transaction failed"),
@@ -197,6 +196,19 @@ def test_a_refusal_at_rcpt_suppresses_exactly_when_the_smtp_refusal_would(
     assert verdict is not None
     suppress = isinstance(decision, Failed) and decision.suppress
     assert (verdict.kind is HARD) == suppress
+
+
+def test_a_5_0_0_unknown_recipient_is_hard_in_a_report_but_not_from_our_relay() -> None:
+    """At send time the refusal comes from the seller's own relay, whose 5.0.0 "recipient
+    rejected" is as often its own restriction as the buyer's address; a report comes from
+    the buyer's side and, at RCPT, says the address does not exist."""
+    text = "5.0.0 Recipient address rejected: does not exist"
+    notice = f"<b@buyer.example>: host mx.buyer.example said: 550 {text} (in reply to RCPT TO)"
+    verdict = classify_bounce(parse(_dsn(f"Action: failed\nDiagnostic-Code: smtp; 550 {text}",
+                                         notice=notice)))  # fmt: skip
+    assert verdict is not None and verdict.kind is HARD
+    decision = classify_reply(550, text, stage="RCPT")
+    assert isinstance(decision, Failed) and not decision.suppress
 
 
 def test_several_recipients_report_the_first_hard_one() -> None:
