@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import email
+import email.errors
+import email.header
 import email.policy
 import re
-from dataclasses import replace
+from collections import Counter
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
+from email.utils import getaddresses
 from typing import Any
 
 import pytest
@@ -15,7 +20,7 @@ import pytest
 from worker.compose import compose
 from worker.config import Settings
 from worker.domain import Order, Send, SendState
-from worker.errors import TemplateError
+from worker.errors import ConfigError, TemplateError
 from worker.render import RenderedMessage
 from worker.return_path import Signer
 
@@ -214,9 +219,10 @@ def test_display_name_with_quotes_commas_and_umlauts() -> None:
 def test_internationalised_domain_is_punycoded() -> None:
     order = Order("A-1", "shop", "joerg@münchen.de")
 
-    _, parsed = build(order=order)
+    raw, parsed = build(order=order)
 
     assert parsed["To"].addresses[0].addr_spec == "joerg@xn--mnchen-3ya.de"
+    assert b"\r\nTo: joerg@xn--mnchen-3ya.de\r\n" in raw  # no empty display name
 
 
 @pytest.mark.parametrize(
@@ -248,3 +254,337 @@ def test_reply_token_goes_into_the_reply_to_address(reply_to: str | None, expect
     )
     _, parsed = roundtrip(msg)
     assert parsed["Reply-To"].addresses[0].addr_spec == expected
+
+
+# Hostile data in every header it reaches ---------------------------------------------------
+#
+# Each payload is what a feed row, a template or a setting could hand to compose; ``shown`` is
+# what a reader of the header must see (before the 255-character cut). Every message is parsed
+# back with the default policy and with compat32, and written out again and re-parsed as a
+# relay or a mail store running this Python (3.11.7, without the CVE-2024-6923 fix) would.
+
+
+@dataclass(frozen=True)
+class Payload:
+    value: str
+    shown: str
+
+
+def _ew(text: str, charset: str = "utf-8") -> str:
+    """``text`` as one B encoded word, the way an attacker would write it."""
+    return f"=?{charset}?b?{base64.b64encode(text.encode(charset)).decode()}?="
+
+
+def _literal(value: str) -> Payload:
+    """Text that looks like encoded words is shown as typed, its ``=?`` broken up."""
+    return Payload(value, value.replace("=?", "= ?"))
+
+
+_BCC = "Bcc: evil@evil.example"
+PAYLOADS: dict[str, Payload] = {
+    "cr": Payload(f"Mallory\r{_BCC}", f"Mallory {_BCC}"),
+    "lf": Payload(f"Mallory\n{_BCC}", f"Mallory {_BCC}"),
+    "crlf": Payload(f"Mallory\r\n{_BCC}", f"Mallory {_BCC}"),
+    "crlf-blank-line-body": Payload(
+        "Mallory\r\n\r\nClick https://evil.example", "Mallory Click https://evil.example"
+    ),
+    "nul": Payload(f"Mallory\x00{_BCC}", f"Mallory {_BCC}"),
+    "nel": Payload(f"Mallory\x85{_BCC}", f"Mallory {_BCC}"),
+    "c1-csi": Payload(f"Mallory\x9b{_BCC}", f"Mallory {_BCC}"),
+    "line-separator": Payload(f"Mallory\u2028{_BCC}", f"Mallory {_BCC}"),
+    "paragraph-separator": Payload(f"Mallory\u2029{_BCC}", f"Mallory {_BCC}"),
+    "vt-ff": Payload(f"Mallory\x0b\x0c{_BCC}", f"Mallory {_BCC}"),
+    "q-bcc": _literal("=?utf-8?q?x=0D=0ABcc:_evil@evil.example?="),
+    "q-upper-to": _literal("=?UTF-8?Q?x=0D=0ATo:_evil@evil.example?="),
+    "q-reply-to": _literal("=?utf-8?q?x=0D=0AReply-To:_evil@evil.example?="),
+    "q-latin1-cc": _literal("=?iso-8859-1?q?x=0D=0ACc:_evil@evil.example?="),
+    "b-bcc": _literal(_ew(f"x\r\n{_BCC}")),
+    "b-to": _literal(_ew("x\r\nTo: evil@evil.example")),
+    "b-body": _literal(_ew("x\r\n\r\nYour refund is waiting: https://evil.example")),
+    "q-mime-body": _literal(
+        "=?utf-8?q?x=0D=0AContent-Type:_text/html=0D=0A=0D=0A<a_href=3Dhttps://evil.example>?="
+    ),
+    "b-lf-only": _literal(_ew(f"x\n{_BCC}")),
+    "nested": _literal(_ew("=?utf-8?q?x=0D=0ABcc:_evil@evil.example?=")),
+    "adjacent": _literal("=?utf-8?q?x=0D?= =?utf-8?q?=0ABcc:_evil@evil.example?="),
+    "adjacent-no-space": _literal("=?utf-8?q?x=0D?==?utf-8?b?CkJjYzogZXZpbEBldmlsLmV4YW1wbGU=?="),
+    "quoted-ew": _literal('"=?utf-8?q?x=0D=0ABcc:_evil@evil.example?="'),
+    "ew-in-angle": _literal("x <=?utf-8?q?evil=40evil.example?=>"),
+    "two-addresses-quoted": Payload('"a@b.example, c@d.example"', '"a@b.example, c@d.example"'),
+    "two-addresses": Payload("a@b.example, c@d.example", "a@b.example, c@d.example"),
+    "angle-address": Payload("x <evil@example.com>", "x <evil@example.com>"),
+    "encoded-address": _literal("=?utf-8?q?a=40b=2Eexample=2C?= c@d.example"),
+    "specials": Payload('a"b\\c(d)e;f:g<h>i@j,k', 'a"b\\c(d)e;f:g<h>i@j,k'),
+    "group": Payload(
+        "friends: evil@example.com, x@example.com;", "friends: evil@example.com, x@example.com;"
+    ),
+    "umlauts-and-address": Payload(
+        'Müller, "Jörg" <evil@example.com>', 'Müller, "Jörg" <evil@example.com>'
+    ),
+    "10k-ascii": Payload("x" * 10_000, "x" * 10_000),
+    "10k-words": Payload("word " * 2_000, " ".join(["word"] * 2_000)),
+    "10k-latin": Payload("ü" * 10_000, "ü" * 10_000),
+    "10k-cjk": Payload("好" * 10_000, "好" * 10_000),
+    "10k-emoji": Payload("😀" * 10_000, "😀" * 10_000),
+    "10k-encoded-crlf": _literal("=?utf-8?q?" + "=0D=0A" * 1_600 + "?="),
+    "bidi-override": Payload("Alex \u202egnp.exe\u202c", "Alex gnp.exe"),
+    "bidi-isolates": Payload(
+        "\u2066\u202dmoc.elpmaxe@live\u2069 Sample", "moc.elpmaxe@live Sample"
+    ),
+    "bidi-embedding": Payload("\u202bמלורי\u202c 12", "מלורי 12"),
+    "bidi-marks-stay": Payload("\u200fשלום\u200f 42 \u061cعلي", "\u200fשלום\u200f 42 \u061cعلي"),
+    "lone-surrogate": Payload("Mallory\udcff", "Mallory\ufffd"),
+}
+
+BUYER = "alex@example.com"
+TEXT = "Hello,\n\nhow is it going?\n"
+HTML = '<!DOCTYPE html><html lang="en"><body><p>Hello,</p></body></html>\n'
+SUBJECT = "Your {}: would you share your experience?"
+ORDER_SUBJECT = "Order {}: did it arrive?"
+OURS = (
+    "message-id",
+    "date",
+    "from",
+    "reply-to",
+    "to",
+    "subject",
+    "auto-submitted",
+    "list-unsubscribe",
+    "x-worker-order",
+    "x-worker-campaign",
+    "x-worker-step",
+    "mime-version",
+    "content-type",
+    "content-language",
+)
+
+
+def cut(text: str) -> str:
+    """The documented limit: 255 characters, the last an ellipsis."""
+    return text if len(text) <= 255 else text[:254].rstrip() + "…"
+
+
+def hostile(field: str, value: str, n: int = 0) -> dict[str, Any]:
+    """compose's arguments with ``value`` where ``field`` comes from."""
+    rendered = RenderedMessage("How is it going?", TEXT, HTML, "en", "x")
+    order = Order(f"A-{n}", "shop", BUYER.replace("@", f"{n}@"), buyer_name="Alex Sample")
+    send = replace(SEND, order_id=order.order_id)
+    if field == "buyer_name":
+        order = replace(order, buyer_name=value)
+    elif field == "product":
+        rendered = replace(rendered, subject=SUBJECT.format(value))
+    elif field == "order_id":
+        order = replace(order, order_id=value)
+        send = replace(send, order_id=value)
+        rendered = replace(rendered, subject=ORDER_SUBJECT.format(value))
+    elif field in {"campaign", "step"}:
+        send = replace(send, **{field: value})
+    elif field == "locale":
+        rendered = replace(rendered, locale=value)
+    else:
+        raise AssertionError(field)
+    config = settings(reply_to="Kettle & Co service <help@shop.example>")
+    return {"rendered": rendered, "send": send, "order": order, "settings": config, "now": NOW}
+
+
+def expected_values(field: str, shown: str) -> dict[str, str]:
+    """The headers ``field`` reaches, as a reader decodes them."""
+    if field == "buyer_name":
+        return {"to": cut(shown)}
+    if field == "product":
+        return {"subject": cut(SUBJECT.format(shown))}
+    if field == "order_id":
+        return {"x-worker-order": cut(shown), "subject": cut(ORDER_SUBJECT.format(shown))}
+    if field in {"campaign", "step"}:
+        return {f"x-worker-{field}": cut(shown)}
+    return {}
+
+
+def unfolded(value: str) -> str:
+    return re.sub(r"\r\n(?=[ \t])", "", value)
+
+
+def decoded(value: str) -> str:
+    return str(email.header.make_header(email.header.decode_header(value)))
+
+
+def only_ours(
+    raw: bytes, recipient: str, *, language: bool = True, text: str = TEXT, html: str = HTML
+) -> tuple[EmailMessage, Message]:
+    """Everything a receiver must find, whatever the data; the default and compat32 parses."""
+    head, _, _ = raw.partition(b"\r\n\r\n")
+    assert head.isascii()
+    assert b"\r" not in raw.replace(b"\r\n", b"") and b"\n" not in raw.replace(b"\r\n", b"")
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    assert max(len(line) for line in head.split(b"\r\n")) <= 78
+    ours = Counter(name for name in OURS if language or name != "content-language")
+
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    assert Counter(name.lower() for name in parsed.keys()) == ours
+    for name, value in parsed.items():
+        assert "\r" not in value and "\n" not in value, name
+    (to,) = parsed["To"].addresses
+    assert to.addr_spec == recipient
+    (reply_to,) = parsed["Reply-To"].addresses
+    assert reply_to.addr_spec == "help@shop.example"
+    assert [part.get_content_type() for part in parsed.iter_parts()] == ["text/plain", "text/html"]
+    plain, hypertext = parsed.iter_parts()
+    assert plain.get_content().replace("\r\n", "\n") == text
+    assert hypertext.get_content().replace("\r\n", "\n") == html
+
+    old = email.message_from_bytes(raw, policy=email.policy.compat32)
+    assert Counter(name.lower() for name in old.keys()) == ours
+    for name, value in old.items():
+        assert "\r" not in unfolded(value) and "\n" not in unfolded(value), name
+        assert "\r" not in decoded(unfolded(value)), name
+        assert "\n" not in decoded(unfolded(value)), name
+    assert [addr for _, addr in getaddresses(old.get_all("To"))] == [recipient]
+    assert [addr for _, addr in getaddresses(old.get_all("Reply-To"))] == ["help@shop.example"]
+    old_plain, old_html = old.get_payload()
+    assert old_plain.get_payload(decode=True).decode().replace("\r\n", "\n") == text
+    assert old_html.get_payload(decode=True).decode().replace("\r\n", "\n") == html
+
+    again = parsed
+    for _ in range(2):
+        again = email.message_from_bytes(
+            again.as_bytes(policy=email.policy.SMTP), policy=email.policy.default
+        )
+        assert Counter(name.lower() for name in again.keys()) == ours
+        assert [a.addr_spec for a in again["To"].addresses] == [recipient]
+    return parsed, old
+
+
+def reads(parsed: EmailMessage, old: Message, name: str) -> tuple[str, str]:
+    """The header as a reader sees it: through the default policy, and through compat32."""
+    if name == "to":
+        (to,) = parsed["To"].addresses
+        ((old_name, _),) = getaddresses(old.get_all("To", []))
+        return to.display_name, decoded(old_name)
+    return str(parsed[name]), decoded(unfolded(old[name]))
+
+
+def reads_as_shown(parsed: EmailMessage, old: Message, field: str, shown: str) -> None:
+    """The headers ``field`` reaches say ``shown`` (cut), to both parsers."""
+    for name, want in expected_values(field, shown).items():
+        modern, compat = reads(parsed, old, name)
+        assert compat == want
+        if name == "to":  # Python's display-name parser adds a space between encoded words
+            assert "".join(modern.split()) == "".join(want.split())
+        else:
+            assert modern == want
+
+
+FIELDS = ("buyer_name", "product", "order_id", "campaign", "step", "locale")
+
+
+@pytest.mark.parametrize("field", FIELDS)
+@pytest.mark.parametrize("payload", PAYLOADS.values(), ids=PAYLOADS.keys())
+def test_hostile_data_reaches_its_headers_as_text_only(field: str, payload: Payload) -> None:
+    arguments = hostile(field, payload.value)
+
+    msg = compose(**arguments)
+
+    raw = msg.as_bytes(policy=email.policy.SMTP)
+    assert bytes(msg) == raw  # the copy filed in the Sent folder is the same bytes
+    parsed, old = only_ours(raw, arguments["order"].buyer_email, language=field != "locale")
+    reads_as_shown(parsed, old, field, payload.shown)
+
+
+@pytest.mark.parametrize("payload", PAYLOADS.values(), ids=PAYLOADS.keys())
+def test_a_reply_token_that_is_not_letters_and_digits_is_refused(payload: Payload) -> None:
+    with pytest.raises(TemplateError, match="reply token") as caught:
+        compose(**hostile("step", "reminder"), reply_token=payload.value)
+
+    assert caught.value.where == "order A-0"
+
+
+@pytest.mark.parametrize("field", ["buyer_name", "product"])
+@pytest.mark.parametrize("payload", PAYLOADS.values(), ids=PAYLOADS.keys())
+def test_compat32_writes_the_same_encoded_words(field: str, payload: Payload) -> None:
+    """A caller serialising with compat32 re-folds our header strings: still only ours."""
+    arguments = hostile(field, payload.value)
+
+    raw = compose(**arguments).as_bytes(policy=email.policy.compat32.clone(linesep="\r\n"))
+
+    parsed, old = only_ours(raw, arguments["order"].buyer_email)
+    reads_as_shown(parsed, old, field, payload.shown)
+
+
+def email_package_injects() -> bool:
+    """Whether this Python writes an encoded word's CR LF back raw (CVE-2024-6923)."""
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["Subject"] = PAYLOADS["q-bcc"].value
+    msg.set_content("t\n")
+    try:
+        return b"\r\nBcc: evil@evil.example\r\n" in bytes(msg)
+    except email.errors.MessageError:  # HeaderWriteError, from the fixed versions on
+        return False
+
+
+def test_compose_is_safe_on_a_python_whose_email_package_injects() -> None:
+    if not email_package_injects():
+        pytest.skip("this Python's email package has the CVE-2024-6923 fix")
+    arguments = hostile("buyer_name", PAYLOADS["q-bcc"].value)
+    msg = compose(**arguments)
+
+    raw = msg.as_bytes(policy=email.policy.SMTP)
+
+    assert bytes(msg) == raw  # the copy filed in the Sent folder is the same bytes
+    only_ours(raw, arguments["order"].buyer_email)
+
+
+def test_configured_display_names_are_decoded_then_cleaned() -> None:
+    encoded = "=?utf-8?q?Kettle_=26_Co=0D=0ABcc=3A_x=40evil=2Eexample?="
+    config = settings(
+        **{
+            "from": f"{encoded} <service@shop.example>",
+            # "Hélène \u202eetnat\u202c": decoded, the override then removed
+            "reply_to": "=?utf-8?b?SMOpbMOobmUg4oCuZXRuYXTigKw=?= <help@shop.example>",
+        }
+    )
+    arguments = hostile("step", "reminder") | {"settings": config}
+
+    raw = compose(**arguments).as_bytes(policy=email.policy.SMTP)
+
+    parsed, _ = only_ours(raw, arguments["order"].buyer_email)
+    (sender,) = parsed["From"].addresses
+    assert (sender.display_name, sender.addr_spec) == (
+        "Kettle & Co Bcc: x@evil.example",
+        "service@shop.example",
+    )
+    assert parsed["Reply-To"].addresses[0].display_name == "Hélène etnat"
+
+
+def test_unsubscribe_url_carries_no_encoded_word_and_no_second_target() -> None:
+    url = 'https://shop.example/u?m={message_id}&x==?utf-8?q?=0D=0ABcc:_e@evil.example?=&y="a"'
+    config = settings(unsubscribe={"url": url})
+
+    raw, parsed = build(config=config)
+
+    head = raw.partition(b"\r\n\r\n")[0]
+    assert b"=?" not in head.partition(b"List-Unsubscribe:")[2].partition(b"\r\nX-")[0]
+    mailto, one_click = parsed["List-Unsubscribe"].split(", ")
+    assert mailto == "<mailto:service@shop.example?subject=unsubscribe>"
+    assert one_click.startswith("<https://shop.example/u?m=w42.")
+    assert one_click.endswith("&x==%3Futf-8?q?=0D=0ABcc:_e@evil.example?=&y=%22a%22>")
+    assert parsed["Bcc"] is None
+
+
+def test_an_unsubscribe_url_too_long_for_a_header_line_is_a_config_error() -> None:
+    config = settings(unsubscribe={"url": "https://shop.example/u?t=" + "t" * 1_000})
+
+    with pytest.raises(ConfigError) as caught:
+        build(config=config)
+
+    assert caught.value.where == "unsubscribe.url"
+
+
+@pytest.mark.parametrize(
+    "message_id", ["w42@shop.example", "<w42@shop.example>\r\nBcc: e@x", "<=?utf-8?q?x?=@shop>"]
+)
+def test_compose_refuses_a_message_id_that_is_not_one(message_id: str) -> None:
+    send = replace(SEND, message_id=message_id)
+
+    with pytest.raises(ValueError, match="Message-ID"):
+        compose(RENDERED, send=send, order=ORDER, settings=settings(), now=NOW)
