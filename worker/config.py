@@ -281,11 +281,18 @@ class UnsubscribeSettings(_Strict):
         return value
 
 
+_PLAIN_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=^_`{|}~-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,63}$")
+"""What compose writes into From and Reply-To: ASCII ``local@domain``, no quoting tricks."""
+
+
 def _address(value: str) -> str:
     _no_crlf(value)
     name, addr = parseaddr(value)
-    if "@" not in addr:
-        raise ValueError(f"{value!r} is not an address like 'Shop <service@shop.example>'")
+    if not _PLAIN_ADDRESS.match(addr) or "=?" in addr:
+        raise ValueError(
+            f"{value!r} is not an address like 'Shop <service@shop.example>' "
+            "(plain ASCII local@domain)"
+        )
     Address(display_name=name, addr_spec=addr)  # raises on characters a header cannot carry
     return value
 
