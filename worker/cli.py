@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -45,7 +46,7 @@ from worker.inbound import InboundMessage, parse
 from worker.ingest import Ingest, parse_limits, unsubscribe_only
 from worker.origin import Origin, judge
 from worker.plan import Verdict
-from worker.render import Renderer
+from worker.render import Renderer, TemplateRunner
 from worker.return_path import Signer, load_signer
 from worker.rules import load_rules
 from worker.signals import on_stop
@@ -346,7 +347,10 @@ def _daemon(settings: Settings, clock: Clock) -> Daemon:
     campaigns = load_checked_campaigns(settings, renderer)
     signer = load_signer(settings)  # one key signs what goes out and checks what comes back
     ingest = _ingest(settings, store, clock, signer)
-    return Daemon(settings, store, campaigns, renderer, clock, ingest=ingest, signer=signer)
+    runner = TemplateRunner.from_settings(settings)  # its process starts with the first pass
+    return Daemon(
+        settings, store, campaigns, renderer, clock, ingest=ingest, signer=signer, runner=runner
+    )
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -361,8 +365,9 @@ def _run(args: argparse.Namespace, settings: Settings, daemon: Daemon) -> int:
 
         async def once() -> PassReport:
             stop = asyncio.Event()
-            with on_stop(stop):
-                return await run_once_until_stopped(daemon, stop, settings.shutdown_timeout_s)
+            async with _rendering(daemon):
+                with on_stop(stop):
+                    return await run_once_until_stopped(daemon, stop, settings.shutdown_timeout_s)
 
         report = asyncio.run(once())
         _print_outcomes(report.outcomes, report.waiting)
@@ -372,11 +377,22 @@ def _run(args: argparse.Namespace, settings: Settings, daemon: Daemon) -> int:
 
     async def forever() -> None:
         stop = asyncio.Event()
-        with on_stop(stop):
-            await run_until_stopped(daemon, stop, settings.shutdown_timeout_s)
+        async with _rendering(daemon):
+            with on_stop(stop):
+                await run_until_stopped(daemon, stop, settings.shutdown_timeout_s)
 
     asyncio.run(forever())
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _rendering(daemon: Daemon) -> AsyncIterator[None]:
+    """The rendering process lives as long as the loop that talks to it."""
+    if daemon.runner is None:
+        yield
+        return
+    async with daemon.runner:
+        yield
 
 
 def _print_outcomes(outcomes: Counter[str], waiting: Counter[str]) -> None:

@@ -24,11 +24,17 @@ from worker.campaign import load_campaigns
 from worker.clock import Clock
 from worker.compose import compose
 from worker.config import Settings
-from worker.domain import Campaign, Review, Send, SuppressionReason, TriggerEvent
-from worker.errors import CampaignError, StoreError, WorkerError
+from worker.domain import Campaign, CampaignStep, Review, Send, SuppressionReason, TriggerEvent
+from worker.errors import CampaignError, StoreError, TemplateError, WorkerError
 from worker.ingest import Ingest
 from worker.plan import Decision, OrderHistory, Plan, Policy, Refusal, plan, refusal
-from worker.render import Renderer, message_context, sample_context
+from worker.render import (
+    RenderedMessage,
+    Renderer,
+    TemplateRunner,
+    message_context,
+    sample_context,
+)
 from worker.return_path import Signer, return_path_base
 from worker.send import Failed, Handover, InDoubt, Mailer, Outcome, Retry, Sent
 from worker.store import Store
@@ -107,6 +113,7 @@ class Daemon:
         worker_id: str | None = None,
         ingest: Ingest | None = None,
         signer: Signer | None = None,
+        runner: TemplateRunner | None = None,
     ) -> None:
         """``signer`` holds the kept key (:func:`worker.return_path.load_signer`); without
         one, a key for this process only: reports about its sends are tied only while it
@@ -119,6 +126,7 @@ class Daemon:
         self.policy = policy_from(settings)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.signer = signer or Signer.ephemeral()
+        self.runner = runner
         self.return_path_base = return_path_base(settings)
         self.ingest = ingest
         self._sent_copies: list[tuple[bytes, datetime]] = []
@@ -206,6 +214,16 @@ class Daemon:
         self._expire_stale_claims(now, report)
         histories = {h.order.order_id: h for h in self.store.histories()}
         decided = plan(histories.values(), self.campaigns, now, self.policy)
+        for failure in decided.failures:  # one order's bug; its steps wait, the pass goes on
+            report.outcomes["error"] += 1
+            log.error(
+                "plan.failed",
+                order=failure.order_id,
+                campaign=failure.campaign,
+                step=failure.step,
+                error=failure.error,
+                where=failure.where,
+            )
         for decision in decided.waiting:
             report.waiting[decision.reason.split(":")[0]] += 1
             log.debug("send.waiting", **_fields(decision))
@@ -288,6 +306,8 @@ class Daemon:
                 self._relay_is_down(mailer.relay_down, report)
                 return
             decision, send_id = queue.get_nowait()
+            history = histories[decision.order_id]
+            rendered = await self._render(decision, history)  # before the claim: no row waits
             claim = self.store.claim(
                 [send_id], self.clock.now(), self.worker_id, self._message_id, self._guard
             )
@@ -299,11 +319,37 @@ class Daemon:
             if not claim.sends:
                 log.info("send.claimed_elsewhere", **_fields(decision))
                 continue
-            await self._deliver(claim.sends[0], histories[decision.order_id], mailer, report)
+            send = claim.sends[0]
+            if isinstance(rendered, Failed):
+                self._record(send, rendered, report, history.order.buyer_email)
+                continue
+            await self._deliver(send, history, rendered, mailer, report)
+
+    async def _render(self, decision: Decision, history: OrderHistory) -> RenderedMessage | Failed:
+        """Within ``render_timeout_s`` and ``render_max_bytes``, off the event loop when the
+        daemon has a runner: a template looping on one order's data fails that send alone."""
+        order = history.order
+        step = self._step(decision.campaign, decision.step)
+        locale = history.customer.locale or order.locale
+        context = message_context(
+            order,
+            self.settings.seller,
+            _latest_review(history),
+            locale or self.settings.default_locale,
+        )
+        try:
+            if self.runner is not None:
+                return await self.runner.render(step.template, locale, context)
+            return self.renderer.render(step.template, locale, context)
+        except TemplateError as exc:
+            return Failed(f"cannot build the message: {exc}", None, False)
+
+    def _step(self, campaign: str, step: str) -> CampaignStep:
+        return next(c for c in self.campaigns if c.name == campaign).step(step)
 
     def _guard(self, send: Send, history: OrderHistory) -> Refusal | None:
         """The protections asked again as the send is claimed, against what is stored now."""
-        step = next(c for c in self.campaigns if c.name == send.campaign).step(send.step)
+        step = self._step(send.campaign, send.step)
         return refusal(history, step, self.clock.now(), self.policy)
 
     def _reply_token(self, order_id: str) -> str | None:
@@ -315,19 +361,15 @@ class Daemon:
         return self.signer.message_id(send, self.settings.sender_domain)
 
     async def _deliver(
-        self, send: Send, history: OrderHistory, mailer: Mailer, report: PassReport
+        self,
+        send: Send,
+        history: OrderHistory,
+        rendered: RenderedMessage,
+        mailer: Mailer,
+        report: PassReport,
     ) -> None:
         order = history.order
-        step = next(c for c in self.campaigns if c.name == send.campaign).step(send.step)
         try:
-            locale = history.customer.locale or order.locale
-            context = message_context(
-                order,
-                self.settings.seller,
-                _latest_review(history),
-                locale or self.settings.default_locale,
-            )
-            rendered = self.renderer.render(step.template, locale, context)
             message = compose(
                 rendered,
                 send=send,

@@ -4,12 +4,16 @@ A pure function of (order histories, campaigns, now, policy): no I/O, no wall cl
 daemon, the ``worker plan`` dry run and the tests all get the same answer for the same data.
 Every event counts from its own timestamp: a dispute opened on 3 March is not open on 1 March,
 a review dated in the future has not happened yet.
+
+A bug tripped by one order's data stays with that order: its steps wait with reason
+``plan_error: <type>: <message>`` and every other order is planned as usual (see :func:`plan`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import traceback
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -83,9 +87,25 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class PlanFailure:
+    """An exception raised while planning one order's campaign, as text to log."""
+
+    order_id: str
+    campaign: str
+    step: str
+    """The step being planned when it was raised; its later steps wait with it."""
+    error: str
+    """``Type: message``, the same text as the decisions' ``plan_error:`` reason."""
+    where: str
+    """The innermost frame, ``path:line in function``: where to look for the bug."""
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     decisions: tuple[Decision, ...]
     now: datetime
+    failures: tuple[PlanFailure, ...] = ()
+    """Orders whose planning raised; their steps are among ``waiting`` as ``plan_error``."""
 
     def _with(self, verdict: Verdict) -> list[Decision]:
         return [d for d in self.decisions if d.verdict is verdict]
@@ -125,26 +145,73 @@ def plan(
     now: datetime,
     policy: Policy,
 ) -> Plan:
-    """Decide every (order, campaign, step) at ``now``."""
+    """Decide every (order, campaign, step) at ``now``.
+
+    If planning a step raises, that step and the later ones of the campaign (they may follow
+    it) get WAIT ``plan_error: ...`` with no ``at``, and :attr:`Plan.failures` says where.
+    Waiting, not skipping: a skip is recorded for good, and once the bug or the data is fixed
+    the step must still go out; so it is retried every pass and never reaches a buyer while
+    it fails. Earlier steps, the order's other campaigns and all other orders are unaffected.
+    """
+    _require_aware(now)
     active = [c for c in campaigns if c.enabled]
-    decisions = [
-        decision
-        for history in histories
-        for campaign in active
-        if history.order.marketplace in campaign.marketplaces
-        for decision in _plan_campaign(history, campaign, now, policy)
-    ]
-    return Plan(tuple(decisions), now)
+    decisions: list[Decision] = []
+    failures: list[PlanFailure] = []
+    for history in histories:
+        for campaign in active:
+            _plan_contained(history, campaign, now, policy, decisions, failures)
+    return Plan(tuple(decisions), now, tuple(failures))
 
 
-def _plan_campaign(
-    history: OrderHistory, campaign: Campaign, now: datetime, policy: Policy
-) -> Iterator[Decision]:
-    earlier: dict[str, Decision] = {}
-    for step in campaign.steps:
-        decision = _plan_step(history, campaign, step, earlier, now, policy)
-        earlier[step.id] = decision
-        yield decision
+def _plan_contained(
+    history: OrderHistory,
+    campaign: Campaign,
+    now: datetime,
+    policy: Policy,
+    decisions: list[Decision],
+    failures: list[PlanFailure],
+) -> None:
+    """Append the campaign's decisions for one order; an exception stays with this order."""
+    order_id = history.order.order_id
+    steps = campaign.steps
+    done = 0
+    try:
+        if history.order.marketplace not in campaign.marketplaces:
+            return
+        earlier: dict[str, Decision] = {}
+        for step in steps:
+            decision = _plan_step(history, campaign, step, earlier, now, policy)
+            earlier[step.id] = decision
+            decisions.append(decision)
+            done += 1
+    except Exception as exc:
+        error = _error_text(exc)
+        failing = steps[done].id if done < len(steps) else ""
+        failures.append(PlanFailure(order_id, campaign.name, failing, error, _where(exc)))
+        decisions.extend(
+            Decision(order_id, campaign.name, step.id, Verdict.WAIT, f"plan_error: {error}")
+            for step in steps[done:]
+        )
+
+
+def _error_text(exc: Exception, limit: int = 160) -> str:
+    first_line = next(iter(str(exc).strip().splitlines()), "")
+    message = first_line if len(first_line) <= limit else first_line[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _where(exc: Exception) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    frame = frames[-1]
+    return f"{frame.filename}:{frame.lineno} in {frame.name}"
+
+
+def _require_aware(now: datetime) -> None:
+    """A naive ``now`` is the caller's bug, not one order's: refuse it before any order."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError(f"now={now!r} is naive; pass a tz-aware UTC datetime")
 
 
 def _plan_step(
@@ -280,8 +347,11 @@ def _first_allowed(
     campaign: Campaign,
     zone: ZoneInfo,
 ) -> datetime:
-    """The first instant at or after ``moment`` outside every block and inside the send window."""
-    while True:
+    """The first instant at or after ``moment`` outside every block and inside the send window.
+
+    One round reaches the window, one more per block passed, and a last one returns.
+    """
+    for _ in range(len(blocks) + 2):
         block = _block_at(moment, blocks)
         if block is not None:
             if block[1] is _FOREVER:
@@ -291,6 +361,7 @@ def _first_allowed(
         if opened == moment and block is None:
             return moment
         moment = opened
+    raise RuntimeError(f"no send time found past {len(blocks)} dispute blocks from {moment}")
 
 
 def _compact(delta: timedelta) -> str:
@@ -312,7 +383,20 @@ def refusal(
     history: OrderHistory, step: CampaignStep, now: datetime, policy: Policy
 ) -> Refusal | None:
     """The planner's protections, asked again at the moment a send is claimed: a dispute,
-    suppression, review or reply recorded while the pass ran stops the send."""
+    suppression, review or reply recorded while the pass ran stops the send.
+
+    If asking raises, the send is held (not final) with reason ``plan_error: ...``, as
+    :func:`plan` does: the claim of every other send goes on, and this one is retried.
+    """
+    try:
+        return _refusal(history, step, now, policy)
+    except Exception as exc:
+        return Refusal(f"plan_error: {_error_text(exc)}", final=False)
+
+
+def _refusal(
+    history: OrderHistory, step: CampaignStep, now: datetime, policy: Policy
+) -> Refusal | None:
     if (condition := _unless_holds(history, step, now)) is not None:
         return Refusal(condition.value, final=True)
     if history.suppression is not None and history.suppression.created_at <= now:

@@ -3,16 +3,24 @@
 Templates are edited by operators, so they run in Jinja's sandbox; buyer data is escaped in
 the HTML part; a misspelt variable fails at start-up (``check``) instead of mailing "Hello ,".
 Every failure becomes a :class:`~worker.errors.TemplateError` naming the file and line.
+:class:`TemplateRunner` renders within a time and size budget, in a process it can kill.
 """
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
+import os
 import re
+import resource
+import signal
 import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +28,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
-from worker.config import SellerSettings
+from worker.config import SellerSettings, Settings
 from worker.domain import Order, Review
 from worker.errors import ConfigError, TemplateError, WorkerError
 
@@ -110,9 +118,16 @@ def locale_chain(tag: str | None, default: str) -> list[str]:
 
 
 class Renderer:
-    """Renders ``templates_dir/<template>/<locale>.jinja`` files; Jinja caches compiled ones."""
+    """Renders ``templates_dir/<template>/<locale>.jinja`` files; Jinja caches compiled ones.
 
-    def __init__(self, templates_dir: Path, default_locale: str = "en") -> None:
+    With ``max_bytes``, output is counted as it streams out of the template and rendering
+    stops once subject, text and HTML together pass it, so a runaway loop cannot fill memory.
+    It has no time limit: :class:`TemplateRunner` adds that around it in a child process.
+    """
+
+    def __init__(
+        self, templates_dir: Path, default_locale: str = "en", *, max_bytes: int | None = None
+    ) -> None:
         default = normalise_locale(default_locale)
         if default is None:
             raise ConfigError(
@@ -120,6 +135,7 @@ class Renderer:
             )
         self.templates_dir = templates_dir
         self.default_locale = default
+        self.max_bytes = max_bytes
         loader = jinja2.FileSystemLoader(templates_dir)
         self._text_env = _environment(loader, autoescape=False)
         self._html_env = _environment(loader, autoescape=True)
@@ -130,18 +146,25 @@ class Renderer:
         """Render the best file for ``locale``; ``context["locale"]`` becomes the one chosen."""
         chosen = self._resolve(template, locale)
         name = f"{template}/{chosen}.jinja"
+        budget = _Budget(self.max_bytes, self._path(name))
         values = {**context, "locale": chosen}
-        subject = " ".join(_CONTROL.sub(" ", self._block(False, name, "subject", values)).split())
+        raw_subject = self._block(False, name, "subject", values, budget)
+        subject = " ".join(_CONTROL.sub(" ", raw_subject).split())
         if not subject:
             raise TemplateError("the subject block is empty", where=self._path(name))
-        text = self._block(False, name, "text", values).strip()
-        fragment = self._block(True, name, "html", values).strip()
+        text = self._block(False, name, "text", values, budget).strip()
+        fragment = self._block(True, name, "html", values, budget).strip()
         if not text or not fragment:
             raise TemplateError(
                 "the text and html blocks must not be empty", where=self._path(name)
             )
-        html = self._layout(Markup(fragment), chosen, subject)
+        budget.refund(fragment)  # the layout's output carries the fragment again
+        html = self._layout(Markup(fragment), chosen, subject, budget)
         return RenderedMessage(subject, text + "\n", html, chosen, self._path(name))
+
+    def source(self, template: str, locale: str | None) -> str:
+        """Path of the file :meth:`render` would use for ``locale``, for logs and errors."""
+        return self._path(f"{template}/{self._resolve(template, locale)}.jinja")
 
     def locales(self, template: str) -> list[str]:
         """Locales that have a file for ``template`` (file names, as written)."""
@@ -154,16 +177,22 @@ class Renderer:
         Raises the first problem as a TemplateError naming the file (and line, if known).
         """
         for template in templates:
-            found = self.locales(template)
-            if self.default_locale not in found:
-                raise TemplateError(
-                    f"no {self.default_locale}.jinja: every other locale falls back to it",
-                    where=str(self.templates_dir / template),
-                )
-            for locale in found:
-                self._check_file_name(template, locale)
+            for locale in self.checked_locales(template):
                 self.render(template, locale, sample)
-            self.render(template, None, sample)
+
+    def checked_locales(self, template: str) -> list[str | None]:
+        """What :meth:`check` renders for ``template``: each locale file, then the fallback
+        (None), once the default locale's file is found and every file name is a locale tag.
+        """
+        found = self.locales(template)
+        if self.default_locale not in found:
+            raise TemplateError(
+                f"no {self.default_locale}.jinja: every other locale falls back to it",
+                where=str(self.templates_dir / template),
+            )
+        for locale in found:
+            self._check_file_name(template, locale)
+        return [*found, None]
 
     def _check_file_name(self, template: str, locale: str) -> None:
         if normalise_locale(locale) != locale:
@@ -198,19 +227,361 @@ class Renderer:
             )
         return template
 
-    def _block(self, html: bool, name: str, block: str, context: dict[str, Any]) -> str:
+    def _block(
+        self, html: bool, name: str, block: str, context: dict[str, Any], budget: _Budget
+    ) -> str:
         with _template_errors(self._path(name)):
             template = self._template(html, name)
             try:
-                return "".join(template.blocks[block](template.new_context(context)))
+                return budget.join(template.blocks[block](template.new_context(context)))
+            except WorkerError:
+                raise
             except Exception:
                 # Rewrites the traceback so frames carry template file names and lines.
                 template.environment.handle_exception()
 
-    def _layout(self, content: Markup, lang: str, subject: str) -> str:
+    def _layout(self, content: Markup, lang: str, subject: str, budget: _Budget) -> str:
         with _template_errors(self._path(LAYOUT)):
             layout = self._template(True, LAYOUT)
-            return layout.render(content=content, lang=lang, subject=subject)
+            return budget.join(layout.generate(content=content, lang=lang, subject=subject))
+
+
+class _Budget:
+    """Bytes (UTF-8) of output one message may still produce, counted chunk by chunk."""
+
+    __slots__ = ("limit", "used", "where")
+
+    def __init__(self, limit: int | None, where: str) -> None:
+        self.limit = limit
+        self.used = 0
+        self.where = where
+
+    def join(self, chunks: Iterable[str]) -> str:
+        if self.limit is None:
+            return "".join(chunks)
+        parts = []
+        for chunk in chunks:
+            self.used += len(chunk) if chunk.isascii() else len(chunk.encode("utf-8", "replace"))
+            if self.used > self.limit:
+                raise TemplateError(
+                    f"the message would be larger than {self.limit} bytes (render_max_bytes); "
+                    "is a loop repeating more than it should?",
+                    where=self.where,
+                )
+            parts.append(chunk)
+        return "".join(parts)
+
+    def refund(self, text: str) -> None:
+        if self.limit is not None:
+            self.used -= len(text.encode("utf-8", "replace"))
+
+
+START_TIMEOUT_S = 60.0
+"""Time a fresh rendering process may take to import and read its settings (once at start,
+and after each kill); its first render starts the clock of ``timeout_s`` only after that."""
+
+_KILL_WAIT_S = 5.0
+_MEMORY_HEADROOM = 512 * 1024 * 1024
+"""Address space a rendering process may add to what it has when it starts: enough for any
+sane message, and it turns ``'x' * 10**10`` into a MemoryError instead of a machine-wide
+out-of-memory kill."""
+
+_Reply = tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class _Child:
+    process: BaseProcess
+    conn: Connection
+    busy: bool = False
+
+
+class _ChildGone(Exception):
+    """The child was killed or died while rendering."""
+
+    def __init__(self, exitcode: int | None, *, timed_out: bool) -> None:
+        super().__init__(f"exit code {exitcode}")
+        self.timed_out = timed_out
+
+
+class TemplateRunner:
+    """Renders messages in a child process with a time and a size budget.
+
+    A template looping on some order's data would otherwise hang the pass and keep a CPU
+    core busy for good (a thread cannot be stopped), so the child is killed (SIGKILL) when
+    ``timeout_s`` runs out, and a fresh one renders the next message. The child counts
+    output as it streams (``max_bytes``), caps its own memory, and kills itself if the
+    parent is not there to do it. One render at a time; POSIX only (it waits on the pipe
+    with ``loop.add_reader``). Close it, or use it as an async context manager.
+    """
+
+    def __init__(
+        self,
+        templates_dir: Path,
+        default_locale: str = "en",
+        *,
+        timeout_s: float = 10.0,
+        max_bytes: int = 1_000_000,
+    ) -> None:
+        self._paths = Renderer(templates_dir, default_locale)  # refuses a bad locale here
+        self.templates_dir = templates_dir
+        self.default_locale = self._paths.default_locale
+        self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
+        self._mp = multiprocessing.get_context("forkserver")
+        # Children fork from a server that has imported the program and this module, so a
+        # start takes milliseconds. (The program's script must guard `if __name__ == ...`.)
+        self._mp.set_forkserver_preload(["__main__", __name__])
+        self._child: _Child | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TemplateRunner:
+        return cls(
+            settings.templates_dir,
+            settings.default_locale,
+            timeout_s=settings.render_timeout_s,
+            max_bytes=settings.render_max_bytes,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        """The rendering process, if one is running."""
+        return self._child.process.pid if self._child is not None else None
+
+    async def start(self) -> None:
+        """Start the child now instead of at the first render, so a start-up failure shows."""
+        async with self._lock:
+            await self._ready()
+
+    async def render(
+        self, template: str, locale: str | None, context: Mapping[str, Any]
+    ) -> RenderedMessage:
+        """As :meth:`Renderer.render`, within the budget; a broken budget is a TemplateError.
+
+        A child that dies for another reason (killed from outside) is replaced and the
+        message tried once more.
+        """
+        job = (template, locale, dict(context))
+        async with self._lock:
+            gone: _ChildGone | None = None
+            for _ in range(2):
+                try:
+                    return _answer(await self._exchange(await self._ready(), job))
+                except _ChildGone as exc:
+                    if exc.timed_out:
+                        raise self._too_slow(template, locale) from None
+                    gone = exc
+            raise TemplateError(
+                f"the rendering process stopped twice on this message ({gone})",
+                where=self._where(template, locale),
+            )
+
+    async def check(self, templates: Iterable[str], sample: Mapping[str, Any]) -> None:
+        """:meth:`Renderer.check` within the budget: a template that loops or explodes even
+        on the sample order is refused at start-up instead of hanging it."""
+        for template in templates:
+            for locale in self._paths.checked_locales(template):
+                await self.render(template, locale, sample)
+
+    def close(self) -> None:
+        """Kill the child; rendering afterwards raises RuntimeError."""
+        self._closed = True
+        child, self._child = self._child, None
+        if child is not None:
+            _stop(child.process)
+            if not child.busy:
+                child.conn.close()
+
+    async def __aenter__(self) -> TemplateRunner:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.close()
+
+    async def _ready(self) -> _Child:
+        if self._closed:
+            raise RuntimeError("the template runner is closed")
+        if self._child is not None:
+            return self._child
+        parent_end, child_end = self._mp.Pipe()
+        process = self._mp.Process(
+            target=_serve,
+            args=(child_end, self.templates_dir, self.default_locale, self.max_bytes),
+            kwargs={"alarm_s": 2 * self.timeout_s + 1},
+            name="worker-render",
+            daemon=True,
+        )
+        child = self._child = _Child(process, parent_end)
+        try:
+            await _start(process, child_end)
+            await _readable(parent_end, START_TIMEOUT_S)
+            reply = parent_end.recv()
+        except (TimeoutError, EOFError, OSError) as exc:
+            self._discard(child)
+            if self._closed:
+                raise RuntimeError("the template runner is closed") from None
+            raise TemplateError(
+                f"the rendering process did not start ({exc!r}, exit code {process.exitcode})",
+                where=str(self.templates_dir),
+            ) from None
+        except BaseException:
+            self._discard(child)
+            raise
+        if reply[0] != "ready":
+            self._discard(child)
+            _answer(reply)
+        return child
+
+    async def _exchange(self, child: _Child, job: tuple[str, str | None, dict[str, Any]]) -> _Reply:
+        child.busy = True
+        try:
+            try:
+                child.conn.send(job)
+                await _readable(child.conn, self.timeout_s)
+                reply: _Reply = child.conn.recv()
+                return reply
+            except TimeoutError:
+                self._discard(child)
+                raise _ChildGone(child.process.exitcode, timed_out=True) from None
+            except (EOFError, OSError):
+                self._discard(child)
+                code = child.process.exitcode  # SIGALRM: its own deadline, the parent was late
+                raise _ChildGone(code, timed_out=code == -signal.SIGALRM) from None
+            except asyncio.CancelledError:
+                self._discard(child)  # its answer would be taken for the next message's
+                raise
+        finally:
+            child.busy = False
+            if self._child is not child:
+                child.conn.close()
+
+    def _discard(self, child: _Child) -> None:
+        _stop(child.process)
+        if self._child is child:
+            self._child = None
+        if not child.busy:
+            child.conn.close()
+
+    def _where(self, template: str, locale: str | None) -> str:
+        try:
+            return self._paths.source(template, locale)
+        except TemplateError:
+            return str(self.templates_dir / template)
+
+    def _too_slow(self, template: str, locale: str | None) -> TemplateError:
+        where = self._where(template, locale)
+        shown = Path(where).stem if where.endswith(".jinja") else locale
+        return TemplateError(
+            f"template {template} ({shown}) took longer than {self.timeout_s:g} s to render; "
+            "it was stopped (render_timeout_s). Look for a loop over order data that "
+            "repeats far more than it should.",
+            where=where,
+        )
+
+
+async def _start(process: BaseProcess, child_end: Connection) -> None:
+    """``process.start()`` off the loop: the first one waits for the fork server to import
+    everything. Cancelled, the process is stopped once it has started."""
+    starting = asyncio.get_running_loop().run_in_executor(None, process.start)
+    try:
+        await asyncio.shield(starting)
+    except asyncio.CancelledError:
+
+        def abandon(_: object) -> None:
+            child_end.close()
+            _stop(process)
+
+        starting.add_done_callback(abandon)
+        raise
+    finally:
+        if starting.done():
+            child_end.close()
+
+
+async def _readable(conn: Connection, timeout_s: float) -> None:
+    """Until ``conn`` has something to read (or is closed at the other end)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = conn.fileno()
+    loop.add_reader(fd, _set_ready, ready)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+def _set_ready(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
+def _stop(process: BaseProcess) -> None:
+    """SIGKILL and reap; the child holds nothing worth a gentler ending."""
+    if process.pid is None:
+        return
+    if process.exitcode is None:
+        process.kill()
+        process.join(_KILL_WAIT_S)
+
+
+def _answer(reply: _Reply) -> RenderedMessage:
+    if reply[0] == "ok":
+        return RenderedMessage(*reply[1:])
+    _kind, error, detail, where = reply
+    raise (ConfigError if error == "ConfigError" else TemplateError)(detail, where=where)
+
+
+def _failure(exc: BaseException) -> _Reply:
+    if isinstance(exc, WorkerError):
+        return ("error", type(exc).__name__, exc.detail, exc.where)
+    return ("error", "TemplateError", f"rendering failed: {type(exc).__name__}: {exc}", None)
+
+
+def _serve(
+    conn: Connection, templates_dir: Path, default_locale: str, max_bytes: int, *, alarm_s: float
+) -> None:
+    """The child: one job in, one reply out, until the parent hangs up."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent to act on
+    # If the parent is gone, or too busy to kill a runaway render, SIGALRM ends this process.
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    _limit_memory(max_bytes)
+    try:
+        try:
+            renderer = Renderer(templates_dir, default_locale, max_bytes=max_bytes)
+        except Exception as exc:
+            conn.send(_failure(exc))
+            return
+        conn.send(("ready",))
+        while True:
+            template, locale, context = conn.recv()
+            signal.setitimer(signal.ITIMER_REAL, alarm_s)
+            try:
+                m = renderer.render(template, locale, context)
+                reply: _Reply = ("ok", m.subject, m.text, m.html, m.locale, m.source)
+            except Exception as exc:
+                reply = _failure(exc)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            conn.send(reply)
+    except (EOFError, OSError):
+        return  # the parent closed the pipe or is gone
+
+
+def _limit_memory(max_bytes: int) -> None:
+    """Cap this process's address space at what it uses now plus a headroom (Linux)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            size = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = size + _MEMORY_HEADROOM + 16 * max_bytes
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (OSError, ValueError):
+        pass  # elsewhere the time budget still stops it
 
 
 def _environment(loader: jinja2.BaseLoader, *, autoescape: bool) -> SandboxedEnvironment:
@@ -255,6 +626,8 @@ def _describe(exc: Exception) -> str:
         return f"undefined variable: {exc.message}"
     if isinstance(exc, jinja2.exceptions.SecurityError):
         return f"not allowed in a template: {exc.message}"
+    if isinstance(exc, MemoryError):
+        return "ran out of memory; is a loop or a repetition ('x' * n) running away?"
     return f"{type(exc).__name__}: {exc}"
 
 

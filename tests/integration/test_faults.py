@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from structlog.testing import capture_logs
 
-from tests.conftest import settings_for
+from tests.conftest import ROOT, settings_for
 from tests.integration.smtp_server import HANG, Script, closed_port, scripted_server, silent_server
 from worker.clock import FixedClock
 from worker.daemon import Daemon, load_checked_campaigns
 from worker.domain import DisputeKind, Order, SendState, SuppressionReason
-from worker.render import Renderer
+from worker.render import Renderer, TemplateRunner
 from worker.store import Store
 
 DELIVERED = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday
@@ -66,7 +68,8 @@ async def _gated_server() -> AsyncIterator[tuple[_Gate, int]]:
 
 def _daemon(store: Store, port: int, **overrides: Any) -> Daemon:
     smtp = {"host": "127.0.0.1", "port": port, "tls": "none", "timeout_s": 5, "concurrency": 1}
-    settings = settings_for(store, port, smtp=smtp | overrides)
+    top = {k: overrides.pop(k) for k in ("templates_dir", "render_timeout_s") if k in overrides}
+    settings = settings_for(store, port, smtp=smtp | overrides, **top)
     renderer = Renderer(settings.templates_dir, settings.default_locale)
     campaigns = load_checked_campaigns(settings, renderer)
     return Daemon(settings, store, campaigns, renderer, FixedClock(CHECK_IN_DUE))
@@ -167,3 +170,32 @@ async def test_a_stop_cancels_a_send_by_what_the_server_may_hold(
     assert row.state is state
     if state is SendState.SCHEDULED:
         assert row.attempts == 0 and "before the message was handed over" in row.reason
+
+
+async def test_a_template_looping_on_one_orders_data_fails_that_send_alone(
+    store: Store, tmp_path: Path
+) -> None:
+    """Rendered before the claim, in a child process within render_timeout_s: the runaway
+    is stopped, its send fails naming the template, and the next buyer's mail goes out."""
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    check_in = templates / "check_in" / "en.jinja"
+    bait = (
+        '{% if buyer.name == "Loop" %}{% for i in range(100000) %}{% for j in range(100000) %}'
+        "{% endfor %}{% endfor %}{% endif %}"
+    )
+    check_in.write_text(check_in.read_text().replace("Hello", bait + "Hello", 1))
+    looping = Order("SHOP-1", "shop", "loop@example.com", "Loop", ("Kettle",), "en", "GB",
+                    delivered_at=DELIVERED)  # fmt: skip
+    store.upsert_orders([looping, _order(2, "ben@buyer.example")], DELIVERED)
+    async with _gated_server() as (gate, port):
+        gate.release.set()
+        daemon = _daemon(store, port, templates_dir=str(templates), render_timeout_s=0.5)
+        async with TemplateRunner.from_settings(daemon.settings) as runner:
+            daemon.runner = runner
+            report = await asyncio.wait_for(daemon.run_pass(), timeout=30)
+    assert gate.recipients == ["ben@buyer.example"]
+    rows = {s.order_id: s for s in store.sends()}
+    assert rows["SHOP-1"].state is SendState.FAILED
+    assert "took longer than 0.5 s to render" in rows["SHOP-1"].reason
+    assert report.outcomes["sent"] == 1 and report.outcomes["failed"] == 1

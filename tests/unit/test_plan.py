@@ -25,7 +25,7 @@ from worker.domain import (
     Trigger,
     TriggerEvent,
 )
-from worker.plan import OrderHistory, Policy, Verdict, plan, stable_delay
+from worker.plan import OrderHistory, Policy, Refusal, Verdict, plan, refusal, stable_delay
 
 DELIVERED = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday
 DAY = timedelta(days=1)
@@ -363,3 +363,91 @@ def test_thanks_only_for_four_or_five_stars(rating, verdict):
 def test_next_wakeup_is_the_earliest_future_due_time():
     decided = plan([history()], [FOLLOW_UP], DELIVERED + DAY, POLICY)
     assert decided.next_wakeup() == DELIVERED + 7 * DAY
+
+
+# One order's fault stays with that order ------------------------------------------------
+
+
+def test_window_inside_the_missing_hour_waits_for_its_next_real_opening():
+    # Sunday 02:00-02:30 in Berlin does not exist on 2026-03-29; it opens a week later.
+    gap_window = SendWindow(time(2), time(2, 30), frozenset({6}))
+    campaign = replace(FOLLOW_UP, send_window=gap_window)
+    delivered = datetime(2026, 3, 20, 12, tzinfo=UTC)  # check-in due Friday 27 March
+    order = replace(history().order, country="DE", delivered_at=delivered)
+    h = history(order=order, customer=Customer("ann@example.com", "Ann", "de", "DE"))
+    got = decision(h, datetime(2026, 3, 27, 12, tzinfo=UTC), "check-in", campaign)
+    assert (got.verdict, got.reason) == (Verdict.WAIT, "outside_send_window")
+    assert got.at == datetime(2026, 4, 5, 0, tzinfo=UTC)  # 02:00 CEST on Sunday 5 April
+
+
+def test_an_order_whose_planning_raises_waits_and_the_others_are_planned():
+    # A naive timestamp, as a corrupt row would give: comparing it with ``now`` raises.
+    broken_review = Review("1002", 5, datetime(2026, 3, 5, 12))  # noqa: DTZ001
+    broken = history(order=replace(history().order, order_id="1002"), reviews=(broken_review,))
+    now = DELIVERED + 7 * DAY
+    decided = plan([broken, history()], [FOLLOW_UP], now, POLICY)
+
+    errors = [d for d in decided.decisions if d.order_id == "1002"]
+    assert [d.step for d in errors] == ["check-in", "review-request", "review-reminder"]
+    assert {(d.verdict, d.at) for d in errors} == {(Verdict.WAIT, None)}
+    assert {d.reason for d in errors} == {
+        "plan_error: TypeError: can't compare offset-naive and offset-aware datetimes"
+    }
+    assert [(d.order_id, d.step) for d in decided.due] == [("1001", "check-in")]
+    (failure,) = decided.failures
+    assert (failure.order_id, failure.campaign, failure.step) == (
+        "1002",
+        "review-follow-up",
+        "check-in",
+    )
+    assert failure.error == errors[0].reason.removeprefix("plan_error: ")
+    assert "plan.py:" in failure.where
+    assert decided.next_wakeup() == DELIVERED + 35 * DAY  # the healthy order's next step
+
+
+def test_a_failing_step_keeps_the_earlier_steps_and_the_other_campaigns():
+    broken_step = replace(FOLLOW_UP.step("review-request"), trigger=Trigger(step="no-such-step"))
+    campaign = replace(
+        FOLLOW_UP,
+        steps=(FOLLOW_UP.step("check-in"), broken_step, FOLLOW_UP.step("review-reminder")),
+    )
+    reviewed = DELIVERED + 6 * DAY
+    h = history(reviews=(Review("1001", 5, reviewed),))
+    decided = plan([h], [campaign, THANKS], DELIVERED + 7 * DAY, POLICY)
+
+    by_step = {d.step: d for d in decided.decisions}
+    assert by_step["check-in"].verdict is Verdict.DUE
+    assert by_step["review-request"].reason == "plan_error: KeyError: 'no-such-step'"
+    assert by_step["review-reminder"].reason == "plan_error: KeyError: 'no-such-step'"
+    assert by_step["thank-you"].verdict is Verdict.DUE
+    assert [f.step for f in decided.failures] == ["review-request"]
+
+
+def test_a_failing_policy_object_is_contained_per_order():
+    class Exploding:
+        def __getattr__(self, name: str) -> object:
+            raise RuntimeError(f"policy.{name} is broken\nsecond line is not shown")
+
+    decided = plan([history()], [FOLLOW_UP], DELIVERED + 7 * DAY, Exploding())  # type: ignore[arg-type]
+    assert {d.reason for d in decided.decisions} == {
+        "plan_error: RuntimeError: policy.default_zone is broken"
+    }
+    assert decided.due == [] and decided.skipped == []
+    assert len(decided.waiting) == 3
+
+
+def test_a_naive_now_is_refused_before_any_order():
+    with pytest.raises(ValueError, match="naive"):
+        plan([history()], [FOLLOW_UP], datetime(2026, 3, 9, 10), POLICY)  # noqa: DTZ001
+
+
+def test_refusal_at_claim_holds_the_send_when_asking_raises():
+    broken_review = Review("1001", 5, datetime(2026, 3, 5, 12))  # noqa: DTZ001
+    h = history(reviews=(broken_review,))
+    step = FOLLOW_UP.step("check-in")
+    got = refusal(h, step, DELIVERED + 7 * DAY, POLICY)
+    assert got == Refusal(
+        "plan_error: TypeError: can't compare offset-naive and offset-aware datetimes",
+        final=False,
+    )
+    assert refusal(history(), step, DELIVERED + 7 * DAY, POLICY) is None

@@ -282,3 +282,12 @@ def test_message_context_shapes_order_and_review() -> None:
     assert values["buyer"].name == ""
     assert values["seller"].signature == "Anna, Kundenservice"
     assert values["locale"] == "fr"
+
+
+def test_source_names_the_file_render_would_use(renderer: Renderer, templates_dir: Path) -> None:
+    assert renderer.source("greeting", "de_AT") == str(templates_dir / "greeting" / "de.jinja")
+    assert renderer.source("greeting", None) == renderer.render("greeting", None, context()).source
+
+
+def test_checked_locales_lists_every_file_then_the_fallback(renderer: Renderer) -> None:
+    assert renderer.checked_locales("greeting") == ["de", "en", None]
