@@ -41,7 +41,14 @@ from worker.domain import (
     SuppressionReason,
 )
 from worker.errors import ConfigError, FeedError, WorkerError
-from worker.feeds import Format, RejectedRow, RejectsFile, read_disputes, read_orders, read_reviews
+from worker.feeds import (
+    Format,
+    RejectedRow,
+    RejectsFile,
+    read_disputes,
+    read_order_rows,
+    read_reviews,
+)
 from worker.inbound import InboundMessage, parse
 from worker.ingest import Ingest, parse_limits, unsubscribe_only
 from worker.origin import Origin, judge
@@ -214,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         "import", help="import orders, disputes or reviews from CSV, TSV or JSONL"
     )
     what = imports.add_subparsers(dest="import_kind", required=True, metavar="KIND")
-    orders = what.add_parser("orders", help="orders (upsert: no duplicates, later dates win)")
+    orders = what.add_parser(
+        "orders", help="orders (upsert: a known order takes a row only if it is as new or newer)"
+    )
     orders.add_argument("file", type=Path)
     orders.add_argument(
         "--format",
@@ -222,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(Format),
         default=Format.GENERIC,
         help="column layout (default generic; see docs/order-feeds.md)",
+    )
+    orders.add_argument(
+        "--replace",
+        action="store_true",
+        help="take every row as the truth, even one older than what is stored (a correction)",
     )
     orders.set_defaults(handler=cmd_import_orders)
     disputes = what.add_parser("disputes", help="disputes: order_id, kind, opened_at, closed_at")
@@ -540,19 +554,31 @@ def _import(
     upsert: Callable[[Iterable[T]], UpsertCount],
     fmt: Format = Format.GENERIC,
 ) -> int:
-    with RejectsFile(path, fmt=fmt) as rejects:
+    """One file, one transaction: if the file fails as a whole (not UTF-8, the database gone),
+    nothing of it is stored and the previous rejects file stays."""
+    try:
+        with RejectsFile(path, fmt=fmt) as rejects:
 
-        def good() -> Iterator[T]:
-            for row in rows:
-                if isinstance(row, RejectedRow):
-                    rejects.add(row)
-                    print(f"{path}:{row.line}: {row.reason}", file=sys.stderr)
-                else:
-                    yield row
+            def good() -> Iterator[T]:
+                for row in rows:
+                    if isinstance(row, RejectedRow):
+                        rejects.add(row)
+                        print(f"{path}:{row.line}: {row.reason}", file=sys.stderr)
+                    else:
+                        yield row
 
-        count = upsert(good())
+            count = upsert(good())
+    except WorkerError as exc:
+        raise type(exc)(f"{exc.detail}; nothing was imported", where=exc.where) from exc
     line = f"{path}: {count.inserted} new, {count.updated} updated, {rejects.count} rejected"
-    print(line + (f" (written to {rejects.path})" if rejects.count else ""))
+    if rejects.count:
+        line += f" (written to {rejects.path})"
+    if count.older:
+        line += (
+            f"; {count.older} older than what is stored, left as they are "
+            "(--replace takes them anyway)"
+        )
+    print(line)
     return 1 if rejects.count else 0
 
 
@@ -563,8 +589,13 @@ def _progress() -> bool:
 def cmd_import_orders(args: argparse.Namespace, settings: Settings) -> int:
     store = _open_store(settings)
     now = SystemClock().now()
-    rows = read_orders(args.file, args.format, progress=_progress())
-    return _import(args.file, rows, lambda orders: store.upsert_orders(orders, now), args.format)
+    rows = read_order_rows(args.file, args.format, progress=_progress())
+    return _import(
+        args.file,
+        rows,
+        lambda orders: store.upsert_orders(orders, now, force=args.replace),
+        args.format,
+    )
 
 
 def _known_order(store: Store) -> Callable[[Dispute | Review], str | None]:

@@ -10,13 +10,15 @@ problems with the file as a whole (missing, not UTF-8, no header, missing column
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import json
+import os
 import re
 import sys
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -50,6 +52,22 @@ class RejectedRow:
     reason: str
     raw: str
     """The original line (JSONL) or the row re-serialised in the input's dialect (CSV/TSV)."""
+    cells: tuple[tuple[str, ...], ...] = ()
+    """The cells of each physical row (CSV/TSV), so the rejects file holds them as read."""
+
+
+ORDER_FIELDS = frozenset(f.name for f in dataclasses.fields(Order))
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRow:
+    """An order as one file states it, with what the store needs to weigh it against its own."""
+
+    order: Order
+    fields: frozenset[str] = ORDER_FIELDS
+    """The fields the file has columns for; a re-import leaves the others as they are stored."""
+    updated_at: datetime | None = None
+    """The feed's own last-updated time of the order, when the format has one."""
 
 
 # Values -------------------------------------------------------------------------------------
@@ -278,10 +296,7 @@ class _Record:
         """Only rejected rows need this, so a CSV row is re-serialised on demand."""
         if isinstance(self.original, str):
             return self.original
-        out = io.StringIO()
-        options = _dialect(self.delimiter, self.quoted)
-        csv.writer(out, lineterminator="\r\n", **options).writerow(self.original)
-        return out.getvalue().removesuffix("\r\n")
+        return _joined(self.original, self.delimiter, self.quoted)
 
 
 def _dialect(delimiter: str, quoted: bool) -> dict[str, Any]:
@@ -305,8 +320,18 @@ def _check_suffix(path: Path) -> None:
         )
 
 
+_BOM = b"\xef\xbb\xbf"
+_BARE_CR = re.compile(r"(?<=\r)(?=[^\n])")
+"""After a CR that is not followed by LF: a line ends there too, as the csv module reads it."""
+_BARE_CR_BYTES = re.compile(rb"\r(?!\n)")
+
+
 class _Source:
-    """UTF-8 text (a BOM is dropped) over the byte stream whose position drives the progress bar."""
+    """UTF-8 lines (a BOM is dropped) over the byte stream whose position drives the progress bar.
+
+    Each line is decoded on its own, so a byte that is not UTF-8 is reported at its own line and
+    byte offset however far into the file it is, not where a read-ahead buffer happened to be.
+    """
 
     def __init__(self, path: Path, progress: bool) -> None:
         _check_suffix(path)
@@ -316,25 +341,68 @@ class _Source:
         except OSError as exc:
             raise FeedError(f"cannot read the file: {exc.strerror}", where=str(path)) from exc
         self.path = path
-        self.text = io.TextIOWrapper(self._binary, encoding="utf-8-sig", newline="")
         shown = progress and sys.stderr.isatty()
         self._bar = tqdm(
             total=size, unit="B", unit_scale=True, desc=path.name, disable=not shown, leave=False
+        )
+
+    def lines(self, *, bare_cr: bool) -> Iterator[str]:
+        """Decoded lines with their line ends.
+
+        In delimited files a bare CR ends a line as well (as the csv module reads them); JSONL
+        lines end at LF only, so nothing inside a JSON string (U+2028...) can split one.
+        """
+        offset = number = 0
+        for raw in self._binary:
+            start, offset = offset, offset + len(raw)
+            if start == 0 and raw.startswith(_BOM):
+                raw, start = raw[len(_BOM) :], len(_BOM)
+            text = _decoded(raw)
+            if isinstance(text, UnicodeDecodeError):
+                breaks = len(_BARE_CR_BYTES.findall(raw, 0, text.start)) if bare_cr else 0
+                raise self._not_utf8(number + breaks + 1, start, raw, text)
+            if bare_cr and "\r" in text and _BARE_CR.search(text):
+                pieces = _BARE_CR.split(text)
+                number += len(pieces)
+                yield from pieces
+            else:
+                number += 1
+                yield text
+
+    def _not_utf8(self, line: int, start: int, raw: bytes, exc: UnicodeDecodeError) -> FeedError:
+        bad = " ".join(f"0x{b:02X}" for b in raw[exc.start : exc.end])
+        return FeedError(
+            f"not UTF-8 text: {'byte' if exc.end - exc.start == 1 else 'bytes'} {bad} at byte "
+            f"offset {start + exc.start} ({exc.reason}); save the file as UTF-8",
+            where=f"{self.path}:{line}",
         )
 
     def tick(self) -> None:
         if not self._bar.disable:
             self._bar.update(self._binary.tell() - self._bar.n)
 
-    def not_utf8(self, line: int, exc: UnicodeDecodeError) -> FeedError:
-        return FeedError(
-            f"not UTF-8 text ({exc.reason}); save the file as UTF-8",
-            where=f"{self.path}:{line}",
-        )
-
     def close(self) -> None:
         self._bar.close()
-        self.text.close()
+        self._binary.close()
+
+
+def _decoded(raw: bytes) -> str | UnicodeDecodeError:
+    """The error is returned, not raised, so the FeedError made of it chains nothing misleading
+    (its position counts from the start of the line)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc
+
+
+def _first_lines(lines: Iterator[str]) -> list[str]:
+    """Lines up to the first one with text, to sniff the delimiter from."""
+    head: list[str] = []
+    for line in lines:
+        head.append(line)
+        if line.strip(" \t\r\n,;") or len(head) >= _HEADER_SEARCH_LINES:
+            break
+    return head
 
 
 class _Table:
@@ -342,26 +410,16 @@ class _Table:
 
     def __init__(self, source: _Source, marker: str | None, quoted: bool = True) -> None:
         self.source = source
-        head = self._first_lines()
+        lines = source.lines(bare_cr=True)
+        head = _first_lines(lines)
         self.delimiter = _sniff(head[-1] if head else "", source.path)
         self.quoted = quoted
-        lines = itertools.chain(head, source.text)
-        self.reader = csv.reader(lines, **_dialect(self.delimiter, quoted))
+        self.reader = csv.reader(itertools.chain(head, lines), **_dialect(self.delimiter, quoted))
         self._last = 0
-        self.header, self.header_line = self._find_header(marker)
+        header, self.header_line = self._find_header(marker)
+        self.from_rejects = _is_rejects_header(header)
+        self.header = [_unescaped(c) for c in header] if self.from_rejects else header
         self.columns = [name.strip().lower() for name in self.header]
-
-    def _first_lines(self) -> list[str]:
-        """Lines up to the first one with text, to sniff the delimiter from."""
-        lines: list[str] = []
-        try:
-            while len(lines) < _HEADER_SEARCH_LINES and (line := self.source.text.readline()):
-                lines.append(line)
-                if line.strip(" \t\r\n,;"):
-                    break
-        except UnicodeDecodeError as exc:
-            raise self.source.not_utf8(len(lines) + 1, exc) from exc
-        return lines
 
     def _find_header(self, marker: str | None) -> tuple[list[str], int]:
         for line, cells in self.rows():
@@ -387,8 +445,6 @@ class _Table:
                 start, self._last = self._last + 1, self.reader.line_num
                 yield start, f"unreadable CSV at lines {start}-{self._last} ({exc}); a stray quote?"
                 continue
-            except UnicodeDecodeError as exc:
-                raise self.source.not_utf8(self._last + 1, exc) from exc
             start, self._last = self._last + 1, self.reader.line_num
             if any(c.strip() for c in cells):
                 yield start, cells
@@ -417,21 +473,16 @@ def _table_records(source: _Source, layout: _Layout) -> Iterator[_Record | Rejec
         source.tick()
         if isinstance(cells, str):
             yield RejectedRow(line, cells, "")
-        else:
-            cells_by_name = dict(zip(table.columns, cells, strict=False))
-            yield _Record(line, cells_by_name, cells, table.delimiter, table.quoted)
+            continue
+        if table.from_rejects:
+            cells = [_unescaped(c) for c in cells]
+        # A short row's missing cells are empty: the file has those columns.
+        by_name = {name: cells[i] if i < len(cells) else "" for i, name in enumerate(table.columns)}
+        yield _Record(line, by_name, cells, table.delimiter, table.quoted)
 
 
 def _jsonl_records(source: _Source) -> Iterator[_Record | RejectedRow]:
-    number = 0
-    while True:
-        try:
-            line = next(source.text)
-        except StopIteration:
-            return
-        except UnicodeDecodeError as exc:
-            raise source.not_utf8(number + 1, exc) from exc
-        number += 1
+    for number, line in enumerate(source.lines(bare_cr=False), 1):
         source.tick()
         text = line.rstrip("\r\n")
         if text.strip():
@@ -687,18 +738,85 @@ class _Layout:
     header_marker: str | None = None
     skip: Callable[[_Record], bool] | None = None
     quoted: bool = True
+    fields: Mapping[str, tuple[str, ...]] | None = None
+    """Orders: the optional fields and their columns; a field whose columns a file lacks is
+    left as stored when the order is imported again."""
+    updated: str | None = None
+    """Orders: the column with the feed's own last-updated time of the order, if any."""
 
+
+_KEY_FIELDS = frozenset({"order_id", "marketplace", "buyer_email"})
+_GENERIC_FIELDS = {
+    "buyer_name": ("buyer_name",),
+    "products": ("product", "products"),
+    "locale": ("locale",),
+    "country": ("country",),
+    "ordered_at": ("ordered_at",),
+    "shipped_at": ("shipped_at",),
+    "delivered_at": ("delivered_at",),
+    "review_url": ("review_url",),
+    "timezone": ("timezone",),
+}
+_AMAZON_FIELDS = {
+    "buyer_name": ("buyer-name", "recipient-name"),
+    "products": ("product-name",),
+    "locale": ("sales-channel",),
+    "country": ("ship-country",),
+    "ordered_at": ("purchase-date",),
+    "shipped_at": ("shipment-date",),
+    "delivered_at": ("delivery-date",),
+}
+_SHOPIFY_FIELDS = {
+    "buyer_name": ("shipping name", "billing name"),
+    "products": ("lineitem name",),
+    "country": ("shipping country", "billing country"),
+    "ordered_at": ("created at",),
+    "shipped_at": ("fulfilled at",),
+}
+_EBAY_FIELDS = {
+    "buyer_name": ("buyer name", "ship to name"),
+    "products": ("item title",),
+    "country": ("ship to country", "buyer country"),
+    "ordered_at": ("sale date",),
+    "shipped_at": ("shipped on date",),
+}
 
 _ORDER_LAYOUTS = {
-    Format.GENERIC: _Layout(("order_id", "marketplace", "buyer_email"), _generic_order),
-    Format.AMAZON: _Layout(
-        ("amazon-order-id", "buyer-email"), _amazon_order, "amazon-order-id", quoted=False
+    Format.GENERIC: _Layout(
+        ("order_id", "marketplace", "buyer_email"),
+        _generic_order,
+        fields=_GENERIC_FIELDS,
+        updated="updated_at",
     ),
-    Format.SHOPIFY: _Layout(("name", "email"), _shopify_order, "name"),
+    Format.AMAZON: _Layout(
+        ("amazon-order-id", "buyer-email"),
+        _amazon_order,
+        "amazon-order-id",
+        quoted=False,
+        fields=_AMAZON_FIELDS,
+        updated="last-updated-date",
+    ),
+    Format.SHOPIFY: _Layout(("name", "email"), _shopify_order, "name", fields=_SHOPIFY_FIELDS),
     Format.EBAY: _Layout(
-        ("order number", "buyer email"), _ebay_order, "order number", "order number", _ebay_footer
+        ("order number", "buyer email"),
+        _ebay_order,
+        "order number",
+        "order number",
+        _ebay_footer,
+        fields=_EBAY_FIELDS,
     ),
 }
+
+
+def _order_row(group: Group, layout: _Layout, order: Order) -> OrderRow:
+    assert layout.fields is not None
+    columns = {name for record in group for name in record.cells}
+    fields = _KEY_FIELDS.union(
+        field for field, names in layout.fields.items() if not columns.isdisjoint(names)
+    )
+    stamps = [_when([record], layout.updated) for record in group] if layout.updated else []
+    updated = max((s for s in stamps if s is not None), default=None)
+    return OrderRow(order, frozenset(fields), updated)
 
 
 def _grouped(
@@ -740,20 +858,33 @@ def _read(path: Path, layout: _Layout, progress: bool, check: Check | None = Non
             continue
         try:
             value = layout.build(group)
+            if layout.fields is not None:
+                value = _order_row(group, layout, value)
             reason = check(value) if check is not None else None
         except ValueError as exc:
             reason = str(exc)
         if reason is None:
             yield value
         else:
-            yield RejectedRow(group[0].line, reason, "\n".join(r.raw for r in group))
+            raw = "\n".join(r.raw for r in group)
+            cells = tuple(tuple(r.original) for r in group if not isinstance(r.original, str))
+            yield RejectedRow(group[0].line, reason, raw, cells)
+
+
+def read_order_rows(
+    path: Path, fmt: Format = Format.GENERIC, *, progress: bool = False
+) -> Iterator[OrderRow | RejectedRow]:
+    """Orders with which fields the file has and the feed's own last-updated time, for the
+    store to decide whether a row is newer than what it holds; FeedError if unreadable."""
+    return _read(path, _ORDER_LAYOUTS[Format(fmt)], progress)
 
 
 def read_orders(
     path: Path, fmt: Format = Format.GENERIC, *, progress: bool = False
 ) -> Iterator[Order | RejectedRow]:
     """Orders from a generic or marketplace export; FeedError (when iterated) if unreadable."""
-    return _read(path, _ORDER_LAYOUTS[Format(fmt)], progress)
+    rows = read_order_rows(path, fmt, progress=progress)
+    return (row.order if isinstance(row, OrderRow) else row for row in rows)
 
 
 def _dispute(group: Group) -> Dispute:
@@ -805,13 +936,63 @@ def read_reviews(
 # Rejects ------------------------------------------------------------------------------------
 
 
+_LINE_BREAKS = frozenset("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+"""Every character str.splitlines() breaks at: a field holding one is quoted."""
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_ESCAPE = "'"
+
+
+def _neutral(value: str) -> str:
+    """Spreadsheets run a cell that starts with = + - @ as a formula (OWASP "CSV injection"):
+    a leading ' makes it text. A value that starts with ' gets one more, so reading the rejects
+    file back removes exactly one."""
+    return _ESCAPE + value if value.startswith((*_FORMULA_START, _ESCAPE)) else value
+
+
+def _unescaped(value: str) -> str:
+    """The value :func:`_neutral` was given (a ' typed by hand before other text is kept)."""
+    if value[:1] == _ESCAPE and value[1:2] and value[1] in (*_FORMULA_START, _ESCAPE):
+        return value[1:]
+    return value
+
+
+def _is_rejects_header(header: Sequence[str]) -> bool:
+    return bool(header) and header[-1].strip().lower() == "error"
+
+
+def _cell(value: str, delimiter: str, quoted: bool) -> str:
+    if not quoted:  # Amazon's flat files cannot quote; only an error text could hold these
+        return value.replace(delimiter, " ").replace("\r", " ").replace("\n", " ")
+    if '"' in value or delimiter in value or not _LINE_BREAKS.isdisjoint(value):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def _joined(cells: Iterable[str], delimiter: str, quoted: bool) -> str:
+    """One row, quoted wherever a reader could split it (a bare CR, U+2028...)."""
+    return delimiter.join(_cell(value, delimiter, quoted) for value in cells)
+
+
+def _json_line(value: dict[str, Any]) -> str:
+    """JSON allows U+2028, U+2029 and U+0085 unescaped inside strings, but readers that split
+    on every Unicode line break would cut the object in two."""
+    text = json.dumps(value, ensure_ascii=False)
+    for char in ("\u2028", "\u2029", "\x85"):
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return text + "\n"
+
+
 class RejectsFile:
     """Rejected rows beside the input (``orders.csv`` -> ``orders.rejects.csv``), ready to fix.
 
     Same dialect as the input, header first plus a trailing ``error`` column (for JSONL, each
     original object plus ``_error`` and ``_line``), so the fixed file can be imported as is.
-    Created, or replaced, only when there is a reject. ``header`` is the input's header line;
-    when None it is read from ``source`` (``fmt`` tells where eBay's header starts).
+    Fields that could split a row are quoted and fields a spreadsheet would run as a formula get
+    a leading ``'``, which reading a rejects file back removes. Written beside the target and
+    moved into place by :meth:`close`, only when there is a reject; :meth:`discard` (or leaving
+    the ``with`` block on an exception) keeps the previous rejects file. ``header`` is the
+    input's header line; when None it is read from ``source`` (``fmt`` tells where eBay's
+    header starts).
     """
 
     def __init__(
@@ -819,12 +1000,13 @@ class RejectsFile:
     ) -> None:
         self.source = source
         self.path = source.with_name(f"{source.stem}.rejects{source.suffix}")
+        self._partial = self.path.with_name(f"{self.path.name}.partial")
         self.count = 0
         self._header = header
         self._layout = _ORDER_LAYOUTS[Format(fmt)]
         self._out: IO[str] | None = None
-        self._writer: Any = None
         self._dialect: dict[str, Any] = {}
+        self._delimiter = ","
         self._width = 0
 
     def __enter__(self) -> Self:
@@ -836,12 +1018,24 @@ class RejectsFile:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.close()
+        if exc_type is None:
+            self.close()
+        else:
+            self.discard()
 
     def close(self) -> None:
+        """Put the rejects file in place (if there was a reject), replacing an older one."""
         if self._out is not None:
             self._out.close()
             self._out = None
+            os.replace(self._partial, self.path)
+
+    def discard(self) -> None:
+        """The import failed as a whole: leave the previous rejects file as it was."""
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+            self._partial.unlink(missing_ok=True)
 
     @property
     def _jsonl(self) -> bool:
@@ -851,24 +1045,28 @@ class RejectsFile:
         out = self._out or self._open()
         self.count += 1
         if self._jsonl:
-            for line in row.raw.splitlines() or [""]:
-                out.write(json.dumps(_json_reject(line, row), ensure_ascii=False) + "\n")
+            for line in row.raw.split("\n"):
+                out.write(_json_line(_json_reject(line, row)))
             return
         error = f"line {row.line}: {row.reason}"
-        for cells in self._rows_of(row.raw):
+        for cells in row.cells or self._rows_of(row.raw):
             padding = [""] * (self._width - len(cells))
-            self._writer.writerow([*cells, *padding, error])
+            self._write(out, [*cells, *padding, error])
 
-    def _rows_of(self, raw: str) -> list[list[str]]:
+    def _write(self, out: IO[str], cells: Sequence[str]) -> None:
+        neutral = (_neutral(value) for value in cells)
+        out.write(_joined(neutral, self._delimiter, self._layout.quoted) + "\n")
+
+    def _rows_of(self, raw: str) -> list[Sequence[str]]:
         try:
-            return list(csv.reader(io.StringIO(raw), **self._dialect)) or [[]]
+            return list(csv.reader(io.StringIO(raw, newline=""), **self._dialect)) or [[]]
         except csv.Error:  # written in another dialect (wrong ``fmt``): keep it whole
             return [[raw]]
 
     def _open(self) -> IO[str]:
         header, delimiter = (None, ",") if self._jsonl else self._header_cells()
         try:
-            out = self.path.open("w", encoding="utf-8", newline="")
+            out = self._partial.open("w", encoding="utf-8", newline="")
         except OSError as exc:
             raise FeedError(
                 f"cannot write the rejects file: {exc.strerror}", where=str(self.path)
@@ -876,8 +1074,8 @@ class RejectsFile:
         self._out = out
         if header is not None:
             self._dialect = _dialect(delimiter, self._layout.quoted)
-            self._writer = csv.writer(out, lineterminator="\n", **self._dialect)
-            self._writer.writerow([*header, "error"])
+            self._delimiter = delimiter
+            self._write(out, [*header, "error"])
             self._width = len(header)
         return out
 

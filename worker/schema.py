@@ -69,6 +69,11 @@ customer = Table(
     Column("country", String(2)),
     Column("timezone", String(64)),
     Column("updated_at", UtcDateTime, nullable=False),
+    Column(
+        "source_updated_at",
+        UtcDateTime,
+        comment="the feed's last-updated time of the values, else the import's",
+    ),
 )
 
 order = Table(
@@ -87,6 +92,11 @@ order = Table(
     Column("review_url", Text),
     Column("reply_token", String(32), unique=True, comment="reply+TOKEN@ threads replies"),
     Column("updated_at", UtcDateTime, nullable=False),
+    Column(
+        "source_updated_at",
+        UtcDateTime,
+        comment="the feed's last-updated time of the values, else the import's",
+    ),
 )
 
 dispute = Table(

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -20,15 +21,35 @@ from importlib.resources import files
 from itertools import islice
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, RowMapping, and_, create_engine, event, func, or_, select
+from sqlalchemy import (
+    URL,
+    Connection,
+    Engine,
+    RowMapping,
+    and_,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    make_url,
+    or_,
+    select,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 
 from worker import schema
 from worker.domain import (
@@ -49,6 +70,7 @@ from worker.domain import (
     SuppressionReason,
 )
 from worker.errors import DuplicateSend, SchemaOutOfDate, StoreError, UnknownOrder
+from worker.feeds import OrderRow
 from worker.inbound import InboundMessage, Received
 from worker.origin import Origin
 from worker.plan import OrderHistory, Refusal
@@ -66,6 +88,8 @@ STALE_CLAIM_REASON = (
 class UpsertCount:
     inserted: int = 0
     updated: int = 0
+    older: int = 0
+    """Known orders left as they were: every row of theirs was older than what is stored."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +172,102 @@ class InboundRow:
 def _alembic_config(engine: Engine) -> Config:
     config = Config()
     config.set_main_option("script_location", str(files("worker") / "migrations"))
-    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # ConfigParser reads % as interpolation: a URL-quoted password would fail, echoing the URL.
+    url = engine.url.render_as_string(hide_password=False).replace("%", "%%")
+    config.set_main_option("sqlalchemy.url", url)
     return config
+
+
+_URL_PASSWORD = re.compile(r"((?:^|\s|/)[^:/@\s]*:)[^@\s]*(@)")
+"""``user:password@`` in a URL, even one too broken to parse."""
+_DSN_PASSWORD = re.compile(r"(?i)\b(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+_DRIVER_PACKAGES = {
+    "psycopg": "'psycopg[binary]'",
+    "psycopg2": "psycopg2-binary",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+    "pymysql": "PyMySQL",
+    "MySQLdb": "mysqlclient",
+}
+
+
+def _secrets(url: URL | None) -> set[str]:
+    """The password as drivers may echo it: raw or URL-quoted (too short ones would mask
+    every such letter of the message; they are masked where they stand in a URL)."""
+    password = str(url.password or "") if url is not None else ""
+    forms = {password, quote(password, safe=""), quote_plus(password)}
+    return {form for form in forms if len(form) >= 4}
+
+
+def _masked(text: str, url: URL | None) -> str:
+    """``text`` without the database password, wherever and however it is written."""
+    for secret in _secrets(url):
+        text = text.replace(secret, "***")
+    text = _URL_PASSWORD.sub(r"\1***\2", text)
+    return _DSN_PASSWORD.sub(r"\1***", text)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The error and all it carries: causes, contexts and a DBAPI error's ``orig``."""
+    found: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if any(current is seen for seen in found):
+            continue
+        found.append(current)
+        linked = (current.__cause__, current.__context__, getattr(current, "orig", None))
+        todo.extend(item for item in linked if isinstance(item, BaseException))
+    return found
+
+
+def _scrubbed(exc: BaseException, url: URL) -> BaseException:
+    """``exc`` with the password masked in its chain's messages, to chain to a StoreError; a
+    stand-in with the masked text if some message still shows it."""
+    for item in _chain(exc):
+        item.args = tuple(_masked(a, url) if isinstance(a, str) else a for a in item.args)
+    if any(_masked(str(item), url) != str(item) for item in _chain(exc)):
+        return DatabaseFailure(_masked(str(exc), url))
+    return exc
+
+
+class DatabaseFailure(Exception):
+    """What the database driver said, with the password masked."""
+
+
+def _engine(url: str) -> Engine | StoreError:
+    """The engine, or the error to raise: made here and raised by the caller, outside this
+    handler, so nothing chained to it echoes the URL."""
+    shown = _masked(url, None)
+    try:
+        parsed = make_url(url)
+        shown = parsed.render_as_string(hide_password=True)
+        return create_engine(parsed)
+    except ImportError as exc:
+        return StoreError(_missing_driver(exc, parsed), where=shown)
+    except (SQLAlchemyError, ValueError) as exc:
+        detail = _masked(str(exc), None)
+        return StoreError(f"cannot use this database URL: {detail}", where=shown)
+
+
+def _missing_driver(exc: ImportError, url: URL) -> str:
+    module = (exc.name or "").split(".")[0] or url.get_driver_name()
+    package = _DRIVER_PACKAGES.get(module, module)
+    if exc.name:
+        text = f"the database driver {module} is not installed"
+    else:
+        text = f"the database driver {module} cannot be loaded ({_masked(str(exc), url)})"
+    text += f": run `pip install {package}`"
+    if url.get_backend_name() != "postgresql":
+        return text
+    if module != "psycopg":
+        return (
+            f"{text}; or use psycopg 3: `pip install 'psycopg[binary]'` and a URL starting "
+            "postgresql+psycopg://"
+        )
+    if "+" not in url.drivername:
+        return f"{text}, and write the URL as postgresql+psycopg://... to name that driver"
+    return text
 
 
 @contextlib.contextmanager
@@ -184,11 +302,13 @@ class Store:
 
     @classmethod
     def open(cls, url: str) -> Store:
-        """Connect; for a SQLite file, create its folder so ``var/worker.db`` just works."""
-        try:
-            engine = create_engine(url)
-        except (SQLAlchemyError, ValueError) as exc:
-            raise StoreError(f"cannot use database URL {url!r}: {exc}") from exc
+        """Connect; for a SQLite file, create its folder so ``var/worker.db`` just works.
+
+        Errors show the URL with its password masked, and say which driver to install.
+        """
+        engine = _engine(url)
+        if isinstance(engine, StoreError):
+            raise engine  # raised here, outside the handler, so no raw chain carries the URL
         if engine.dialect.name == "sqlite":
             database = engine.url.database
             if database and database != ":memory:":
@@ -277,109 +397,130 @@ class Store:
 
     @contextlib.contextmanager
     def _database_errors(self) -> Iterator[None]:
+        """A lost or refused connection becomes a StoreError naming the database. Drivers may
+        echo the connection string: the password is masked in the message and in the chained
+        errors, so neither the message, a log line nor a traceback shows it."""
         try:
             yield
-        except OperationalError as exc:
-            raise StoreError(f"the database failed: {exc.orig}", where=self.where) from exc
+        except DBAPIError as exc:
+            if (
+                not isinstance(exc, OperationalError | InterfaceError)
+                and type(exc) is not DBAPIError
+            ):
+                raise  # a refused statement (IntegrityError...) is for the caller to handle
+            detail = _masked(str(exc.orig), self.engine.url)
+            cause = _scrubbed(exc, self.engine.url)
+            raise StoreError(f"the database failed: {detail}", where=self.where) from cause
 
     # Orders and events ----------------------------------------------------------------------
 
-    def upsert_orders(self, orders: Iterable[Order], now: datetime) -> UpsertCount:
-        """Insert new orders, merge known ones: non-empty values replace, later dates win."""
-        inserted = updated = 0
-        for batch in _batches(orders):
-            with self._begin() as tx:
-                known = _rows_by(tx, schema.order, "order_id", [o.order_id for o in batch])
-                for incoming in _merge_duplicates(batch):
-                    self._upsert_customer(tx, incoming, now)
-                    existing = known.get(incoming.order_id)
-                    if existing is None:
-                        tx.execute(schema.order.insert().values(_order_values(incoming, now)))
-                        inserted += 1
-                    else:
-                        merged = _merge_order(_order_from(existing), incoming)
-                        tx.execute(
-                            schema.order.update()
-                            .where(schema.order.c.order_id == incoming.order_id)
-                            .values(_order_values(merged, now))
-                        )
-                        updated += 1
-        return UpsertCount(inserted, updated)
+    def upsert_orders(
+        self, orders: Iterable[Order | OrderRow], now: datetime, *, force: bool = False
+    ) -> UpsertCount:
+        """Insert new orders; a known order takes a row only when the row is at least as new as
+        what is stored, so an old export never undoes a newer one and a newer one can clear or
+        correct any date. A row is as new as the feed's own last-updated time, else as the
+        import (``now``, never before a time already stored: a file imported later is newer).
+        Then each field the row's file has replaces the stored one; a plain Order has them all.
+        The buyer's name, locale, country and zone follow the same rule, but an empty value
+        never erases one (they come from all the buyer's orders). ``force`` takes every row
+        whatever its age (a correction). One transaction, so a file that fails half-way leaves
+        nothing behind."""
+        inserted = updated = older = 0
+        with self._begin() as tx:
+            imported_at = _import_time(tx, now)
+            for batch in _batches(orders):
+                rows = [item if isinstance(item, OrderRow) else OrderRow(item) for item in batch]
+                keys = [row.order.order_id for row in rows]
+                pending = {
+                    key: _Pending(_order_from(stored), stored["source_updated_at"])
+                    for key, stored in _rows_by(tx, schema.order, "order_id", keys).items()
+                }
+                emails = list({row.order.buyer_email for row in rows})
+                buyers = {
+                    email: _Pending(_customer_from(stored), stored["source_updated_at"])
+                    for email, stored in _rows_by(tx, schema.customer, "email", emails).items()
+                }
+                for row in rows:
+                    stamp = imported_at
+                    if row.updated_at is not None:
+                        stamp = min(row.updated_at, imported_at)
+                    taken = _take(pending, row.order.order_id, row, stamp, force, _merge_order)
+                    if taken:
+                        _take(buyers, row.order.buyer_email, row, stamp, force, _merge_customer)
+                self._write_customers(tx, [b for b in buyers.values() if b.new or b.taken], now)
+                news = [_order_values(p.value, now, p.stamp) for p in pending.values() if p.new]
+                changed = [
+                    {**_order_values(p.value, now, p.stamp), "key": key}
+                    for key, p in pending.items()
+                    if p.taken and not p.new
+                ]
+                if news:
+                    tx.execute(schema.order.insert(), news)
+                if changed:
+                    tx.execute(_order_update(changed[0]), changed)
+                inserted += len(news)
+                updated += len(changed)
+                older += sum(1 for p in pending.values() if not (p.new or p.taken))
+        return UpsertCount(inserted, updated, older)
 
-    def _upsert_customer(self, tx: Connection, order: Order, now: datetime) -> None:
-        values = {
-            "email": order.buyer_email,
-            "name": order.buyer_name,
-            "locale": order.locale,
-            "country": order.country,
-            "timezone": order.timezone,
-            "updated_at": now,
-        }
+    def _write_customers(self, tx: Connection, buyers: list[_Pending], now: datetime) -> None:
+        if not buyers:
+            return
         table = schema.customer
-        if self.engine.dialect.name == "postgresql":
-            statement: Any = pg_insert(table).values(values)
-        else:
-            statement = sqlite_insert(table).values(values)
-        fresh = {
-            k: func.coalesce(func.nullif(statement.excluded[k], ""), table.c[k])
-            for k in ("name", "locale", "country", "timezone")
-        }
-        tx.execute(
-            statement.on_conflict_do_update(
-                index_elements=["email"],
-                set_={**fresh, "updated_at": statement.excluded.updated_at},
-            )
+        postgresql = self.engine.dialect.name == "postgresql"
+        insert: Any = pg_insert(table) if postgresql else sqlite_insert(table)
+        kept = ("name", "locale", "country", "timezone", "updated_at", "source_updated_at")
+        statement = insert.on_conflict_do_update(
+            index_elements=["email"], set_={k: insert.excluded[k] for k in kept}
         )
+        tx.execute(statement, [_customer_values(b.value, now, b.stamp) for b in buyers])
 
     def upsert_disputes(self, disputes: Iterable[Dispute]) -> UpsertCount:
-        """Keyed by (order, kind, opened_at); a later close date wins."""
+        """Keyed by (order, kind, opened_at); a later close date wins. One transaction."""
         inserted = updated = 0
-        for batch in _batches(disputes):
-            with self._begin() as tx:
-                for item in batch:
-                    self._require_order(tx, item.order_id)
-                    key = and_(
-                        schema.dispute.c.order_id == item.order_id,
-                        schema.dispute.c.kind == item.kind.value,
-                        schema.dispute.c.opened_at == item.opened_at,
-                    )
-                    closed = tx.execute(select(schema.dispute.c.closed_at).where(key)).first()
-                    if closed is None:
-                        tx.execute(schema.dispute.insert().values(_dispute_values(item)))
-                        inserted += 1
-                    elif item.closed_at is not None and (
-                        closed[0] is None or item.closed_at > closed[0]
-                    ):
-                        tx.execute(
-                            schema.dispute.update().where(key).values(closed_at=item.closed_at)
-                        )
-                        updated += 1
+        with self._begin() as tx:
+            for item in disputes:
+                self._require_order(tx, item.order_id)
+                key = and_(
+                    schema.dispute.c.order_id == item.order_id,
+                    schema.dispute.c.kind == item.kind.value,
+                    schema.dispute.c.opened_at == item.opened_at,
+                )
+                closed = tx.execute(select(schema.dispute.c.closed_at).where(key)).first()
+                if closed is None:
+                    tx.execute(schema.dispute.insert().values(_dispute_values(item)))
+                    inserted += 1
+                elif item.closed_at is not None and (
+                    closed[0] is None or item.closed_at > closed[0]
+                ):
+                    tx.execute(schema.dispute.update().where(key).values(closed_at=item.closed_at))
+                    updated += 1
         return UpsertCount(inserted, updated)
 
     def upsert_reviews(self, reviews: Iterable[Review]) -> UpsertCount:
-        """One review per (order, source); the newer one wins."""
+        """One review per (order, source); the newer one wins. One transaction."""
         inserted = updated = 0
-        for batch in _batches(reviews):
-            with self._begin() as tx:
-                for item in batch:
-                    self._require_order(tx, item.order_id)
-                    key = and_(
-                        schema.review.c.order_id == item.order_id,
-                        schema.review.c.source == item.source,
-                    )
-                    known = tx.execute(select(schema.review.c.reviewed_at).where(key)).first()
-                    values = {
-                        "order_id": item.order_id,
-                        "rating": item.rating,
-                        "reviewed_at": item.reviewed_at,
-                        "source": item.source,
-                    }
-                    if known is None:
-                        tx.execute(schema.review.insert().values(values))
-                        inserted += 1
-                    elif item.reviewed_at >= known[0]:
-                        tx.execute(schema.review.update().where(key).values(values))
-                        updated += 1
+        with self._begin() as tx:
+            for item in reviews:
+                self._require_order(tx, item.order_id)
+                key = and_(
+                    schema.review.c.order_id == item.order_id,
+                    schema.review.c.source == item.source,
+                )
+                known = tx.execute(select(schema.review.c.reviewed_at).where(key)).first()
+                values = {
+                    "order_id": item.order_id,
+                    "rating": item.rating,
+                    "reviewed_at": item.reviewed_at,
+                    "source": item.source,
+                }
+                if known is None:
+                    tx.execute(schema.review.insert().values(values))
+                    inserted += 1
+                elif item.reviewed_at >= known[0]:
+                    tx.execute(schema.review.update().where(key).values(values))
+                    updated += 1
         return UpsertCount(inserted, updated)
 
     def open_dispute(
@@ -1338,42 +1479,94 @@ def _group(
     return grouped
 
 
-def _merge_duplicates(batch: list[Order]) -> list[Order]:
-    """The same order twice in one batch merges like a re-import would."""
-    merged: dict[str, Order] = {}
-    for item in batch:
-        merged[item.order_id] = (
-            _merge_order(merged[item.order_id], item) if item.order_id in merged else item
-        )
-    return list(merged.values())
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """An order or a buyer during an import: its values, as of when they are true, whether it
+    is new, and whether a row of the import was taken."""
+
+    value: Any
+    stamp: datetime | None
+    new: bool = False
+    taken: bool = False
 
 
-def _later(a: datetime | None, b: datetime | None) -> datetime | None:
-    if a is None or b is None:
-        return a or b
-    return max(a, b)
+def _take(
+    pending: dict[str, _Pending],
+    key: str,
+    row: OrderRow,
+    stamp: datetime,
+    force: bool,
+    merge: Callable[[Any, OrderRow], Any],
+) -> bool:
+    """Apply ``row`` if it is at least as new as what is held (or forced); False if older."""
+    known = pending.get(key)
+    if known is None:
+        pending[key] = _Pending(merge(None, row), stamp, new=True, taken=True)
+    elif force or known.stamp is None or stamp >= known.stamp:
+        pending[key] = _Pending(merge(known.value, row), stamp, known.new, taken=True)
+    else:
+        return False
+    return True
 
 
-def _merge_order(known: Order, incoming: Order) -> Order:
-    """Non-empty incoming values replace stored ones; for dates the later one wins."""
-    products = tuple(dict.fromkeys((*known.products, *incoming.products)))
-    return Order(
-        order_id=known.order_id,
-        marketplace=incoming.marketplace or known.marketplace,
-        buyer_email=incoming.buyer_email or known.buyer_email,
-        buyer_name=incoming.buyer_name or known.buyer_name,
-        products=products,
-        locale=incoming.locale or known.locale,
-        country=incoming.country or known.country,
-        ordered_at=_later(known.ordered_at, incoming.ordered_at),
-        shipped_at=_later(known.shipped_at, incoming.shipped_at),
-        delivered_at=_later(known.delivered_at, incoming.delivered_at),
-        review_url=incoming.review_url or known.review_url,
-        timezone=incoming.timezone or known.timezone,
+def _order_update(values: dict[str, Any]) -> Any:
+    """An UPDATE for executemany: ``key`` names the order, the other values are set."""
+    columns = [name for name in values if name not in ("order_id", "key")]
+    return (
+        schema.order.update()
+        .where(schema.order.c.order_id == bindparam("key"))
+        .values({name: bindparam(name) for name in columns})
     )
 
 
-def _order_values(order: Order, now: datetime) -> dict[str, Any]:
+def _import_time(tx: Connection, now: datetime) -> datetime:
+    """The import's own time, never before one already stored: the file imported later is the
+    newer one even if the clock was set back in between."""
+    stored: list[datetime | None] = [
+        tx.execute(select(func.max(table.c.source_updated_at))).scalar()
+        for table in (schema.order, schema.customer)
+    ]
+    return max([now, *(moment for moment in stored if moment is not None)])
+
+
+def _merge_order(known: Order | None, row: OrderRow) -> Order:
+    """The row is at least as new: every field its file has replaces the stored one, empty or
+    not (so a wrong date can be cleared); fields its file has no column for stay as stored."""
+    if known is None:
+        return row.order
+    changes = {name: getattr(row.order, name) for name in row.fields if name != "order_id"}
+    return replace(known, **changes)
+
+
+def _merge_customer(known: Customer | None, row: OrderRow) -> Customer:
+    """What the row knows of its buyer fills in; an empty value never erases a known one."""
+    order = row.order
+    if known is None:
+        return Customer(
+            order.buyer_email, order.buyer_name, order.locale, order.country, order.timezone
+        )
+    return Customer(
+        known.email,
+        order.buyer_name or known.name,
+        order.locale or known.locale,
+        order.country or known.country,
+        order.timezone or known.timezone,
+    )
+
+
+def _customer_values(customer: Customer, now: datetime, stamp: datetime | None) -> dict[str, Any]:
+    return {
+        "email": customer.email,
+        "name": customer.name,
+        "locale": customer.locale,
+        "country": customer.country,
+        "timezone": customer.timezone,
+        "updated_at": now,
+        "source_updated_at": stamp,
+    }
+
+
+def _order_values(order: Order, now: datetime, stamp: datetime | None) -> dict[str, Any]:
     return {
         "order_id": order.order_id,
         "marketplace": order.marketplace,
@@ -1387,6 +1580,7 @@ def _order_values(order: Order, now: datetime) -> dict[str, Any]:
         "delivered_at": order.delivered_at,
         "review_url": order.review_url,
         "updated_at": now,
+        "source_updated_at": stamp,
     }
 
 

@@ -241,6 +241,56 @@ def test_import_reports_bad_rows_and_keeps_the_good_ones(workdir: Workdir) -> No
     assert "0 new, 3 updated" in again.stdout, "re-importing is an upsert"
 
 
+def test_a_file_that_is_not_utf8_is_refused_whole_naming_its_line(workdir: Workdir) -> None:
+    workdir.run("db", "upgrade", check=True)
+    rows = [f"O-{n},shop,o{n}@example.com,Buyer {n},Mug,en,GB,,,2026-03-02" for n in range(2000)]
+    latin = "O-x,shop,j@example.com,Jürgen,Mug,de,DE,,,2026-03-02".encode("latin-1")
+    data = (HEADER + "delivered_at\n" + "\n".join(rows) + "\n").encode() + latin + b"\n"
+    (workdir.path / "orders.csv").write_bytes(data)
+    done = workdir.run("import", "orders", "orders.csv")
+    assert done.returncode == 2
+    assert f"orders.csv:{len(rows) + 2}: not UTF-8 text: byte 0xFC at byte offset" in done.stderr
+    assert "nothing was imported" in done.stderr and "Traceback" not in done.stderr
+    (workdir.path / "orders.csv").write_bytes(data.replace(latin, b""))
+    assert f"{len(rows)} new, 0 updated" in workdir.run("import", "orders", "orders.csv").stdout
+
+
+PASSWORD = "s3cr3t-p4ss"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql+psycopg://shop:{PASSWORD}@127.0.0.1:1/worker",
+        f"postgresql://shop:{PASSWORD}@127.0.0.1:1/worker",
+        f"postgresql+psycopg2://shop:{PASSWORD}@127.0.0.1:1/worker",
+        f"postgresql//shop:{PASSWORD}@127.0.0.1:1/worker",
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("db", "status"),
+        ("-v", "db", "upgrade"),
+        ("import", "orders", "orders.csv"),
+        ("run", "--once"),
+    ],
+)
+def test_the_database_password_never_reaches_the_terminal(
+    workdir: Workdir, url: str, command: tuple[str, ...]
+) -> None:
+    """No driver installed here: a clear error naming the package; with one, a refused port."""
+    (workdir.path / "orders.csv").write_text(DELIVERED_ORDERS, encoding="utf-8")
+    workdir.env["WORKER_DATABASE_URL"] = url
+    done = workdir.run(*command)
+    assert done.returncode == 1
+    assert PASSWORD not in done.stdout + done.stderr
+    assert "shop:***@127.0.0.1" in done.stderr
+    said = ("pip install", "the database failed", "cannot use this database URL")
+    assert any(words in done.stderr.splitlines()[-1] for words in said)
+    assert ("Traceback" in done.stderr) == ("-v" in command)
+
+
 def test_disputes_and_reviews_by_hand_and_from_files(workdir: Workdir) -> None:
     workdir.ready()
     (workdir.path / "disputes.csv").write_text(

@@ -16,7 +16,9 @@ import pytest
 from worker.domain import Dispute, DisputeKind, Order, Review
 from worker.errors import FeedError
 from worker.feeds import (
+    ORDER_FIELDS,
     Format,
+    OrderRow,
     RejectedRow,
     RejectsFile,
     normalise_email,
@@ -24,6 +26,7 @@ from worker.feeds import (
     parse_ebay_date,
     parse_instant,
     read_disputes,
+    read_order_rows,
     read_orders,
     read_reviews,
 )
@@ -511,3 +514,214 @@ def test_large_file_streams_in_constant_memory(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert count == 10_000
     assert peak < 300_000, f"peak {peak} bytes: rows are being held"
+
+
+# Encoding errors name their own line ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("suffix", "end", "expected_line"),
+    [
+        (".csv", "\n", 4002),
+        (".csv", "\r\n", 4002),
+        (".csv", "\r", 4002),  # old Mac line ends: a bare CR ends a line for the csv module
+        (".jsonl", "\n", 4001),  # no header line
+    ],
+)
+def test_a_byte_that_is_not_utf8_is_named_at_its_line_and_offset_however_late(
+    tmp_path: Path, suffix: str, end: str, expected_line: int
+) -> None:
+    """Far past the reader's buffer; the rows before it were fine."""
+    path = tmp_path / f"orders{suffix}"
+    if suffix == ".jsonl":
+        lines = [
+            json.dumps({"order_id": f"O-{n}", "marketplace": "shop", "buyer_email": "a@x.com"})
+            for n in range(4000)
+        ]
+        lines.append('{"order_id": "BAD", "buyer_name": "J\udcfcrgen"}')
+    else:
+        lines = ["order_id,marketplace,buyer_email,buyer_name"]
+        lines += [f"O-{n},shop,b{n}@example.com,Buyer {n}" for n in range(4000)]
+        lines.append("BAD,shop,j@example.com,J\udcfcrgen")
+    lines.append("LAST,shop,l@example.com,Last")
+    data = end.join(lines).encode("utf-8", "surrogateescape")
+    path.write_bytes(data)
+    with pytest.raises(FeedError) as caught:
+        list(read_orders(path))
+    assert caught.value.where == f"{path}:{expected_line}"
+    offset = data.index(b"\xfc")
+    assert f"byte 0xFC at byte offset {offset}" in caught.value.detail
+    assert data[:offset].count(end.encode()) + 1 == expected_line, "the fixture's own count"
+
+
+def test_a_bom_and_a_cut_multibyte_character_at_the_end(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    data = b"\xef\xbb\xbforder_id,marketplace,buyer_email\n1,shop,a@x.com,\xc3"
+    path.write_bytes(data)
+    with pytest.raises(FeedError, match="unexpected end of data") as caught:
+        list(read_orders(path))
+    assert caught.value.where == f"{path}:2"
+    assert "offset 51" in caught.value.detail and data[51:] == b"\xc3", "the BOM counts"
+
+
+def test_jsonl_lines_end_at_line_feeds_only(tmp_path: Path) -> None:
+    """U+2028 and U+0085 are text inside a JSON string, a CR is JSON white space: split
+    there, the first object would be broken JSON."""
+    path = tmp_path / "orders.jsonl"
+    row = {"order_id": "J-1", "marketplace": "shop", "buyer_email": "j@example.com"}
+    path.write_text(
+        json.dumps({**row, "note": "Mug\u2028Lid\x85Box\u2029"}, ensure_ascii=False)
+        + "\r\n"
+        + '{"order_id": "J-2",\r "marketplace": "shop", "buyer_email": "k@example.com"}\n'
+        + json.dumps({**row, "order_id": "J-3", "buyer_email": "bad"})
+        + "\n",
+        encoding="utf-8",
+        newline="",
+    )
+    good, bad = split(read_orders(path))
+    assert [o.order_id for o in good] == ["J-1", "J-2"]
+    assert [r.line for r in bad] == [3]
+
+
+# Rejects files read back exactly -------------------------------------------------------------
+
+HOSTILE = [
+    "a\rb",
+    "a\nb",
+    "a\r\nb",
+    "x\u2028y",
+    "x\u2029y",
+    "x\x85y",
+    "x\x0by\x0cz\x1c",
+    "a,b",
+    "a;b",
+    "a\tb",
+    'say "hi"',
+    '"',
+    "=1+1",
+    '=HYPERLINK("http://evil.example","click")',
+    "+49 30 1234",
+    "-5",
+    "@SUM(A1:A2)",
+    "\t=1",
+    "\r=1",
+    "'quoted",
+    "'=1",
+    "''",
+    "plain",
+    "",
+]
+
+
+def _neutral(value: str) -> str:
+    """The documented rule: a leading ' before = + - @ TAB CR (and before a leading ')."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r", "'") else value
+
+
+@pytest.mark.parametrize(("suffix", "delimiter"), [(".csv", ","), (".tsv", "\t"), (".csv", ";")])
+def test_rejects_read_back_with_the_same_rows_and_fields(
+    tmp_path: Path, suffix: str, delimiter: str
+) -> None:
+    source = tmp_path / f"orders{suffix}"
+    header = ["order_id", "marketplace", "buyer_email", "note"]
+    rows = [[f"H-{n}", "shop", "not-an-address", value] for n, value in enumerate(HOSTILE)]
+    with source.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out, delimiter=delimiter, quoting=csv.QUOTE_ALL)
+        writer.writerows([header, *rows])
+    rejects = write_rejects(source)
+    assert rejects.count == len(HOSTILE)
+
+    with rejects.path.open(encoding="utf-8", newline="") as handle:
+        read_back = list(csv.reader(handle, delimiter=delimiter, strict=True))
+    assert read_back[0] == [*header, "error"]
+    assert [r[:4] for r in read_back[1:]] == [[*r[:3], _neutral(r[3])] for r in rows]
+    assert all(r[4].startswith("line ") for r in read_back[1:])
+
+    # Our own reader gives the values back as they were, without the added '.
+    again = [r for r in read_orders(rejects.path) if isinstance(r, RejectedRow)]
+    assert [r.cells[0][:4] for r in again] == [tuple(r) for r in rows]
+
+
+def test_rejects_neutralise_formulas_in_every_column_and_the_header(tmp_path: Path) -> None:
+    source = tmp_path / "orders.csv"
+    source.write_text("order_id,marketplace,buyer_email,=cmd\n=1+1,shop,@x,-2\n")
+    rejects = write_rejects(source)
+    with rejects.path.open(encoding="utf-8", newline="") as handle:
+        lines = list(csv.reader(handle))
+    assert lines == [
+        ["order_id", "marketplace", "buyer_email", "'=cmd", "error"],
+        ["'=1+1", "shop", "'@x", "'-2", "line 2: buyer_email: '@x' is not an e-mail address: "
+         "bad part before the @"],
+    ]  # fmt: skip
+
+
+def test_jsonl_rejects_are_one_line_per_object_for_every_reader(tmp_path: Path) -> None:
+    source = tmp_path / "orders.jsonl"
+    row = {"order_id": "J-1", "marketplace": "shop", "buyer_email": "bad", "note": "a\u2028b\x85c"}
+    source.write_text(json.dumps(row, ensure_ascii=False) + "\nnot json \u2029 at all\n")
+    rejects = write_rejects(source)
+    text = rejects.path.read_text(encoding="utf-8")
+    assert len(text.splitlines()) == 2 == text.count("\n")
+    first, second = (json.loads(line) for line in text.splitlines())
+    assert first["note"] == "a\u2028b\x85c" and first["_line"] == 1
+    assert second["_raw"] == "not json \u2029 at all"
+
+
+def test_a_failed_import_keeps_the_previous_rejects_file(tmp_path: Path) -> None:
+    source = tmp_path / "orders.csv"
+    source.write_text("order_id,marketplace,buyer_email\n1,shop,bad\n")
+    before = write_rejects(source).path.read_text()
+    with pytest.raises(FeedError), RejectsFile(source) as rejects:
+        rejects.add(RejectedRow(3, "another reason", "2,shop,worse"))
+        raise FeedError("not UTF-8 text", where=f"{source}:9")
+    assert rejects.path.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["orders.csv", "orders.rejects.csv"]
+
+
+# What a row says about its own age -------------------------------------------------------------
+
+
+def test_order_rows_carry_the_columns_their_file_has(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        "order_id,marketplace,buyer_email,delivered_at,updated_at\n"
+        "1,shop,a@example.com,,2026-03-05T10:00:00+01:00\n"
+        "2,shop,b@example.com,2026-03-01\n"
+    )
+    first, second = split(read_order_rows(path))[0]
+    assert first.fields == {"order_id", "marketplace", "buyer_email", "delivered_at"}
+    assert (first.updated_at, second.updated_at) == (at(2026, 3, 5, 9), None)
+    assert first.order.delivered_at is None, "present and empty: a re-import clears it"
+
+
+def test_jsonl_fields_are_the_keys_of_each_object(tmp_path: Path) -> None:
+    path = tmp_path / "orders.jsonl"
+    row = {"order_id": "J-1", "marketplace": "shop", "buyer_email": "j@example.com"}
+    path.write_text(json.dumps({**row, "delivered_at": None}) + "\n" + json.dumps(row) + "\n")
+    with_null, without = split(read_order_rows(path))[0]
+    assert "delivered_at" in with_null.fields and "delivered_at" not in without.fields
+
+
+def test_marketplace_rows_know_what_their_export_has() -> None:
+    amazon, _ = split(read_order_rows(FEEDS / "amazon_all_orders.txt", Format.AMAZON))
+    assert amazon[0].updated_at == at(2026, 2, 20, 8, 12, 45), "last-updated-date"
+    assert "delivered_at" not in amazon[0].fields and "locale" in amazon[0].fields
+    shopify, _ = split(read_order_rows(FEEDS / "shopify_orders.csv", Format.SHOPIFY))
+    assert shopify[0].updated_at is None
+    assert shopify[0].fields == {
+        "order_id", "marketplace", "buyer_email", "buyer_name", "products", "country",
+        "ordered_at", "shipped_at",
+    }  # fmt: skip
+    generic, _ = split(read_order_rows(FEEDS / "generic.csv"))
+    assert generic[0].fields == ORDER_FIELDS
+
+
+def test_a_bad_last_updated_time_refuses_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text("order_id,marketplace,buyer_email,updated_at\n1,shop,a@example.com,soon\n")
+    good, bad = split(read_order_rows(path))
+    assert good == [] and bad[0].reason.startswith("updated_at: 'soon' is not an ISO 8601")
+
+
+def test_read_orders_gives_plain_orders() -> None:
+    assert all(not isinstance(o, OrderRow) for o in read_orders(FEEDS / "generic.tsv"))
