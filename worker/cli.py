@@ -659,7 +659,8 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     kinds = ", ".join(f"{k} {n}" for k, n in report.stored.most_common()) or "nothing new"
     print(
         f"{ingest.name}: {report.total} stored ({kinds}); {report.unmatched} unmatched, "
-        f"{report.duplicates} already stored, {report.with_errors} with parse errors"
+        f"{report.duplicates} already stored, {report.with_errors} with parse errors, "
+        f"{report.withheld} acting on nothing they asked for (see worker inbox)"
     )
     return 0
 
@@ -810,7 +811,8 @@ def _causes(exc: BaseException) -> list[BaseException]:
     current: BaseException | None = exc
     while current is not None and current not in chain:
         chain.append(current)
-        current = current.__cause__ or current.__context__
+        hidden = current.__suppress_context__  # `raise ... from None` chose to hide it
+        current = current.__cause__ or (None if hidden else current.__context__)
     return chain[::-1]
 
 
