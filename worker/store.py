@@ -743,20 +743,10 @@ class Store:
     def unclaim(self, send_id: int, reason: str, now: datetime) -> bool:
         """Give back a claim whose message never reached the server (a stop before the data,
         a relay found down): scheduled again, the attempt not counted."""
-        table = schema.send
-        with self._begin() as tx:
-            return self._move(
-                tx,
-                send_id,
-                SendState.SENDING,
-                SendState.SCHEDULED,
-                now,
-                reason=reason,
-                attempts=table.c.attempts - 1,
-                not_before=None,
-                claimed_at=None,
-                claimed_by=None,
-            )
+        attempts = schema.send.c.attempts - 1
+        return self._reschedule(
+            send_id, now, reason=reason, attempts=attempts, not_before=None, claimed_by=None
+        )
 
     def requeue(self, send_id: int, now: datetime) -> Send:
         """An operator found an ``in_doubt`` send not delivered: schedule it again."""
@@ -782,16 +772,11 @@ class Store:
 
     def release(self, send_id: int, reason: str, not_before: datetime, now: datetime) -> bool:
         """Give a transiently failed claim back, to be retried no earlier than ``not_before``."""
+        return self._reschedule(send_id, now, reason=reason, not_before=not_before)
+
+    def _reschedule(self, send_id: int, now: datetime, **values: Any) -> bool:
         with self._begin() as tx:
-            return self._move(
-                tx,
-                send_id,
-                SendState.SENDING,
-                SendState.SCHEDULED,
-                now,
-                reason=reason,
-                not_before=not_before,
-            )
+            return self._move(tx, send_id, SendState.SENDING, SendState.SCHEDULED, now, **values)
 
     def expire_claims(self, claimed_before: datetime, now: datetime) -> list[Send]:
         """Claims older than any message deadline belong to a worker that died mid-send."""
