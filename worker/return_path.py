@@ -68,9 +68,6 @@ class Signer:
                 found[send_id] = None
         return tuple(found)
 
-    def owns_message_id(self, send: Send, message_id: str, domain: str) -> bool:
-        return hmac.compare_digest(self.message_id(send, domain), message_id)
-
 
 def return_path_base(settings: Settings) -> str:
     """Where bounces go: ``bounces.address``, else the reply address the worker reads."""

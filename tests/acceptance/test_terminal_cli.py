@@ -6,8 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests.acceptance.test_cli import Workdir, _free_port
-from tests.conftest import ROOT
+from tests.acceptance.test_inbox_cli import _seller
 from tests.dovecot import Dovecot, User
 from tests.unit.test_terminal import ATTACK, SHOWN, shown_only
 
@@ -21,27 +20,6 @@ def _mail(subject: str, sender: str, body: str) -> bytes:
     ).encode()
 
 
-def _seller(tmp_path: Path, dovecot: Dovecot, user: User) -> Workdir:
-    work = Workdir(tmp_path, _free_port())
-    work.env.update(
-        WORKER_IMAP_HOST="127.0.0.1",
-        WORKER_IMAP_PORT=str(dovecot.port),
-        WORKER_IMAP_TLS="none",
-        WORKER_IMAP_USERNAME=user.name,
-        WORKER_IMAP_PASSWORD=user.password,
-        WORKER_INBOX_RULES_FILE=str(ROOT / "config" / "mail-rules.yaml"),
-    )
-    work.run("db", "upgrade", check=True)
-    delivered = (datetime.now(UTC) - timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    (tmp_path / "orders.csv").write_text(
-        "order_id,marketplace,buyer_email,buyer_name,product,locale,country,delivered_at\n"
-        f"SHOP-3001,shop,ann@buyer.example,Ann Smith,Glass kettle,en,GB,{delivered}\n",
-        encoding="utf-8",
-    )
-    work.run("import", "orders", "orders.csv", check=True)
-    return work
-
-
 def test_thread_inbox_and_logs_show_an_attack_as_text(
     tmp_path: Path, dovecot: Dovecot, mailbox_user: User
 ) -> None:
@@ -53,8 +31,8 @@ def test_thread_inbox_and_logs_show_an_attack_as_text(
     assert "1 stored" in ingested.stdout and shown_only(ingested.stderr)
     later = (datetime.now(UTC) + timedelta(hours=25)).isoformat()
     outputs = {
-        "thread": work.run("thread", "SHOP-3001", check=True).stdout,
-        "thread --full": work.run("thread", "SHOP-3001", "--full", check=True).stdout,
+        "thread": work.run("thread", "SHOP-2001", check=True).stdout,
+        "thread --full": work.run("thread", "SHOP-2001", "--full", check=True).stdout,
         "inbox": work.run("inbox", check=True).stdout,
         "inbox --awaiting": work.run("inbox", "--awaiting", "--now", later, check=True).stdout,
     }
