@@ -15,7 +15,7 @@ import re
 import resource
 import signal
 import traceback
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -136,6 +136,7 @@ class Renderer:
         self.templates_dir = templates_dir
         self.default_locale = default
         self.max_bytes = max_bytes
+        self._paths: dict[str, str] = {}
         loader = jinja2.FileSystemLoader(templates_dir)
         self._text_env = _environment(loader, autoescape=False)
         self._html_env = _environment(loader, autoescape=True)
@@ -146,21 +147,21 @@ class Renderer:
         """Render the best file for ``locale``; ``context["locale"]`` becomes the one chosen."""
         chosen = self._resolve(template, locale)
         name = f"{template}/{chosen}.jinja"
-        budget = _Budget(self.max_bytes, self._path(name))
+        where = self._path(name)
+        budget = _Budget(self.max_bytes, where)
         values = {**context, "locale": chosen}
-        raw_subject = self._block(False, name, "subject", values, budget)
+        plain = self._template(False, name)
+        raw_subject = self._block(plain, where, "subject", values, budget)
         subject = " ".join(_CONTROL.sub(" ", raw_subject).split())
         if not subject:
-            raise TemplateError("the subject block is empty", where=self._path(name))
-        text = self._block(False, name, "text", values, budget).strip()
-        fragment = self._block(True, name, "html", values, budget).strip()
+            raise TemplateError("the subject block is empty", where=where)
+        text = self._block(plain, where, "text", values, budget).strip()
+        fragment = self._block(self._template(True, name), where, "html", values, budget).strip()
         if not text or not fragment:
-            raise TemplateError(
-                "the text and html blocks must not be empty", where=self._path(name)
-            )
+            raise TemplateError("the text and html blocks must not be empty", where=where)
         budget.refund(fragment)  # the layout's output carries the fragment again
         html = self._layout(Markup(fragment), chosen, subject, budget)
-        return RenderedMessage(subject, text + "\n", html, chosen, self._path(name))
+        return RenderedMessage(subject, text + "\n", html, chosen, where)
 
     def source(self, template: str, locale: str | None) -> str:
         """Path of the file :meth:`render` would use for ``locale``, for logs and errors."""
@@ -205,33 +206,46 @@ class Renderer:
 
     def _resolve(self, template: str, locale: str | None) -> str:
         chain = locale_chain(locale, self.default_locale)
-        folder = self.templates_dir / _checked_name(template)
+        folder = self._folder(template)
         for candidate in chain:
-            if (folder / f"{candidate}.jinja").is_file():
+            if os.path.isfile(os.path.join(folder, f"{candidate}.jinja")):
                 return candidate
-        raise TemplateError(f"no template file for {', '.join(chain)}", where=str(folder))
+        raise TemplateError(f"no template file for {', '.join(chain)}", where=folder)
+
+    def _folder(self, template: str) -> str:
+        return self._path(_checked_name(template))
 
     def _path(self, name: str) -> str:
-        return str(self.templates_dir / name)
+        """``templates_dir / name`` as a string, worked out once per name."""
+        path = self._paths.get(name)
+        if path is None:
+            path = self._paths[name] = str(self.templates_dir / name)
+        return path
 
     def _template(self, html: bool, name: str) -> jinja2.Template:
-        env = self._html_env if html else self._text_env
-        template = env.get_template(name)
-        found = set(template.blocks)
-        if found != BLOCKS and name != LAYOUT:
-            missing, extra = sorted(BLOCKS - found), sorted(found - BLOCKS)
-            raise TemplateError(
-                f"needs exactly the blocks subject, text and html (missing: {missing or '-'}, "
-                f"unexpected: {extra or '-'})",
-                where=self._path(name),
-            )
-        return template
+        """The compiled file (Jinja reloads it if it changed), checked for its blocks."""
+        with _template_errors(self._path(name)):
+            env = self._html_env if html else self._text_env
+            template = env.get_template(name)
+            found = set(template.blocks)
+            if found != BLOCKS and name != LAYOUT:
+                missing, extra = sorted(BLOCKS - found), sorted(found - BLOCKS)
+                raise TemplateError(
+                    f"needs exactly the blocks subject, text and html (missing: "
+                    f"{missing or '-'}, unexpected: {extra or '-'})",
+                    where=self._path(name),
+                )
+            return template
 
     def _block(
-        self, html: bool, name: str, block: str, context: dict[str, Any], budget: _Budget
+        self,
+        template: jinja2.Template,
+        where: str,
+        block: str,
+        context: dict[str, Any],
+        budget: _Budget,
     ) -> str:
-        with _template_errors(self._path(name)):
-            template = self._template(html, name)
+        with _template_errors(where):
             try:
                 return budget.join(template.blocks[block](template.new_context(context)))
             except WorkerError:
@@ -241,8 +255,8 @@ class Renderer:
                 template.environment.handle_exception()
 
     def _layout(self, content: Markup, lang: str, subject: str, budget: _Budget) -> str:
+        layout = self._template(True, LAYOUT)
         with _template_errors(self._path(LAYOUT)):
-            layout = self._template(True, LAYOUT)
             return budget.join(layout.generate(content=content, lang=lang, subject=subject))
 
 
@@ -287,6 +301,9 @@ sane message, and it turns ``'x' * 10**10`` into a MemoryError instead of a mach
 out-of-memory kill."""
 
 _Reply = tuple[Any, ...]
+RenderJob = tuple[str, str | None, Mapping[str, Any]]
+"""What :meth:`TemplateRunner.render_many` renders: template, locale, context."""
+_Job = tuple[str, str | None, dict[str, Any]]
 
 
 @dataclass(slots=True)
@@ -363,20 +380,63 @@ class TemplateRunner:
         A child that dies for another reason (killed from outside) is replaced and the
         message tried once more.
         """
-        job = (template, locale, dict(context))
+        [result] = await self.render_many([(template, locale, context)])
+        if isinstance(result, TemplateError):
+            raise result
+        return result
+
+    async def render_many(self, jobs: Sequence[RenderJob]) -> list[RenderedMessage | TemplateError]:
+        """:meth:`render` for several messages in one exchange with the child, in order.
+
+        Each message gets what :meth:`render` gives it: its own ``timeout_s`` (counted from
+        the previous message's answer, as the child renders them one after another) and
+        ``max_bytes``, and one more try if the child dies under it for another reason. A
+        message that breaks its budget, or whose template fails, gets its TemplateError in
+        the list instead of a message; after a kill, a fresh child renders the rest. A child
+        that does not start gives its TemplateError for every message left.
+
+        Raises only what :meth:`render` raises for no single message's sake: RuntimeError
+        once the runner is closed, ConfigError, and CancelledError (the child goes too).
+        """
+        batch: list[_Job] = [(t, loc, dict(values)) for t, loc, values in jobs]
+        results: list[RenderedMessage | TemplateError] = []
+        if not batch:
+            return results
         async with self._lock:
             gone: _ChildGone | None = None
-            for _ in range(2):
+            while len(results) < len(batch):
                 try:
-                    return _answer(await self._exchange(await self._ready(), job))
+                    child = await self._ready()
+                except TemplateError as exc:
+                    results += [exc] * (len(batch) - len(results))
+                    break
+                replies: list[_Reply] = []
+                try:
+                    await self._exchange(child, batch[len(results) :], replies)
                 except _ChildGone as exc:
-                    if exc.timed_out:
-                        raise self._too_slow(template, locale) from None
-                    gone = exc
-            raise TemplateError(
-                f"the rendering process stopped twice on this message ({gone})",
-                where=self._where(template, locale),
-            )
+                    failed: _ChildGone | None = exc
+                else:
+                    failed = None
+                for reply in replies:
+                    results.append(_result(reply))
+                    gone = None
+                if failed is None:
+                    continue
+                template, locale, _ = batch[len(results)]
+                if failed.timed_out:
+                    results.append(self._too_slow(template, locale))
+                    gone = None
+                elif gone is not None:
+                    results.append(
+                        TemplateError(
+                            f"the rendering process stopped twice on this message ({failed})",
+                            where=self._where(template, locale),
+                        )
+                    )
+                    gone = None
+                else:
+                    gone = failed  # the message is tried once more, by a fresh child
+        return results
 
     async def check(self, templates: Iterable[str], sample: Mapping[str, Any]) -> None:
         """:meth:`Renderer.check` within the budget: a template that loops or explodes even
@@ -434,14 +494,17 @@ class TemplateRunner:
             _answer(reply)
         return child
 
-    async def _exchange(self, child: _Child, job: tuple[str, str | None, dict[str, Any]]) -> _Reply:
+    async def _exchange(self, child: _Child, jobs: list[_Job], replies: list[_Reply]) -> None:
+        """Hands ``jobs`` to the child and collects its answers into ``replies`` as they come,
+        each within ``timeout_s``; raises _ChildGone for the first one that does not come."""
         child.busy = True
         try:
             try:
-                child.conn.send(job)
-                await _readable(child.conn, self.timeout_s)
-                reply: _Reply = child.conn.recv()
-                return reply
+                child.conn.send(jobs)
+                for _ in jobs:
+                    if not child.conn.poll():  # not there yet: wait without blocking the loop
+                        await _readable(child.conn, self.timeout_s)
+                    replies.append(child.conn.recv())
             except TimeoutError:
                 self._discard(child)
                 raise _ChildGone(child.process.exitcode, timed_out=True) from None
@@ -450,7 +513,7 @@ class TemplateRunner:
                 code = child.process.exitcode  # SIGALRM: its own deadline, the parent was late
                 raise _ChildGone(code, timed_out=code == -signal.SIGALRM) from None
             except asyncio.CancelledError:
-                self._discard(child)  # its answer would be taken for the next message's
+                self._discard(child)  # its answers would be taken for the next messages'
                 raise
         finally:
             child.busy = False
@@ -534,6 +597,16 @@ def _answer(reply: _Reply) -> RenderedMessage:
     raise (ConfigError if error == "ConfigError" else TemplateError)(detail, where=where)
 
 
+def _result(reply: _Reply) -> RenderedMessage | TemplateError:
+    """A child's answer to one message; a ConfigError is raised, not a message's failure."""
+    try:
+        return _answer(reply)
+    except ConfigError:
+        raise
+    except TemplateError as exc:
+        return exc
+
+
 def _failure(exc: BaseException) -> _Reply:
     if isinstance(exc, WorkerError):
         return ("error", type(exc).__name__, exc.detail, exc.where)
@@ -543,7 +616,8 @@ def _failure(exc: BaseException) -> _Reply:
 def _serve(
     conn: Connection, templates_dir: Path, default_locale: str, max_bytes: int, *, alarm_s: float
 ) -> None:
-    """The child: one job in, one reply out, until the parent hangs up."""
+    """The child: a list of jobs in, one reply out per job as each is done, until the parent
+    hangs up."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent to act on
     # If the parent is gone, or too busy to kill a runaway render, SIGALRM ends this process.
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
@@ -556,16 +630,17 @@ def _serve(
             return
         conn.send(("ready",))
         while True:
-            template, locale, context = conn.recv()
-            signal.setitimer(signal.ITIMER_REAL, alarm_s)
-            try:
-                m = renderer.render(template, locale, context)
-                reply: _Reply = ("ok", m.subject, m.text, m.html, m.locale, m.source)
-            except Exception as exc:
-                reply = _failure(exc)
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-            conn.send(reply)
+            jobs: list[_Job] = conn.recv()
+            for template, locale, context in jobs:
+                signal.setitimer(signal.ITIMER_REAL, alarm_s)
+                try:
+                    m = renderer.render(template, locale, context)
+                    reply: _Reply = ("ok", m.subject, m.text, m.html, m.locale, m.source)
+                except Exception as exc:
+                    reply = _failure(exc)
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                conn.send(reply)
     except (EOFError, OSError):
         return  # the parent closed the pipe or is gone
 

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import email.policy
+import random
 import re
 import ssl
 from collections.abc import Awaitable, Callable
@@ -35,12 +36,6 @@ from aiosmtplib import (
     SMTPServerDisconnected,
     SMTPStatus,
     SMTPTimeoutError,
-)
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
 )
 
 from worker.config import SmtpSettings, TlsMode
@@ -238,7 +233,7 @@ def _tidy(text: str, limit: int = _REPLY_CHARS, secrets: _Secrets | None = None)
 
 
 class _Transient(Exception):
-    """Carries a Retry through tenacity, which retries only this."""
+    """Carries a Retry out of an attempt: the one failure worth another attempt."""
 
     def __init__(self, outcome: Retry) -> None:
         super().__init__(outcome.reason)
@@ -317,7 +312,7 @@ class Mailer:
 
     async def send(
         self,
-        message: EmailMessage,
+        message: EmailMessage | bytes,
         *,
         sender: str,
         recipient: str,
@@ -325,8 +320,11 @@ class Mailer:
     ) -> Outcome:
         """Deliver one message to one recipient; never raises for SMTP or network trouble.
 
-        ``progress``, when given, tells a caller whose await was cancelled whether the
-        message data had begun to go out (see :class:`Handover`).
+        ``message`` is an ``EmailMessage`` (written out with ``email.policy.SMTP``; the one
+        :func:`~worker.compose.compose` returns has its bytes ready) or the message's bytes
+        as they are to arrive (any line ends; they go out as CR LF). ``progress``, when
+        given, tells a caller whose await was cancelled whether the message data had begun
+        to go out (see :class:`Handover`).
         """
         state = _Progress(progress if progress is not None else Handover())
         state.handover.data_started = False
@@ -335,7 +333,8 @@ class Mailer:
             return self._scrub(Failed(bad, None, suppress=False))
         if self._down is not None:
             return self._scrub(self._down_outcome())
-        payload = _wire(message.as_bytes(policy=email.policy.SMTP))
+        raw = message if isinstance(message, bytes) else message.as_bytes(policy=email.policy.SMTP)
+        payload = _wire(raw)
         async with self._slots:
             if self._down is not None:
                 return self._scrub(self._down_outcome())
@@ -377,17 +376,26 @@ class Mailer:
     async def _attempts(
         self, payload: bytes, sender: str, recipient: str, progress: _Progress
     ) -> Outcome:
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._settings.attempts),
-            wait=wait_random_exponential(
-                multiplier=self._settings.backoff_initial_s, max=self._settings.backoff_max_s
-            ),
-            retry=retry_if_exception(self._retry_worth_it),
-            sleep=self._sleep,
-            reraise=True,
-        )
-        outcome: Outcome = await retrying(self._attempt, payload, sender, recipient, progress)
-        return outcome
+        """Up to ``attempts`` attempts while they end in a Retry and the relay is not taken as
+        down, with a random wait between them up to an exponential ceiling (what tenacity's
+        ``stop_after_attempt`` and ``wait_random_exponential`` do, without their per-message
+        set-up); the last Retry is raised."""
+        attempt = 1
+        while True:
+            try:
+                return await self._attempt(payload, sender, recipient, progress)
+            except _Transient as exc:
+                if attempt >= self._settings.attempts or not self._retry_worth_it(exc):
+                    raise
+            await self._sleep(self._backoff(attempt))
+            attempt += 1
+
+    def _backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (from 1): at random up to
+        ``backoff_initial_s`` doubled each attempt, at most ``backoff_max_s``."""
+        s = self._settings
+        ceiling = s.backoff_initial_s * 2.0 ** min(attempt - 1, 64)
+        return random.uniform(0, max(0.0, min(ceiling, s.backoff_max_s)))
 
     async def _attempt(
         self, payload: bytes, sender: str, recipient: str, progress: _Progress
@@ -545,11 +553,18 @@ class Mailer:
 
 
 def _wire(data: bytes) -> bytes:
-    """The message as DATA carries it: CRLF lines, leading dots doubled, the final "."."""
-    lines = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    """The message as DATA carries it: CRLF lines, leading dots doubled, the final ".".
+
+    A CR LF, a lone CR and a lone LF each end one line (in that order of precedence, as the
+    regular expression ``\\r\\n|\\r|\\n`` reads them); then every line but the first starts
+    right after a CR LF, where a dot is doubled.
+    """
+    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
     if not lines.endswith(b"\r\n"):
         lines += b"\r\n"
-    return re.sub(rb"(?m)^\.", b"..", lines) + b".\r\n"
+    if lines.startswith(b"."):
+        lines = b"." + lines
+    return lines.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
 async def _start_tls(conn: aiosmtplib.SMTP) -> None:

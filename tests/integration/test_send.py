@@ -107,6 +107,21 @@ async def test_message_goes_out_with_crlf_line_endings() -> None:
     assert b"\n" not in data.replace(b"\r\n", b"")
 
 
+async def test_bytes_go_out_as_given_with_crlf_lines() -> None:
+    raw = b"Subject: bytes\n\n.a dot first\r\n..two\rlast line"
+    built = message()
+    async with scripted_server() as server:
+        async with Mailer(settings(server.port)) as mailer:
+            outcome = await mailer.send(raw, sender=SENDER, recipient=BUYER)
+            again = await mailer.send(built, sender=SENDER, recipient=BUYER)
+    assert isinstance(outcome, Sent)
+    assert isinstance(again, Sent)
+    assert server.seen.messages == [
+        b"Subject: bytes\r\n\r\n.a dot first\r\n..two\r\nlast line\r\n",
+        built.as_bytes(policy=email.policy.SMTP),
+    ]
+
+
 async def test_one_connection_carries_many_messages_when_concurrency_is_one() -> None:
     async with scripted_server() as server:
         async with Mailer(settings(server.port)) as mailer:

@@ -19,7 +19,13 @@ from pydantic import ValidationError
 from worker.config import SellerSettings, Settings
 from worker.domain import Order
 from worker.errors import ConfigError, TemplateError
-from worker.render import Renderer, TemplateRunner, message_context, sample_context
+from worker.render import (
+    RenderedMessage,
+    Renderer,
+    TemplateRunner,
+    message_context,
+    sample_context,
+)
 
 SHIPPED = Path(__file__).parent.parent.parent / "templates"
 SELLER = SellerSettings(name="Kettle & Co", signature="Anna, customer service")
@@ -151,6 +157,102 @@ async def test_template_errors_name_file_and_line_as_in_process(
         Renderer(templates_dir).render("check_in", "fr", context())
     assert in_child.value.where == in_process.value.where == f"{path}:3"
     assert in_child.value.detail == in_process.value.detail
+
+
+# Many messages in one exchange --------------------------------------------------------------
+
+
+async def test_a_batch_renders_what_renders_one_by_one(runner: TemplateRunner) -> None:
+    plain = Renderer(runner.templates_dir)
+    templates = ["check_in", "review_request", "review_reminder", "review_thanks"]
+    locales: list[str | None] = [*plain.locales("check_in"), None, "de-AT", "pt-BR"]
+    jobs = [(t, loc, context(loc or "en")) for t in templates for loc in locales]
+    first = runner.pid
+
+    got = await runner.render_many(jobs)
+
+    assert got == [plain.render(t, loc, values) for t, loc, values in jobs]
+    assert runner.pid == first
+    assert await runner.render_many([]) == []
+
+
+async def test_in_a_batch_each_failure_is_that_message_s_alone(
+    runner: TemplateRunner, templates_dir: Path
+) -> None:
+    path = broken(templates_dir, "Commande {{ order.nubmer }}\n")
+    jobs = [("check_in", loc, context(loc)) for loc in ["en", "fr", "de", "fr", "ja"]]
+
+    got = await runner.render_many(jobs)
+
+    assert [m.locale for m in got if not isinstance(m, TemplateError)] == ["en", "de", "ja"]
+    for failed in (got[1], got[3]):
+        assert isinstance(failed, TemplateError)
+        assert failed.where == f"{path}:3"
+        assert "undefined variable" in failed.detail
+
+
+async def test_a_runaway_in_a_batch_is_killed_and_the_rest_rendered(
+    runner: TemplateRunner, templates_dir: Path
+) -> None:
+    path = broken(templates_dir, NESTED_LOOPS)
+    jobs = [("check_in", loc, context(loc)) for loc in ["en", "fr", "de", "fr", "ja"]]
+    first = runner.pid
+
+    started = time.monotonic()
+    got = await runner.render_many(jobs)
+    elapsed = time.monotonic() - started
+
+    assert 2 * TIMEOUT_S <= elapsed < 2 * TIMEOUT_S + MARGIN_S  # each its own timeout
+    assert [m.locale for m in got if not isinstance(m, TemplateError)] == ["en", "de", "ja"]
+    for failed in (got[1], got[3]):
+        assert isinstance(failed, TemplateError)
+        assert failed.where == path
+        assert failed.detail.startswith(
+            f"template check_in (fr) took longer than {TIMEOUT_S:g} s to render"
+        )
+    assert runner.pid not in (None, first)
+    assert first is not None and gone(first)
+
+
+async def test_an_output_bomb_in_a_batch_is_refused_and_the_child_carries_on(
+    runner: TemplateRunner, templates_dir: Path
+) -> None:
+    broken(templates_dir, OUTPUT_LOOP)
+    first = runner.pid
+
+    got = await runner.render_many([("check_in", loc, context(loc)) for loc in ["fr", "en"]])
+
+    assert isinstance(got[0], TemplateError)
+    assert f"larger than {MAX_BYTES} bytes" in got[0].detail
+    assert isinstance(got[1], RenderedMessage) and got[1].locale == "en"
+    assert runner.pid == first
+
+
+async def test_a_message_whose_child_is_killed_twice_fails_and_the_batch_goes_on(
+    templates_dir: Path,
+) -> None:
+    broken(templates_dir, NESTED_LOOPS)
+    async with TemplateRunner(templates_dir, timeout_s=60) as runner:
+        await runner.start()
+        jobs = [("check_in", loc, context(loc)) for loc in ["fr", "en"]]
+        task = asyncio.create_task(runner.render_many(jobs))
+        killed: list[int] = []
+        for _ in range(2):
+            await until(
+                lambda: (
+                    runner._child is not None and runner._child.busy and runner.pid not in killed
+                )
+            )
+            pid = runner.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+        stopped, message = await asyncio.wait_for(task, 30)
+
+    assert isinstance(stopped, TemplateError)
+    assert "stopped twice on this message" in stopped.detail
+    assert isinstance(message, RenderedMessage) and message.locale == "en"
 
 
 # Time budget --------------------------------------------------------------------------------

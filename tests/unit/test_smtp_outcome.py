@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import re
 
-from worker.send import Failed, Retry, Stage, classify_reply, relay_message_id
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.config import SmtpSettings
+from worker.send import Failed, Mailer, Retry, Stage, _wire, classify_reply, relay_message_id
 
 EXIM_SENDER_VERIFY = (
     "Verification failed for <service@shop.example>\nUnrouteable address\nSender verify failed"
@@ -172,3 +177,45 @@ def test_an_echoed_auth_exchange_is_removed(echo: str) -> None:
 )
 def test_relay_message_id_is_read_from_the_final_reply(text: str, relay_id: str | None) -> None:
     assert relay_message_id(text) == relay_id
+
+
+# What DATA carries, and the waits between attempts --------------------------------------------
+
+
+def wire_by_definition(data: bytes) -> bytes:
+    """CRLF lines, a dot at the start of any line doubled, then the final ".", by regex."""
+    lines = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    if not lines.endswith(b"\r\n"):
+        lines += b"\r\n"
+    return re.sub(rb"(?m)^\.", b"..", lines) + b".\r\n"
+
+
+PIECES = st.sampled_from([b"\r", b"\n", b"\r\n", b"\n\r", b".", b"..", b"a", b" ", b".\r\n"])
+
+
+@given(st.binary(max_size=300) | st.lists(PIECES, max_size=40).map(b"".join))
+def test_the_data_is_crlf_lines_with_dots_doubled(data: bytes) -> None:
+    assert _wire(data) == wire_by_definition(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "wire"),
+    [
+        (b"", b"\r\n.\r\n"),
+        (b".", b"..\r\n.\r\n"),
+        (b"a\n.\r\n.b\r.\n", b"a\r\n..\r\n..b\r\n..\r\n.\r\n"),
+        (b"a\r\r\nb", b"a\r\n\r\nb\r\n.\r\n"),
+    ],
+)
+def test_the_data_examples(data: bytes, wire: bytes) -> None:
+    assert _wire(data) == wire
+
+
+def test_the_wait_after_each_attempt_is_random_up_to_a_doubling_ceiling() -> None:
+    mailer = Mailer(SmtpSettings(backoff_initial_s=0.5, backoff_max_s=3.0))
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 3.0), (20, 3.0)]:
+        waits = [mailer._backoff(attempt) for _ in range(300)]
+        assert all(0 <= wait <= ceiling for wait in waits)
+        assert max(waits) > ceiling * 0.8  # jittered over the whole range
+    none = Mailer(SmtpSettings(backoff_initial_s=0.0))
+    assert none._backoff(3) == 0.0
