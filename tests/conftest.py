@@ -1,9 +1,11 @@
-"""Shared fixtures: real SQLite files, a real SMTP sink and a real Dovecot on loopback."""
+"""Shared fixtures: real databases (SQLite files and a throwaway PostgreSQL), a real SMTP sink
+and a real Dovecot on loopback."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -12,24 +14,114 @@ from typing import NoReturn
 import pytest
 
 from tests.dovecot import Dovecot, DovecotUnavailable, User
+from tests.postgres import Postgres, PostgresUnavailable
 from worker.config import Settings
 from worker.sink import Sink, SinkOptions
 from worker.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
+DATABASES = ["sqlite", "postgresql"]
+"""Every store-backed test runs on each: test ids end in ``[sqlite]`` or ``[postgresql]``."""
+
+
+def _unavailable(service: str, reason: str) -> NoReturn:
+    """CI must run the tests that need a server; a developer without it is told why they were
+    skipped."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{service}: {reason}", pytrace=False)
+    pytest.skip(f"{service}: {reason}")
+
+
+# Databases: a fresh one per test, SQLite or PostgreSQL ----------------------------------------
+#
+# Migrating costs more than copying: each kind is migrated once per session into a template,
+# and every test gets a copy (a file copy; CREATE DATABASE ... TEMPLATE), dropped after it.
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One throwaway cluster for the session, started by the first test that needs it."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as error:
+        _unavailable("postgresql", f"the psycopg driver is missing ({error}): pip install -e .")
+    try:
+        server = Postgres()
+    except (PostgresUnavailable, OSError) as error:
+        _unavailable("postgresql", str(error))
+    try:
+        server.start()
+    except (PostgresUnavailable, OSError, subprocess.SubprocessError) as error:
+        server.remove()
+        _unavailable("postgresql", str(error))
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres: Postgres) -> str:
+    """A database migrated to head that no one connects to: the template of each test's own."""
+    name = postgres.create_database(name="worker_template")
+    template = Store.open(postgres.url(name))
+    try:
+        template.upgrade()
+    finally:
+        template.close()
+    postgres.freeze_template(name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head, closed (its WAL folded in): copied for each test."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "worker.db"
+    template = Store.open(f"sqlite:///{path}")
+    try:
+        template.upgrade()
+    finally:
+        template.close()
+    return path
+
+
+def _postgres_database(request: pytest.FixtureRequest, migrated: bool) -> Iterator[str]:
+    server: Postgres = request.getfixturevalue("postgres")
+    template = request.getfixturevalue("postgres_template") if migrated else "template0"
+    name = server.create_database(template)
+    yield server.url(name)
+    server.drop_database(name)
+
+
+def _fresh_database(
+    request: pytest.FixtureRequest, tmp_path: Path, migrated: bool
+) -> Iterator[str]:
+    """The URL of a database of the test's own, of the kind the test's parameter names."""
+    if request.param == "postgresql":
+        yield from _postgres_database(request, migrated)
+        return
+    path = tmp_path / "var" / "worker.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if migrated:
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+    yield f"sqlite:///{path}"
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database migrated to head, with no rows: a SQLite file or a PostgreSQL database."""
+    yield from _fresh_database(request, tmp_path, migrated=True)
+
+
+@pytest.fixture(params=DATABASES)
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no tables at all (no migration ran), of either kind."""
+    yield from _fresh_database(request, tmp_path, migrated=False)
+
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    """A migrated SQLite file; or, with WORKER_TEST_DATABASE_URL, that database emptied first."""
-    url = (
-        os.environ.get("WORKER_TEST_DATABASE_URL") or f"sqlite:///{tmp_path / 'var' / 'worker.db'}"
-    )
-    opened = Store.open(url)
-    if opened.engine.dialect.name == "postgresql":
-        with opened.engine.begin() as connection:
-            connection.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-    opened.upgrade()
+def store(database_url: str) -> Iterator[Store]:
+    """The store on a migrated database of the test's own, on SQLite and on PostgreSQL."""
+    opened = Store.open(database_url)
     yield opened
     opened.close()
 
@@ -69,19 +161,12 @@ def settings_for(store: Store, smtp_port: int, **changes: object) -> Settings:
 _users = itertools.count(1)
 
 
-def _unavailable(reason: str) -> NoReturn:
-    """CI must run the IMAP tests; a developer without Dovecot is told why they were skipped."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"dovecot: {reason}", pytrace=False)
-    pytest.skip(f"dovecot: {reason}")
-
-
 def _started() -> Dovecot:
     try:
         server = Dovecot()
         server.start()
     except (DovecotUnavailable, OSError, subprocess.CalledProcessError) as error:
-        _unavailable(str(error))
+        _unavailable("dovecot", str(error))
     return server
 
 
