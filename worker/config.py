@@ -3,7 +3,9 @@
 Read from ``config/worker.yaml`` (or ``--config``/``WORKER_CONFIG``); every leaf setting can be
 overridden by an environment variable named ``WORKER_`` plus its path in upper case joined by
 ``_`` (``smtp.host`` -> ``WORKER_SMTP_HOST``, ``from`` -> ``WORKER_FROM``). Secrets
-(``smtp.password``) are accepted from the environment only.
+(``smtp.password``) are accepted from the environment only; the password of a mailbox named
+under ``mailboxes`` comes from ``WORKER_MAILBOXES_<NAME>_PASSWORD`` (``de-shop`` ->
+``WORKER_MAILBOXES_DE_SHOP_PASSWORD``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from worker.errors import ConfigError
 DEFAULT_CONFIG_PATH = Path("config/worker.yaml")
 SECRETS = frozenset({("smtp", "password"), ("imap", "password"), ("bounces", "secret")})
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+_MAILBOX_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _DURATION = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
 
 
@@ -114,7 +117,9 @@ class ImapSettings(_Strict):
     password: str | None = None
     folders: tuple[str, ...] = ("INBOX",)
     sent_folder: str | None = Field(None, description="Append every message sent here.")
-    batch_size: int = Field(50, ge=1, le=1000, description="Messages fetched per round trip.")
+    batch_size: int = Field(
+        200, ge=1, le=1000, description="Messages fetched, read and stored together."
+    )
     timeout_s: float = Field(30.0, gt=0, description="Per IMAP operation.")
     idle: bool = Field(True, description="Use IDLE when the server offers it.")
     idle_renew_s: float = Field(
@@ -305,6 +310,11 @@ class Settings(_Strict):
     smtp: SmtpSettings = SmtpSettings()
     unsubscribe: UnsubscribeSettings = UnsubscribeSettings()
     imap: ImapSettings = ImapSettings()
+    mailboxes: dict[str, ImapSettings] = Field(
+        {},
+        description="More mailboxes (one per storefront), each read by one worker at a time, "
+        "by name: lower-case letters, digits, '-' and '_'.",
+    )
     inbox: InboxSettings = InboxSettings()
     authentication: AuthenticationSettings = AuthenticationSettings()
     bounces: BounceSettings = BounceSettings()
@@ -314,6 +324,13 @@ class Settings(_Strict):
     default_timezone: str = "UTC"
     dispute_cooldown: timedelta = timedelta(days=3)
     poll_interval_s: float = Field(60.0, gt=0)
+    plan_batch: int = Field(
+        500,
+        ge=1,
+        le=10_000,
+        description="Buyers planned per transaction; a pass walks every due buyer in such "
+        "batches, so memory stays flat whatever is stored.",
+    )
     shutdown_timeout_s: float = Field(30.0, gt=0)
     render_timeout_s: float = Field(
         10.0,
@@ -331,6 +348,35 @@ class Settings(_Strict):
     log_format: Literal["auto", "json", "console"] = "auto"
 
     _addresses = field_validator("sender")(_address)
+
+    @field_validator("mailboxes")
+    @classmethod
+    def _mailboxes(cls, value: dict[str, ImapSettings]) -> dict[str, ImapSettings]:
+        for name, mailbox in value.items():
+            if not _MAILBOX_NAME.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a mailbox name: use lower-case letters, digits, - and _"
+                )
+            if not mailbox.host:
+                raise ValueError(f"{name}: host is missing")
+        return value
+
+    @model_validator(mode="after")
+    def _each_mailbox_once(self) -> Settings:
+        seen: dict[str, str] = {}
+        for name, mailbox in self.every_mailbox:
+            key = mailbox_key(mailbox)
+            if key in seen:
+                raise ValueError(f"mailboxes {seen[key]} and {name} are the same mailbox ({key})")
+            seen[key] = name
+        return self
+
+    @property
+    def every_mailbox(self) -> list[tuple[str, ImapSettings]]:
+        """Every mailbox to read, by name: ``imap`` (named ``imap``) first, when it has a
+        host, then ``mailboxes`` in the order written."""
+        found = [("imap", self.imap)] if self.imap.host else []
+        return found + list(self.mailboxes.items())
 
     @field_validator("reply_to")
     @classmethod
@@ -365,6 +411,16 @@ class Settings(_Strict):
         found = {self.sender, self.reply_to or "", self.unsubscribe.mailto or ""}
         found.update(self.inbox.agent_addresses)
         return frozenset(a.lower() for a in (parseaddr(v)[1] for v in found) if "@" in a)
+
+
+def mailbox_key(mailbox: ImapSettings) -> str:
+    """``user@host``: what the store keeps a mailbox's checkpoints and lease under."""
+    return f"{mailbox.username or ''}@{mailbox.host}"
+
+
+def mailbox_password_env(name: str) -> str:
+    """The environment variable holding the password of the mailbox named ``name``."""
+    return "WORKER_MAILBOXES_" + re.sub(r"[^A-Z0-9]", "_", name.upper()) + "_PASSWORD"
 
 
 def _flatten_env_names(
@@ -414,6 +470,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _refuse_secrets(data: Mapping[str, Any], path: Path) -> None:
+    mailboxes = data.get("mailboxes")
+    if isinstance(mailboxes, Mapping):
+        for name, mailbox in mailboxes.items():
+            if isinstance(mailbox, Mapping) and mailbox.get("password") is not None:
+                raise ConfigError(
+                    f"mailboxes.{name}.password must not be in a file; set "
+                    f"{mailbox_password_env(str(name))} in the environment",
+                    where=str(path),
+                )
     for secret in SECRETS:
         node: Any = data
         for key in secret:
@@ -438,6 +503,12 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     for name, settings_path in ENV_NAMES.items():
         if name in env:
             _set_path(data, settings_path, env[name])
+    mailboxes = data.get("mailboxes")
+    if isinstance(mailboxes, dict):
+        for mailbox_name, mailbox in mailboxes.items():
+            password = env.get(mailbox_password_env(str(mailbox_name)))
+            if isinstance(mailbox, dict) and password is not None:
+                mailbox["password"] = password
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

@@ -1,19 +1,23 @@
 """The loop: plan, record, send, sleep until the next due time or the poll interval.
 
-One pass reads the store, asks the pure planner what is due, records skips, then hands due
-sends to a bounded set of delivery tasks. Each task claims one send (committed before any
-SMTP talk), renders, sends, and records the outcome without an await in between, so a
-cancellation cannot lose a result that the server already acknowledged.
+One pass plans only the buyers whose next look has come (the store keeps it per buyer), a
+batch per transaction that also records the skips and schedules the due steps, then hands
+the due sends to a bounded set of delivery tasks. Each task renders a few sends, claims them
+in one transaction (committed before any SMTP talk), sends each, and records each outcome
+without an await in between, so a cancellation cannot lose a result that the server already
+acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import secrets
 import socket
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,22 +31,36 @@ from worker.config import Settings
 from worker.domain import Campaign, CampaignStep, Review, Send, SuppressionReason, TriggerEvent
 from worker.errors import CampaignError, StoreError, TemplateError, WorkerError
 from worker.ingest import Ingest
-from worker.plan import Decision, OrderHistory, Plan, Policy, Refusal, plan, refusal
+from worker.plan import (
+    Decision,
+    OrderHistory,
+    Plan,
+    PlanFailure,
+    Policy,
+    Refusal,
+    plan,
+    plan_inputs_digest,
+    refusal,
+)
 from worker.render import (
     RenderedMessage,
     Renderer,
+    RenderJob,
     TemplateRunner,
     message_context,
     sample_context,
 )
 from worker.return_path import Signer, return_path_base
 from worker.send import Failed, Handover, InDoubt, Mailer, Outcome, Retry, Sent
-from worker.store import Store
+from worker.store import DueCursor, Planned, SentRecord, Store
 
 log = logs.get("worker.daemon")
 
 OUTCOMES = ("sent", "skipped", "refused", "retry", "given_back", "failed", "in_doubt", "error")
 """What a pass did with each due send, in the order the summary gives them."""
+CLAIM_BATCH = 4
+"""Sends claimed per transaction by one delivery task: few enough that the last one starts
+well within the message deadline."""
 RELAY_BACKOFF_MAX_S = 1800.0
 """The longest wait between passes while the relay stays down."""
 _RELAY_DOWN = "the SMTP relay refuses connections or never greets; check smtp.host/port and it"
@@ -112,12 +130,14 @@ class Daemon:
         *,
         worker_id: str | None = None,
         ingest: Ingest | None = None,
+        mailboxes: Sequence[Ingest] = (),
         signer: Signer | None = None,
         runner: TemplateRunner | None = None,
     ) -> None:
         """``signer`` holds the kept key (:func:`worker.return_path.load_signer`); without
         one, a key for this process only: reports about its sends are tied only while it
-        runs."""
+        runs. ``ingest`` and ``mailboxes``: the mailboxes to read (``ingest`` first, where
+        sent copies go); each is read by whichever worker holds its lease."""
         self.settings = settings
         self.store = store
         self.campaigns = list(campaigns)
@@ -128,76 +148,130 @@ class Daemon:
         self.signer = signer or Signer.ephemeral()
         self.runner = runner
         self.return_path_base = return_path_base(settings)
-        self.ingest = ingest
+        self.mailboxes = [m for m in (ingest, *mailboxes) if m is not None]
+        self._share = len(self.mailboxes)
+        for mailbox in self.mailboxes:
+            mailbox.holder = self.worker_id
+            mailbox.siblings = self.mailboxes
+            mailbox.share = lambda: self._share
         self._sent_copies: list[tuple[bytes, datetime]] = []
         self._relay_down_passes = 0
         self._wake = asyncio.Event()
+        self._plan_inputs = plan_inputs_digest(self.campaigns, self.policy)
 
     def plan(self, at: datetime | None = None) -> Plan:
-        """A dry run: what would be sent at ``at`` and why the rest would not."""
+        """A dry run: what would be sent at ``at`` and why the rest would not, for every
+        order. Holds every decision: for a big store, iterate :meth:`plan_batches`."""
         moment = at or self.clock.now()
-        return plan(self.store.histories(), self.campaigns, moment, self.policy)
+        decisions: list[Decision] = []
+        failures: list[PlanFailure] = []
+        for batch in self.plan_batches(moment):
+            decisions.extend(batch.decisions)
+            failures.extend(batch.failures)
+        return Plan(tuple(decisions), moment, tuple(failures))
+
+    def plan_batches(self, at: datetime) -> Iterator[Plan]:
+        """The dry run streamed: every order's decisions at ``at``, a batch of buyers at a
+        time, in constant memory. Writes nothing."""
+        for histories in self.store.every_history():
+            yield plan(histories, self.campaigns, at, self.policy)
+
+    @property
+    def ingest(self) -> Ingest | None:
+        """The first mailbox: the one sent copies go to."""
+        return self.mailboxes[0] if self.mailboxes else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pass after pass until ``stop`` is set; waits on whichever comes first.
 
-        With a mailbox, a watched task reads it all along and wakes the loop after each
-        read; if that task dies of a bug, the daemon stops rather than send blind.
+        With mailboxes, a watched task per mailbox reads it all along (while this worker
+        holds its lease) and wakes the loop after each read; if one dies of a bug, the
+        daemon stops rather than send blind.
         """
         log.info(
             "daemon.started",
             worker=self.worker_id,
             campaigns=[c.name for c in self.campaigns],
-            mailbox=self.ingest.name if self.ingest else None,
+            mailboxes=[m.name for m in self.mailboxes],
         )
-        reader = None
-        if self.ingest is not None:
-            reader = asyncio.create_task(self.ingest.watch(stop, self._wake.set))
+        readers = [asyncio.create_task(m.watch(stop, self._wake.set)) for m in self.mailboxes]
         try:
             while not stop.is_set():
+                self._beat()
                 delay = await self._pass_or_pause(stop)
-                await _wait_any(stop, self._wake, reader, delay)
+                await _wait_any(stop, self._wake, readers, delay)
                 self._wake.clear()
-                if reader is not None and reader.done():
-                    reader.result()  # re-raises what killed the mailbox reader
+                if dead := [reader for reader in readers if reader.done()]:
+                    dead[0].result()  # re-raises what killed the mailbox reader
                     break
         finally:
-            await self._stop_reader(reader)
+            await self._stop_readers(readers)
+            if self.mailboxes:
+                with contextlib.suppress(StoreError):
+                    self.store.worker_gone(self.worker_id)
         log.info("daemon.stopped", worker=self.worker_id)
 
-    async def _stop_reader(self, reader: asyncio.Task[None] | None) -> None:
-        """The reader sees ``stop`` itself and logs out; cancel it only if that hangs."""
-        if reader is None or reader.done():
+    def _beat(self) -> None:
+        """Say this worker is alive and take its fair share of the mailboxes: all of them
+        split evenly among the workers that beat lately."""
+        if not self.mailboxes:
             return
-        done, _ = await asyncio.wait({reader}, timeout=self.settings.imap.timeout_s + 2)
-        if not done:
+        now = self.clock.now()
+        since = now - timedelta(seconds=3 * self.settings.poll_interval_s)
+        try:
+            self.store.worker_alive(self.worker_id, now)
+            live = max(1, self.store.live_workers(since))
+        except StoreError as exc:  # the pass will say so too; the share stays as it was
+            log.warning("daemon.beat_failed", error=str(exc))
+            return
+        share = -(-len(self.mailboxes) // live)
+        if share != self._share:
+            log.info("mailbox.share", worker=self.worker_id, workers=live, mailboxes=share)
+        self._share = share
+
+    async def _stop_readers(self, readers: list[asyncio.Task[None]]) -> None:
+        """Readers see ``stop`` themselves and log out; cancel the ones that hang."""
+        running = {reader for reader in readers if not reader.done()}
+        if not running:
+            return
+        timeout = max(m.imap.timeout_s for m in self.mailboxes) + 2
+        _, hanging = await asyncio.wait(running, timeout=timeout)
+        for reader in hanging:
             reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        await asyncio.gather(*hanging, return_exceptions=True)
 
     async def _pass_or_pause(self, stop: asyncio.Event) -> float:
-        if self.ingest is not None and not self.ingest.fresh(self.clock.now()):
-            log.warning(
-                "pass.held", reason="mailbox_unread", last_read=_iso(self.ingest.last_read_at)
-            )
-            return self.settings.poll_interval_s
         try:
+            if stale := self._unread_mailbox():
+                log.warning(
+                    "pass.held",
+                    reason="mailbox_unread",
+                    mailbox=stale.name,
+                    last_read=_iso(stale.last_read_at),
+                )
+                return self.settings.poll_interval_s
             return self._sleep_s(await self.run_pass(stop))
         except StoreError as exc:
             # A locked or unreachable database is often brief; try again next tick.
             log.error("pass.failed", error=str(exc), retry_in_s=self.settings.poll_interval_s)
             return self.settings.poll_interval_s
 
-    async def run_once(self, stop: asyncio.Event | None = None) -> PassReport:
-        """``worker run --once``: read the mailbox to the end, then one sending pass.
+    def _unread_mailbox(self) -> Ingest | None:
+        """A mailbox no worker has read recently: a complaint may be waiting in it."""
+        now = self.clock.now()
+        return next((m for m in self.mailboxes if not m.fresh(now)), None)
 
-        If the mailbox cannot be read, nothing is sent: a complaint may be waiting in it. Once
+    async def run_once(self, stop: asyncio.Event | None = None) -> PassReport:
+        """``worker run --once``: read every mailbox to the end, then one sending pass.
+
+        If a mailbox cannot be read, nothing is sent: a complaint may be waiting in it. Once
         ``stop`` is set no new send is taken; what was claimed finishes.
         """
         stop = stop or asyncio.Event()
-        if self.ingest is not None:
-            await self.ingest.run_once()
-        if stop.is_set():
-            return PassReport(self.clock.now())
+        for mailbox in self.mailboxes:
+            await mailbox.run_once()
+            if stop.is_set():
+                return PassReport(self.clock.now())
         return await self.run_pass(stop)
 
     def _sleep_s(self, report: PassReport) -> float:
@@ -209,11 +283,50 @@ class Daemon:
         return max(delay, 0.5)
 
     async def run_pass(self, stop: asyncio.Event | None = None) -> PassReport:
+        """Plan the buyers whose next look has come, then deliver what is due.
+
+        Planning reads and records one batch of due buyers per transaction (the store keeps
+        each buyer's next look), so a pass costs what is due, not what is stored.
+        """
         now = self.clock.now()
         report = PassReport(now)
         self._expire_stale_claims(now, report)
-        histories = {h.order.order_id: h for h in self.store.histories()}
-        decided = plan(histories.values(), self.campaigns, now, self.policy)
+        if self.store.plan_inputs_changed(self._plan_inputs, now):
+            log.info("plan.reconsider_all", reason="campaigns or planning settings changed")
+        queue: asyncio.Queue[_Due] = asyncio.Queue()
+        for batch in self._planned_batches(now):
+            self._report_plan(batch.plan, report)
+            for decision, send_id in batch.due:
+                queue.put_nowait(_Due(decision, send_id, batch.histories[decision.order_id]))
+        if not queue.empty():
+            await self._deliver_all(queue, report, stop or asyncio.Event())
+            await self._copy_to_sent()
+        next_look = self.store.next_look()
+        report.next_wakeup = None if next_look is None else max(next_look, now)
+        log.info("pass.finished", **report.summary())
+        return report
+
+    def _planned_batches(self, now: datetime) -> Iterator[Planned]:
+        """Every batch of buyers due at ``now``, planned and recorded by the store."""
+
+        def decide(histories: Sequence[OrderHistory]) -> Plan:
+            return plan(histories, self.campaigns, now, self.policy)
+
+        after: DueCursor | None = None
+        looked_now: set[str] = set()  # due again already: not planned twice in one pass
+        while True:
+            batch = self.store.plan_due(
+                now, decide, after=after, planned=looked_now, limit=self.settings.plan_batch
+            )
+            if batch is None:
+                return
+            yield batch
+            looked_now.update(b for b, at in batch.looks.items() if at is not None and at <= now)
+            after = batch.cursor
+            if not batch.full:
+                return
+
+    def _report_plan(self, decided: Plan, report: PassReport) -> None:
         for failure in decided.failures:  # one order's bug; its steps wait, the pass goes on
             report.outcomes["error"] += 1
             log.error(
@@ -227,20 +340,9 @@ class Daemon:
         for decision in decided.waiting:
             report.waiting[decision.reason.split(":")[0]] += 1
             log.debug("send.waiting", **_fields(decision))
-        for decision in decided.skipped:
-            self._record_skip(decision, now, report)
-        queue: asyncio.Queue[tuple[Decision, int]] = asyncio.Queue()
-        for decision in decided.due:
-            row = self.store.schedule(
-                decision.order_id, decision.campaign, decision.step, decision.at or now, now
-            )
-            queue.put_nowait((decision, row.id))
-        if not queue.empty():
-            await self._deliver_all(queue, histories, report, stop or asyncio.Event())
-            await self._copy_to_sent()
-        report.next_wakeup = decided.next_wakeup()
-        log.info("pass.finished", **report.summary())
-        return report
+        for decision in decided.skipped:  # recorded with the batch
+            report.outcomes["skipped"] += 1
+            log.info("send.skipped", **_fields(decision))
 
     async def _copy_to_sent(self) -> None:
         copies, self._sent_copies = self._sent_copies, []
@@ -261,28 +363,12 @@ class Daemon:
                 reason="claim_expired",
             )
 
-    def _record_skip(self, decision: Decision, now: datetime, report: PassReport) -> None:
-        self.store.record_skip(
-            decision.order_id,
-            decision.campaign,
-            decision.step,
-            decision.at or now,
-            decision.reason,
-            now,
-        )
-        report.outcomes["skipped"] += 1
-        log.info("send.skipped", **_fields(decision))
-
     async def _deliver_all(
-        self,
-        queue: asyncio.Queue[tuple[Decision, int]],
-        histories: dict[str, OrderHistory],
-        report: PassReport,
-        stop: asyncio.Event,
+        self, queue: asyncio.Queue[_Due], report: PassReport, stop: asyncio.Event
     ) -> None:
         async with Mailer(self.settings.smtp) as mailer:
             tasks = [
-                asyncio.create_task(self._deliver_from(queue, mailer, histories, report, stop))
+                asyncio.create_task(self._deliver_from(queue, mailer, report, stop))
                 for _ in range(min(self.settings.smtp.concurrency, queue.qsize()))
             ]
             try:
@@ -293,56 +379,110 @@ class Daemon:
 
     async def _deliver_from(
         self,
-        queue: asyncio.Queue[tuple[Decision, int]],
+        queue: asyncio.Queue[_Due],
         mailer: Mailer,
-        histories: dict[str, OrderHistory],
         report: PassReport,
         stop: asyncio.Event,
     ) -> None:
         """Take no new work once ``stop`` is set or the relay is down; finish what was
-        claimed. Unclaimed rows stay scheduled for the next pass."""
+        handed over. Unclaimed rows stay scheduled for the next pass.
+
+        Sends are rendered, then claimed a few at a time in one transaction; a claimed send
+        not started within the message deadline (the ones before it were slow) is given
+        back rather than held ``sending``.
+        """
+        accepted: list[_Accepted] = []
+        try:
+            await self._deliver_chunks(queue, mailer, report, stop, accepted)
+        finally:
+            self._record_accepted(accepted, report)  # no await before it: cancelled or not
+
+    async def _deliver_chunks(
+        self,
+        queue: asyncio.Queue[_Due],
+        mailer: Mailer,
+        report: PassReport,
+        stop: asyncio.Event,
+        accepted: list[_Accepted],
+    ) -> None:
         while not stop.is_set() and not queue.empty():
+            self._record_accepted(accepted, report)
             if mailer.relay_down is not None:
                 self._relay_is_down(mailer.relay_down, report)
                 return
-            decision, send_id = queue.get_nowait()
-            history = histories[decision.order_id]
-            rendered = await self._render(decision, history)  # before the claim: no row waits
+            chunk = [queue.get_nowait() for _ in range(min(CLAIM_BATCH, queue.qsize()))]
+            # Rendered before the claim: no row waits ``sending`` on a template.
+            messages = await self._render(chunk)
+            rendered = {due.send_id: message for due, message in zip(chunk, messages, strict=True)}
+            claimed_at = self.clock.now()
             claim = self.store.claim(
-                [send_id], self.clock.now(), self.worker_id, self._message_id, self._guard
+                [due.send_id for due in chunk],
+                claimed_at,
+                self.worker_id,
+                self._message_id,
+                self._guard,
             )
-            if send_id in claim.refused:
-                reason = claim.refused[send_id]
-                report.outcomes["refused"] += 1
-                log.info("send.refused_at_claim", **{**_fields(decision), "reason": reason})
-                continue
-            if not claim.sends:
-                log.info("send.claimed_elsewhere", **_fields(decision))
-                continue
-            send = claim.sends[0]
-            if isinstance(rendered, Failed):
-                self._record(send, rendered, report, history.order.buyer_email)
-                continue
-            await self._deliver(send, history, rendered, mailer, report)
+            sends = {send.id: send for send in claim.sends}
+            for position, due in enumerate(chunk):
+                if due.send_id in claim.refused:
+                    reason = claim.refused[due.send_id]
+                    report.outcomes["refused"] += 1
+                    log.info("send.refused_at_claim", **{**_fields(due.decision), "reason": reason})
+                    continue
+                send = sends.get(due.send_id)
+                if send is None:
+                    log.info("send.claimed_elsewhere", **_fields(due.decision))
+                    continue
+                held = (self.clock.now() - claimed_at).total_seconds()
+                if stop.is_set() or mailer.relay_down is not None:
+                    self._give_back(send, "stopped before the message was handed over", report)
+                    continue
+                if held > self.settings.smtp.message_deadline_s:
+                    self._give_back(send, f"claimed {held:.0f} s ago, not started", report)
+                    continue
+                if position and (refused := self._asked_again(send, due.history)) is not None:
+                    self._withdraw(send, due.decision, refused, report)
+                    continue
+                message = rendered[due.send_id]
+                if isinstance(message, Failed):
+                    self._record(send, message, report, due.history.order.buyer_email)
+                    continue
+                await self._deliver(send, due.history, message, mailer, report, accepted)
+            if mailer.relay_down is not None:
+                self._relay_is_down(mailer.relay_down, report)
+                return
 
-    async def _render(self, decision: Decision, history: OrderHistory) -> RenderedMessage | Failed:
-        """Within ``render_timeout_s`` and ``render_max_bytes``, off the event loop when the
-        daemon has a runner: a template looping on one order's data fails that send alone."""
-        order = history.order
-        step = self._step(decision.campaign, decision.step)
-        locale = history.customer.locale or order.locale
+    async def _render(self, chunk: Sequence[_Due]) -> list[RenderedMessage | Failed]:
+        """Within ``render_timeout_s`` and ``render_max_bytes`` each, off the event loop in
+        one exchange with the runner when the daemon has one: a template looping on one
+        order's data fails that send alone."""
+        jobs = [self._render_job(due) for due in chunk]
+        results: list[RenderedMessage | TemplateError] = []
+        if self.runner is not None:
+            results = await self.runner.render_many(jobs)
+        else:
+            for template, locale, context in jobs:
+                try:
+                    results.append(self.renderer.render(template, locale, context))
+                except TemplateError as exc:
+                    results.append(exc)
+        return [
+            Failed(f"cannot build the message: {result}", None, False)
+            if isinstance(result, TemplateError)
+            else result
+            for result in results
+        ]
+
+    def _render_job(self, due: _Due) -> RenderJob:
+        order = due.history.order
+        locale = due.history.customer.locale or order.locale
         context = message_context(
             order,
             self.settings.seller,
-            _latest_review(history),
+            _latest_review(due.history),
             locale or self.settings.default_locale,
         )
-        try:
-            if self.runner is not None:
-                return await self.runner.render(step.template, locale, context)
-            return self.renderer.render(step.template, locale, context)
-        except TemplateError as exc:
-            return Failed(f"cannot build the message: {exc}", None, False)
+        return (self._step(due.decision.campaign, due.decision.step).template, locale, context)
 
     def _step(self, campaign: str, step: str) -> CampaignStep:
         return next(c for c in self.campaigns if c.name == campaign).step(step)
@@ -351,6 +491,20 @@ class Daemon:
         """The protections asked again as the send is claimed, against what is stored now."""
         step = self._step(send.campaign, send.step)
         return refusal(history, step, self.clock.now(), self.policy)
+
+    def _asked_again(self, send: Send, history: OrderHistory) -> Refusal | None:
+        """The claim's check, asked again for a send claimed with others a moment ago: a
+        dispute or suppression recorded since then still stops it (two small reads)."""
+        suppression, disputes = self.store.protections(history.order.buyer_email)
+        fresh = dataclasses.replace(history, suppression=suppression, disputes=disputes)
+        return self._guard(send, fresh)
+
+    def _withdraw(
+        self, send: Send, decision: Decision, refused: Refusal, report: PassReport
+    ) -> None:
+        self.store.withdraw(send.id, refused.reason, final=refused.final, now=self.clock.now())
+        report.outcomes["refused"] += 1
+        log.info("send.refused_at_claim", **{**_fields(decision), "reason": refused.reason})
 
     def _reply_token(self, order_id: str) -> str | None:
         if not self.settings.inbox.reply_tokens:
@@ -367,7 +521,10 @@ class Daemon:
         rendered: RenderedMessage,
         mailer: Mailer,
         report: PassReport,
+        accepted: list[_Accepted],
     ) -> None:
+        """Compose and hand over one claimed message; a message the relay accepted joins
+        ``accepted``, recorded with the rest of its chunk; any other outcome is recorded now."""
         order = history.order
         try:
             message = compose(
@@ -402,9 +559,30 @@ class Daemon:
         if isinstance(outcome, Retry) and mailer.relay_down is not None:
             self._give_back(send, outcome.reason, report)  # a dead relay costs no pass
             return
-        self._record(send, outcome, report, order.buyer_email, rendered.text)
         if isinstance(outcome, Sent):
+            accepted.append(_Accepted(send, outcome, self.clock.now(), rendered.text))
             self._sent_copies.append((message.as_bytes(), self.clock.now()))
+            return
+        self._record(send, outcome, report, order.buyer_email, rendered.text)
+
+    def _record_accepted(self, accepted: list[_Accepted], report: PassReport) -> None:
+        """The chunk's accepted messages, ``sent`` in one transaction. Synchronous, like
+        ``_record``; until it commits they are ``sending``, so a worker killed in between
+        leaves them ``in_doubt``, never sent twice."""
+        if not accepted:
+            return
+        records = [SentRecord(a.send.id, a.outcome.reply, a.at, a.text) for a in accepted]
+        done = list(accepted)
+        accepted.clear()
+        self.store.mark_sent_many(records)
+        self._relay_down_passes = 0
+        for item in done:
+            report.outcomes["sent"] += 1
+            log.info(
+                "send.sent",
+                **_send_fields(item.send),
+                relay_message_id=item.outcome.relay_message_id,
+            )
 
     def _give_back(self, send: Send, reason: str, report: PassReport) -> None:
         """Synchronous, like ``_record``: the row is scheduled again before anything else."""
@@ -434,14 +612,7 @@ class Daemon:
     ) -> None:
         """Synchronous on purpose: no await, so cancellation cannot split send and record."""
         now = self.clock.now()
-        fields = {
-            "send_id": send.id,
-            "order": send.order_id,
-            "campaign": send.campaign,
-            "step": send.step,
-            "message_id": send.message_id,
-            "attempt": send.attempts,
-        }
+        fields = _send_fields(send)
         if isinstance(outcome, Sent):
             self.store.mark_sent(send.id, outcome.reply, now, text)
             report.outcomes["sent"] += 1
@@ -484,6 +655,36 @@ class Daemon:
             log.warning(
                 "suppression.added", email=email, reason="hard_bounce", detail=outcome.reason
             )
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    """A message the relay took, waiting to be recorded with its chunk."""
+
+    send: Send
+    outcome: Sent
+    at: datetime
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    """A due step on its way out: the decision, its ``scheduled`` row, the order's history."""
+
+    decision: Decision
+    send_id: int
+    history: OrderHistory
+
+
+def _send_fields(send: Send) -> dict[str, object]:
+    return {
+        "send_id": send.id,
+        "order": send.order_id,
+        "campaign": send.campaign,
+        "step": send.step,
+        "message_id": send.message_id,
+        "attempt": send.attempts,
+    }
 
 
 def _latest_review(history: OrderHistory) -> Review | None:
@@ -536,14 +737,14 @@ async def _drained(task: asyncio.Task[Any], stop: asyncio.Event, shutdown_timeou
 
 
 async def _wait_any(
-    stop: asyncio.Event, wake: asyncio.Event, reader: asyncio.Task[None] | None, seconds: float
+    stop: asyncio.Event, wake: asyncio.Event, readers: list[asyncio.Task[None]], seconds: float
 ) -> None:
-    """Until the first of: stop, a wake-up from the mailbox reader, its death, the timeout."""
+    """Until the first of: stop, a wake-up from a mailbox reader, its death, the timeout."""
     waits: set[asyncio.Future[Any]] = {
         asyncio.ensure_future(stop.wait()),
         asyncio.ensure_future(wake.wait()),
     }
-    watched = waits | ({reader} if reader is not None else set())
+    watched = waits | set(readers)
     await asyncio.wait(watched, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     for waiting in waits:
         waiting.cancel()

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -88,6 +88,8 @@ def parse_instant(text: str) -> datetime | None:
 
 
 def _as_utc(moment: datetime) -> datetime:
+    if moment.tzinfo is UTC:  # "Z" and "+00:00" parse to this very object
+        return moment
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
@@ -120,7 +122,7 @@ def parse_ebay_date(text: str) -> datetime | None:
         raise ValueError(f"{value!r} is not a valid date") from None
 
 
-_NOT_IN_LOCAL_PART = frozenset('<>()[]\\,;:"')
+_NOT_IN_LOCAL_PART = re.compile(r'[<>()\[\]\\,;:"]')
 _SPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
 _HEADER_BREAKERS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -137,7 +139,7 @@ def normalise_email(text: str) -> str:
     local, domain = address.split("@")
     if not local or local.startswith(".") or local.endswith(".") or ".." in local:
         raise ValueError(f"{address!r} is not an e-mail address: bad part before the @")
-    if _NOT_IN_LOCAL_PART.intersection(local):
+    if _NOT_IN_LOCAL_PART.search(local):
         raise ValueError(f"{address!r} is not an e-mail address: bad character before the @")
     try:
         return f"{local.lower()}@{_ascii_domain(domain)}"
@@ -148,8 +150,11 @@ def normalise_email(text: str) -> str:
 _ASCII_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 
 
+@lru_cache(maxsize=4096)
 def _ascii_domain(domain: str) -> str:
-    """IDNA 2008 style (NFC, lower case, Punycode per label); stdlib's codec is IDNA 2003."""
+    """IDNA 2008 style (NFC, lower case, Punycode per label); stdlib's codec is IDNA 2003.
+
+    Buyers share few domains: the answer is kept (a bounded cache; a refusal is not kept)."""
     labels = unicodedata.normalize("NFC", domain.removesuffix(".")).lower().split(".")
     if len(labels) < 2:
         raise ValueError("the domain needs a dot")
@@ -177,6 +182,11 @@ def normalise_locale(text: str) -> str | None:
     value = text.strip()
     if not value:
         return None
+    return _locale_tag(value)
+
+
+@lru_cache(maxsize=1024)
+def _locale_tag(value: str) -> str:
     match = _LOCALE.fullmatch(value)
     if match is None:
         raise ValueError(f"locale {value!r} is not a language tag like de, de-AT or zh-Hans-CN")
@@ -281,9 +291,11 @@ def parse_dispute_kind(text: str) -> DisputeKind:
 # Reading files ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Record:
-    """One row: cells by lower-cased column name, the line it starts on, its raw text."""
+    """One row: cells by lower-cased column name, the line it starts on, its raw text.
+
+    Not frozen (a frozen dataclass pays for it on every row); nothing changes one."""
 
     line: int
     cells: dict[str, str]
@@ -326,11 +338,17 @@ _BARE_CR = re.compile(r"(?<=\r)(?=[^\n])")
 _BARE_CR_BYTES = re.compile(rb"\r(?!\n)")
 
 
+_CHUNK_BYTES = 1 << 15
+_OTHER_BREAKS = re.compile("[\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+"""Where str.splitlines() breaks too, but neither the csv module nor JSONL does."""
+
+
 class _Source:
     """UTF-8 lines (a BOM is dropped) over the byte stream whose position drives the progress bar.
 
-    Each line is decoded on its own, so a byte that is not UTF-8 is reported at its own line and
-    byte offset however far into the file it is, not where a read-ahead buffer happened to be.
+    The file is read and decoded a chunk of whole lines at a time; a chunk that is not UTF-8 is
+    gone through again line by line, so a byte that is not UTF-8 is reported at its own line
+    and byte offset however far into the file it is, not where a chunk happened to start.
     """
 
     def __init__(self, path: Path, progress: bool) -> None:
@@ -352,22 +370,48 @@ class _Source:
         In delimited files a bare CR ends a line as well (as the csv module reads them); JSONL
         lines end at LF only, so nothing inside a JSON string (U+2028...) can split one.
         """
+        return itertools.chain.from_iterable(self._chunks(bare_cr))
+
+    def _chunks(self, bare_cr: bool) -> Iterator[Iterable[str]]:
+        """The lines of each chunk of whole lines, split where the csv module's reader would
+        (LF, CR LF, a bare CR) or, for JSONL, at LF only."""
+        newline = "" if bare_cr else "\n"  # io.StringIO's, for the rare text with other breaks
         offset = number = 0
-        for raw in self._binary:
+        while block := self._binary.read(_CHUNK_BYTES):
+            if not block.endswith(b"\n"):
+                block += self._binary.readline()  # to the end of its line
+            start, offset = offset, offset + len(block)
+            if start == 0 and block.startswith(_BOM):
+                block, start = block[len(_BOM) :], len(_BOM)
+            text = _decoded(block)
+            if isinstance(text, UnicodeDecodeError):  # raises, naming the line
+                lines = self._line_by_line(block, start, number, bare_cr)
+                number += len(lines)
+                yield lines
+                continue
+            number += text.count("\n") + (not text.endswith("\n"))
+            carriage = "\r" in text
+            if bare_cr and carriage:
+                number += len(_BARE_CR.findall(text))
+            if (bare_cr or not carriage) and not _OTHER_BREAKS.search(text):
+                yield text.splitlines(keepends=True)
+            else:
+                yield io.StringIO(text, newline=newline)
+
+    def _line_by_line(self, block: bytes, offset: int, number: int, bare_cr: bool) -> list[str]:
+        """The chunk's lines, decoded one by one: the error names the line and the byte that
+        are not UTF-8 (``number`` lines come before the chunk, which starts at ``offset``)."""
+        lines: list[str] = []
+        for raw in io.BytesIO(block):
             start, offset = offset, offset + len(raw)
-            if start == 0 and raw.startswith(_BOM):
-                raw, start = raw[len(_BOM) :], len(_BOM)
             text = _decoded(raw)
             if isinstance(text, UnicodeDecodeError):
                 breaks = len(_BARE_CR_BYTES.findall(raw, 0, text.start)) if bare_cr else 0
                 raise self._not_utf8(number + breaks + 1, start, raw, text)
-            if bare_cr and "\r" in text and _BARE_CR.search(text):
-                pieces = _BARE_CR.split(text)
-                number += len(pieces)
-                yield from pieces
-            else:
-                number += 1
-                yield text
+            pieces = _BARE_CR.split(text) if bare_cr and "\r" in text else [text]
+            number += len(pieces)
+            lines += pieces
+        return lines
 
     def _not_utf8(self, line: int, start: int, raw: bytes, exc: UnicodeDecodeError) -> FeedError:
         bad = " ".join(f"0x{b:02X}" for b in raw[exc.start : exc.end])
@@ -377,9 +421,14 @@ class _Source:
             where=f"{self.path}:{line}",
         )
 
+    @property
+    def shown(self) -> bool:
+        return not self._bar.disable
+
     def tick(self) -> None:
-        if not self._bar.disable:
-            self._bar.update(self._binary.tell() - self._bar.n)
+        """The bar follows the bytes read: a chunk at a time, so most rows move nothing."""
+        if not self._bar.disable and (read := self._binary.tell() - self._bar.n):
+            self._bar.update(read)
 
     def close(self) -> None:
         self._bar.close()
@@ -436,18 +485,17 @@ class _Table:
 
     def rows(self) -> Iterator[tuple[int, list[str] | str]]:
         """(first physical line, cells) per non-blank row; (line, reason) if unreadable."""
+        reader = self.reader
         while True:
             try:
-                cells = next(self.reader)
-            except StopIteration:
+                for cells in reader:
+                    start, self._last = self._last + 1, reader.line_num
+                    if "".join(cells).strip():  # some cell is not blank
+                        yield start, cells
                 return
             except csv.Error as exc:
-                start, self._last = self._last + 1, self.reader.line_num
+                start, self._last = self._last + 1, reader.line_num
                 yield start, f"unreadable CSV at lines {start}-{self._last} ({exc}); a stray quote?"
-                continue
-            start, self._last = self._last + 1, self.reader.line_num
-            if any(c.strip() for c in cells):
-                yield start, cells
 
 
 def _sniff(line: str, path: Path) -> str:
@@ -469,16 +517,24 @@ def _table_records(source: _Source, layout: _Layout) -> Iterator[_Record | Rejec
             f"missing required column(s): {', '.join(missing)}",
             where=f"{source.path}:{table.header_line}",
         )
+    columns, width = table.columns, len(table.columns)
+    delimiter, quoted, from_rejects = table.delimiter, table.quoted, table.from_rejects
+    tick = source.tick if source.shown else None
     for line, cells in table.rows():
-        source.tick()
+        if tick is not None:
+            tick()
         if isinstance(cells, str):
             yield RejectedRow(line, cells, "")
             continue
-        if table.from_rejects:
+        if from_rejects:
             cells = [_unescaped(c) for c in cells]
-        # A short row's missing cells are empty: the file has those columns.
-        by_name = {name: cells[i] if i < len(cells) else "" for i, name in enumerate(table.columns)}
-        yield _Record(line, by_name, cells, table.delimiter, table.quoted)
+        # A short row's missing cells are empty: the file has those columns. (A column named
+        # twice holds its last cell, cells past the header are not read.)
+        if len(cells) >= width:
+            by_name = dict(zip(columns, cells, strict=False))
+        else:
+            by_name = dict(zip(columns, [*cells, *[""] * (width - len(cells))], strict=True))
+        yield _Record(line, by_name, cells, delimiter, quoted)
 
 
 def _jsonl_records(source: _Source) -> Iterator[_Record | RejectedRow]:
@@ -560,17 +616,28 @@ def _when(
 
 
 def _products(names: Iterable[str]) -> tuple[str, ...]:
-    split = (part for name in names for part in name.split(" | "))
-    return tuple(p for p in (_header_safe("product", s) for s in split) if p)
+    found = []
+    for name in names:
+        for part in name.split(" | "):
+            if product := _header_safe("product", part):
+                found.append(product)
+    return tuple(found)
+
+
+_MIDNIGHT = datetime.min.time()
 
 
 def _check_sequence(*events: tuple[str, datetime | None]) -> None:
     """Ordered, shipped, delivered must not go back in time (a bare date may share a day)."""
-    known = [(name, moment) for name, moment in events if moment is not None]
-    for (first, early), (then, late) in itertools.pairwise(known):
-        same_day_date = late.date() == early.date() and late.time() == datetime.min.time()
-        if late < early and not same_day_date:
-            raise ValueError(f"{then} {late.isoformat()} is before {first} {early.isoformat()}")
+    first, early = "", None
+    for then, late in events:
+        if late is None:
+            continue
+        if early is not None and late < early:
+            same_day_date = late.date() == early.date() and late.time() == _MIDNIGHT
+            if not same_day_date:
+                raise ValueError(f"{then} {late.isoformat()} is before {first} {early.isoformat()}")
+        first, early = then, late
 
 
 def _order(
@@ -615,11 +682,14 @@ def _order(
     )
 
 
+_HTTP_URL = re.compile(r"https?://[^\s<>\"]+")
+
+
 def _review_url(text: str) -> str | None:
     value = text.strip()
     if not value:
         return None
-    if not re.fullmatch(r"https?://[^\s<>\"]+", value):
+    if not _HTTP_URL.fullmatch(value):
         raise ValueError(f"review_url {value!r} is not an http(s) URL without spaces")
     return value
 
@@ -627,6 +697,12 @@ def _review_url(text: str) -> str | None:
 def _zone(text: str) -> str | None:
     if not text:
         return None
+    return _known_zone(text)
+
+
+@lru_cache(maxsize=1024)
+def _known_zone(text: str) -> str:
+    """The name, once ZoneInfo knows it (kept in a bounded cache; a refusal is not kept)."""
     try:
         ZoneInfo(text)
     except (ZoneInfoNotFoundError, ValueError):
@@ -636,20 +712,47 @@ def _zone(text: str) -> str | None:
     return text
 
 
+def _value(cells: Mapping[str, str], name: str) -> str:
+    """What ``_pick`` gives for a group of one record: the stripped value, or empty."""
+    value = cells.get(name)
+    return value.strip() if value else ""
+
+
+def _required_cell(cells: Mapping[str, str], name: str) -> str:
+    value = cells.get(name)
+    if value and (value := value.strip()):
+        return value
+    raise ValueError(f"{name} is empty")
+
+
+def _cell_time(cells: Mapping[str, str], name: str) -> datetime | None:
+    """What ``_when`` gives for a group of one record."""
+    value = cells.get(name)
+    if not value:
+        return None
+    try:
+        return parse_instant(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
 def _generic_order(group: Group) -> Order:
+    """One row per order: its cells are read directly."""
+    [record] = group
+    cells = record.cells
     return _order(
-        order_id=_required(group, "order_id"),
-        marketplace=_required(group, "marketplace").lower(),
-        email=_required(group, "buyer_email"),
-        name=_pick(group, "buyer_name"),
-        products=[_pick(group, "product", "products")],
-        locale=_pick(group, "locale"),
-        country=normalise_country(_pick(group, "country")),
-        ordered_at=_when(group, "ordered_at"),
-        shipped_at=_when(group, "shipped_at"),
-        delivered_at=_when(group, "delivered_at"),
-        review_url=_pick(group, "review_url"),
-        timezone=_zone(_pick(group, "timezone")),
+        order_id=_required_cell(cells, "order_id"),
+        marketplace=_required_cell(cells, "marketplace").lower(),
+        email=_required_cell(cells, "buyer_email"),
+        name=_value(cells, "buyer_name"),
+        products=[_value(cells, "product") or _value(cells, "products")],
+        locale=_value(cells, "locale"),
+        country=normalise_country(_value(cells, "country")),
+        ordered_at=_cell_time(cells, "ordered_at"),
+        shipped_at=_cell_time(cells, "shipped_at"),
+        delivered_at=_cell_time(cells, "delivered_at"),
+        review_url=_value(cells, "review_url"),
+        timezone=_zone(_value(cells, "timezone")),
     )
 
 
@@ -743,6 +846,10 @@ class _Layout:
     left as stored when the order is imported again."""
     updated: str | None = None
     """Orders: the column with the feed's own last-updated time of the order, if any."""
+    field_sets: dict[Iterable[str], frozenset[str]] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """Orders: the fields of each set of columns seen (see ``_fields_of``)."""
 
 
 _KEY_FIELDS = frozenset({"order_id", "marketplace", "buyer_email"})
@@ -809,14 +916,35 @@ _ORDER_LAYOUTS = {
 
 
 def _order_row(group: Group, layout: _Layout, order: Order) -> OrderRow:
-    assert layout.fields is not None
-    columns = {name for record in group for name in record.cells}
-    fields = _KEY_FIELDS.union(
-        field for field, names in layout.fields.items() if not columns.isdisjoint(names)
-    )
+    if len(group) == 1:  # a row per order: the file's columns (a JSONL object's keys)
+        cells = group[0].cells
+        fields = _fields_of(layout, tuple(cells))
+        updated = _cell_time(cells, layout.updated) if layout.updated else None
+        return OrderRow(order, fields, updated)
+    fields = _fields_of(layout, frozenset(name for record in group for name in record.cells))
     stamps = [_when([record], layout.updated) for record in group] if layout.updated else []
     updated = max((s for s in stamps if s is not None), default=None)
-    return OrderRow(order, frozenset(fields), updated)
+    return OrderRow(order, fields, updated)
+
+
+_FIELD_SETS = 256
+
+
+def _fields_of(layout: _Layout, columns: Iterable[str]) -> frozenset[str]:
+    """The order fields these columns give; kept per layout, as a file's rows share their
+    columns (a bounded cache: JSONL objects may each have their own keys)."""
+    known = layout.field_sets.get(columns)
+    if known is not None:
+        return known
+    assert layout.fields is not None
+    present = frozenset(columns)
+    fields = _KEY_FIELDS.union(
+        field for field, names in layout.fields.items() if not present.isdisjoint(names)
+    )
+    if len(layout.field_sets) >= _FIELD_SETS:
+        layout.field_sets.clear()
+    layout.field_sets[columns] = fields
+    return fields
 
 
 def _grouped(
@@ -846,16 +974,14 @@ def _read(path: Path, layout: _Layout, progress: bool, check: Check | None = Non
     if layout.skip is not None:
         skip = layout.skip
         records = (r for r in records if isinstance(r, RejectedRow) or not skip(r))
-    if layout.group_by is None:
-        groups: Iterable[list[_Record] | RejectedRow] = (
-            r if isinstance(r, RejectedRow) else [r] for r in records
-        )
-    else:
+    groups: Iterable[_Record | list[_Record] | RejectedRow] = records
+    if layout.group_by is not None:
         groups = _grouped(records, layout.group_by)
-    for group in groups:
-        if isinstance(group, RejectedRow):
-            yield group
+    for item in groups:
+        if isinstance(item, RejectedRow):
+            yield item
             continue
+        group = [item] if isinstance(item, _Record) else item
         try:
             value = layout.build(group)
             if layout.fields is not None:

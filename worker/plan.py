@@ -11,11 +11,13 @@ A bug tripped by one order's data stays with that order: its steps wait with rea
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
@@ -405,3 +407,95 @@ def _refusal(
     if (block := _block_at(now, blocks)) is not None:
         return Refusal("dispute_open" if block[1] is _FOREVER else "dispute_cooldown", final=False)
     return None
+
+
+# Which buyers a pass must plan ------------------------------------------------------------
+
+
+def next_looks(
+    histories: Iterable[OrderHistory], decisions: Iterable[Decision], now: datetime
+) -> dict[str, datetime | None]:
+    """For each buyer of ``histories``, the next moment at which planning them may answer
+    differently if nothing is written meanwhile; None: only a new event can change anything
+    (every write of one wakes the buyer, see worker/migrations/versions/0005_scale.py).
+
+    A due step looks again from when it was due: if its send is not taken this pass, the
+    next pass must see it, whatever that pass's clock says. A step that failed to plan
+    (``plan_error``) looks again at ``now``, to retry it. Events dated in the future (a review
+    stamped ahead of the clock) count from their own time.
+    """
+    buyer_of: dict[str, str] = {}
+    looks: dict[str, datetime | None] = {}
+
+    def look(buyer: str, moment: datetime | None) -> None:
+        known = looks.get(buyer)
+        if moment is not None and moment < _FOREVER and (known is None or moment < known):
+            looks[buyer] = moment
+
+    for history in histories:
+        buyer = history.order.buyer_email
+        buyer_of[history.order.order_id] = buyer
+        looks.setdefault(buyer, None)
+        for moment in _event_times(history):
+            if moment > now:
+                look(buyer, moment)
+    for decision in decisions:
+        if (buyer_of_order := buyer_of.get(decision.order_id)) is None:
+            continue
+        buyer = buyer_of_order
+        if decision.verdict is Verdict.DUE:
+            look(buyer, min(decision.at or now, now))
+        elif decision.reason.startswith("plan_error"):
+            look(buyer, now)
+        elif decision.verdict is Verdict.WAIT:
+            look(buyer, decision.at)
+    return looks
+
+
+def _event_times(history: OrderHistory) -> Iterator[datetime]:
+    order = history.order
+    yield from (m for m in (order.shipped_at, order.delivered_at) if m is not None)
+    for dispute in history.disputes:
+        yield dispute.opened_at
+        if dispute.closed_at is not None:
+            yield dispute.closed_at
+    yield from (review.reviewed_at for review in history.reviews)
+    yield from (reply.replied_at for reply in history.replies)
+    if history.suppression is not None:
+        yield history.suppression.created_at
+
+
+def plan_inputs_digest(campaigns: Sequence[Campaign], policy: Policy) -> str:
+    """A fingerprint of everything besides the histories and the clock that the planner's
+    answer depends on: when it changes, every buyer is planned again once. The same files
+    and settings give the same digest in every process (sets are sorted, not hashed)."""
+    canonical = json.dumps(
+        [_canonical(c) for c in sorted(campaigns, key=lambda c: c.name)] + [_canonical(policy)],
+        sort_keys=True,
+        ensure_ascii=True,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _canonical(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: _canonical(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.compare and f.name != "source"
+        }
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, frozenset | set):
+        return sorted((_canonical(v) for v in value), key=repr)
+    if isinstance(value, tuple | list):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, ZoneInfo):
+        return value.key
+    if isinstance(value, datetime | time):
+        return value.isoformat()
+    return value

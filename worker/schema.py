@@ -50,6 +50,9 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC)
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+"""``customer.next_due_at`` of a buyer whose data changed: plan them at the next pass."""
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_name)s",
@@ -74,6 +77,13 @@ customer = Table(
         UtcDateTime,
         comment="the feed's last-updated time of the values, else the import's",
     ),
+    Column(
+        "next_due_at",
+        UtcDateTime,
+        comment="the next moment a pass must plan this buyer; NULL: only an event can change "
+        "anything. Triggers set it to EPOCH on every write that can change a decision.",
+    ),
+    Index("ix_customer_next_due_at", "next_due_at", "email"),
 )
 
 order = Table(
@@ -231,4 +241,22 @@ mailbox_checkpoint = Table(
     Column("uidvalidity", BigInteger, nullable=False),
     Column("last_uid", BigInteger, nullable=False, comment="every UID up to here is stored"),
     Column("updated_at", UtcDateTime, nullable=False),
+)
+
+worker_state = Table(
+    "worker_state",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+mailbox_lease = Table(
+    "mailbox_lease",
+    metadata,
+    Column("mailbox", String(320), primary_key=True, comment="user@host, as in mailbox_checkpoint"),
+    Column("holder", String(128), nullable=False, comment="the worker reading it"),
+    Column("taken_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False, comment="renewed by every read"),
+    Column("read_at", UtcDateTime, comment="when its holder last read every folder to the end"),
 )

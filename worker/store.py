@@ -8,7 +8,8 @@ committed before the SMTP conversation begins.
 ``Store`` is the one entry point: it opens the database, runs the migrations and holds the
 transactions, and takes its methods from one mixin per kind of record it keeps, so each module
 stays readable on its own: worker/store_orders.py (orders, customers, disputes, reviews,
-replies, suppressions, imports), worker/store_sends.py (the send records) and
+replies, suppressions, imports), worker/store_planning.py (which buyers a pass plans, their
+histories, what a pass writes back), worker/store_sends.py (the send records) and
 worker/store_inbound.py (inbound mail). The names other modules import from here are
 re-exported from those modules.
 """
@@ -42,19 +43,25 @@ from worker.store_inbound import (
     Recorded,
     SoftBounceRule,
 )
+from worker.store_leases import MailboxLeasesMixin
 from worker.store_orders import BATCH_ROWS, OrdersMixin, UpsertCount
-from worker.store_sends import STALE_CLAIM_REASON, Claim, SendsMixin
+from worker.store_planning import BUYER_BATCH, DueCursor, Planned, PlanningMixin
+from worker.store_sends import STALE_CLAIM_REASON, Claim, SendsMixin, SentRecord
 
 __all__ = [
     "BATCH_ROWS",
+    "BUYER_BATCH",
     "STALE_CLAIM_REASON",
     "Awaiting",
     "Checkpoint",
     "Claim",
     "ConversationEntry",
     "DatabaseFailure",
+    "DueCursor",
     "InboundRow",
+    "Planned",
     "Recorded",
+    "SentRecord",
     "SoftBounceRule",
     "Store",
     "UpsertCount",
@@ -188,7 +195,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-class Store(OrdersMixin, SendsMixin, InboundMixin):
+class Store(OrdersMixin, PlanningMixin, SendsMixin, InboundMixin, MailboxLeasesMixin):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
@@ -288,6 +295,16 @@ class Store(OrdersMixin, SendsMixin, InboundMixin):
             yield connection
 
     @contextlib.contextmanager
+    def _begin_write(self) -> Iterator[Connection]:
+        """One transaction that holds the write lock from its first statement: on SQLite,
+        ``BEGIN IMMEDIATE``, so what it reads cannot change before it writes (PostgreSQL
+        locks the rows it reads ``FOR UPDATE`` instead)."""
+        with self._database_errors(), self.engine.begin() as connection:
+            if connection.dialect.name == "sqlite":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            yield connection
+
+    @contextlib.contextmanager
     def _database_errors(self) -> Iterator[None]:
         """A lost or refused connection becomes a StoreError naming the database. Drivers may
         echo the connection string: the password is masked in the message and in the chained
@@ -300,6 +317,6 @@ class Store(OrdersMixin, SendsMixin, InboundMixin):
                 and type(exc) is not DBAPIError
             ):
                 raise  # a refused statement (IntegrityError...) is for the caller to handle
-            detail = _masked(str(exc.orig), self.engine.url)
+            detail = " ".join(_masked(str(exc.orig), self.engine.url).split())  # one line
             cause = _scrubbed(exc, self.engine.url)
             raise StoreError(f"the database failed: {detail}", where=self.where) from cause

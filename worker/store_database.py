@@ -33,6 +33,9 @@ class _Database:
         def _begin(self) -> contextlib.AbstractContextManager[Connection]:
             """Defined by ``Store``: one transaction."""
 
+        def _begin_write(self) -> contextlib.AbstractContextManager[Connection]:
+            """Defined by ``Store``: one transaction holding the write lock from its start."""
+
         def _require_order(self, tx: Connection, order_id: str) -> None:
             """Defined by ``OrdersMixin``."""
 

@@ -5,10 +5,13 @@ disputes, reviews, replies, suppressions, sends), shared by every part of the st
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import RowMapping
+from sqlalchemy.engine import Dialect
 
 from worker.domain import (
     Customer,
@@ -23,35 +26,114 @@ from worker.domain import (
     SuppressionReason,
 )
 
+# Imports: rows in the driver's own form, for executemany without SQLAlchemy's per-value work ----
 
-def _customer_values(customer: Customer, now: datetime, stamp: datetime | None) -> dict[str, Any]:
-    return {
-        "email": customer.email,
-        "name": customer.name,
-        "locale": customer.locale,
-        "country": customer.country,
-        "timezone": customer.timezone,
-        "updated_at": now,
-        "source_updated_at": stamp,
-    }
+TimeBinder = Callable[[datetime | None], Any]
+_SQLITE_TIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"
+"""SQLAlchemy's DATETIME storage format on SQLite."""
 
 
-def _order_values(order: Order, now: datetime, stamp: datetime | None) -> dict[str, Any]:
-    return {
-        "order_id": order.order_id,
-        "marketplace": order.marketplace,
-        "buyer_email": order.buyer_email,
-        "buyer_name": order.buyer_name,
-        "products": json.dumps(list(order.products), ensure_ascii=False),
-        "locale": order.locale,
-        "country": order.country,
-        "ordered_at": order.ordered_at,
-        "shipped_at": order.shipped_at,
-        "delivered_at": order.delivered_at,
-        "review_url": order.review_url,
-        "updated_at": now,
-        "source_updated_at": stamp,
-    }
+def _time_binder(dialect: Dialect) -> TimeBinder:
+    """What ``schema.UtcDateTime`` binds (naive UTC, a naive value refused), in the form the
+    driver stores: SQLite the text SQLAlchemy's DATETIME writes (``2026-03-02 10:00:00.000000``,
+    which the triggers' epoch and every comparison in SQL rely on), other drivers the naive
+    datetime itself. A refusal is a ValueError, as from the type; the caller wraps it."""
+    text = dialect.name == "sqlite"
+
+    def bind(moment: datetime | None) -> Any:
+        if moment is None:
+            return None
+        if moment.tzinfo is not UTC:
+            if moment.tzinfo is None:
+                raise ValueError(f"naive datetime {moment!r} reached the database")
+            moment = moment.astimezone(UTC)
+        if text:
+            return _SQLITE_TIME % (
+                moment.year, moment.month, moment.day,
+                moment.hour, moment.minute, moment.second, moment.microsecond,
+            )  # fmt: skip
+        return moment.replace(tzinfo=None)
+
+    return bind
+
+
+TimeReader = Callable[[Any], datetime | None]
+
+
+def _time_reader(dialect: Dialect) -> TimeReader:
+    """What ``schema.UtcDateTime`` reads, from what the driver gives: SQLite's text as
+    SQLAlchemy's DATETIME parses it (``datetime.fromisoformat``), other drivers' naive
+    datetime; tz-aware UTC either way."""
+    if dialect.name == "sqlite":
+
+        def read_text(value: Any) -> datetime | None:
+            if value is None:
+                return None
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+        return read_text
+
+    def read(value: Any) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+    return read
+
+
+CUSTOMER_COLUMNS = (
+    "email", "name", "locale", "country", "timezone", "updated_at", "source_updated_at",
+    "next_due_at",
+)  # fmt: skip
+"""The customer columns an import writes, in the order of :func:`_customer_params`."""
+
+CustomerParams = Callable[[Order, Any, datetime | None], tuple[Any, ...]]
+
+
+def _customer_params(bind: TimeBinder, due: Any) -> CustomerParams:
+    """A function giving what an order says of its buyer, ``now`` (bound already) as
+    ``updated_at``, the row's time as ``source_updated_at`` and ``due`` (bound: the epoch,
+    plan this buyer at the next pass) as ``next_due_at``."""
+
+    def params(order: Order, now: Any, stamp: datetime | None) -> tuple[Any, ...]:
+        return (
+            order.buyer_email, order.buyer_name, order.locale, order.country, order.timezone,
+            now, bind(stamp), due,
+        )  # fmt: skip
+
+    return params
+
+
+ORDER_FIELD_COLUMNS = (
+    "marketplace", "buyer_email", "buyer_name", "products", "locale", "country", "ordered_at",
+    "shipped_at", "delivered_at", "review_url",
+)  # fmt: skip
+"""The order's fields that are columns of its row, but its key (``timezone`` is the buyer's)."""
+
+OrderParams = Callable[[Order, Any, datetime | None], tuple[Any, ...]]
+
+
+def _order_params(bind: TimeBinder) -> OrderParams:
+    """A function giving an order's values for :data:`ORDER_FIELD_COLUMNS`, then
+    ``updated_at`` (``now``, bound already), ``source_updated_at`` and ``order_id``, in the
+    driver's form."""
+
+    def params(order: Order, now: Any, stamp: datetime | None) -> tuple[Any, ...]:
+        return (
+            order.marketplace, order.buyer_email, order.buyer_name,
+            _products_json(order.products), order.locale, order.country,
+            bind(order.ordered_at), bind(order.shipped_at), bind(order.delivered_at),
+            order.review_url, now, bind(stamp), order.order_id,
+        )  # fmt: skip
+
+    return params
+
+
+@lru_cache(maxsize=4096)
+def _products_json(products: tuple[str, ...]) -> str:
+    """The stored JSON list; a shop sells the same products again and again (bounded cache)."""
+    return json.dumps(list(products), ensure_ascii=False)
 
 
 def _order_from(row: RowMapping) -> Order:

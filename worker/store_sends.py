@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import Connection, bindparam, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from worker import schema
@@ -23,12 +23,22 @@ from worker.errors import DuplicateSend, StoreError
 from worker.plan import OrderHistory, Refusal
 from worker.send import relay_message_id
 from worker.store_database import _Database
-from worker.store_orders import _histories_of
+from worker.store_planning import _histories_of
 from worker.store_rows import _send_from
 
 STALE_CLAIM_REASON = (
     "the worker stopped during the SMTP conversation; check the relay's log before re-sending"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class SentRecord:
+    """A send the relay accepted, to be recorded with others of its chunk."""
+
+    send_id: int
+    reply: str
+    at: datetime
+    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,10 +169,15 @@ class SendsMixin(_Database):
                 else []
             )
             claimed = [_send_from(r) for r in rows]
-            for row in claimed:
-                mid = message_id(row)
-                tx.execute(table.update().where(table.c.id == row.id).values(message_id=mid))
-        sends = sorted((replace(r, message_id=message_id(r)) for r in claimed), key=lambda s: s.id)
+            claimed = [replace(r, message_id=message_id(r)) for r in claimed]
+            if claimed:
+                tx.execute(
+                    table.update()
+                    .where(table.c.id == bindparam("claimed_id"))
+                    .values(message_id=bindparam("claimed_message_id")),
+                    [{"claimed_id": r.id, "claimed_message_id": r.message_id} for r in claimed],
+                )
+        sends = sorted(claimed, key=lambda s: s.id)
         return Claim(sends, {i: r.reason for i, r in refused.items()})
 
     def _refusals(
@@ -191,6 +206,28 @@ class SendsMixin(_Database):
                 reason="",
             )
 
+    def mark_sent_many(self, sent: Sequence[SentRecord]) -> list[bool]:
+        """:meth:`mark_sent` for several sends in one transaction (a delivery task's chunk):
+        one commit instead of one per message. Each row moves only from ``sending``."""
+        if not sent:
+            return []
+        with self._begin() as tx:
+            return [
+                self._move(
+                    tx,
+                    record.send_id,
+                    SendState.SENDING,
+                    SendState.SENT,
+                    record.at,
+                    sent_at=record.at,
+                    relay_reply=record.reply,
+                    relay_message_id=relay_message_id(record.reply),
+                    body_text=record.text,
+                    reason="",
+                )
+                for record in sent
+            ]
+
     def mark_failed(self, send_id: int, reason: str, now: datetime) -> bool:
         with self._begin() as tx:
             return self._move(tx, send_id, SendState.SENDING, SendState.FAILED, now, reason=reason)
@@ -204,6 +241,20 @@ class SendsMixin(_Database):
     def unclaim(self, send_id: int, reason: str, now: datetime) -> bool:
         """Give back a claim whose message never reached the server (a stop before the data,
         a relay found down): scheduled again, the attempt not counted."""
+        attempts = schema.send.c.attempts - 1
+        return self._reschedule(
+            send_id, now, reason=reason, attempts=attempts, not_before=None, claimed_by=None
+        )
+
+    def withdraw(self, send_id: int, reason: str, *, final: bool, now: datetime) -> bool:
+        """A claimed send found refused just before its SMTP conversation (a dispute or a
+        suppression recorded since the claim): skipped for good (``final``), else scheduled
+        again with the attempt not counted, as a refusal at claim time would leave it."""
+        if final:
+            with self._begin() as tx:
+                return self._move(
+                    tx, send_id, SendState.SENDING, SendState.SKIPPED, now, reason=reason
+                )
         attempts = schema.send.c.attempts - 1
         return self._reschedule(
             send_id, now, reason=reason, attempts=attempts, not_before=None, claimed_by=None

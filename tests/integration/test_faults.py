@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -159,9 +160,10 @@ async def test_a_stop_cancels_a_send_by_what_the_server_may_hold(
     store: Store, script: Script, state: SendState
 ) -> None:
     store.upsert_orders(_orders(1), DELIVERED)
+    script = copy.deepcopy(script)  # the server uses its replies up; the next database needs them
+    stage = "RCPT" if script.rcpt else "DATA"
     async with scripted_server(script) as server:
         running = asyncio.create_task(_daemon(store, server.port).run_pass())
-        stage = "RCPT" if script.rcpt else "DATA"
         await server.seen.wait_until(lambda seen: stage in " ".join(seen.commands), timeout_s=10)
         running.cancel()  # what the shutdown timeout does to a send still in flight
         with contextlib.suppress(asyncio.CancelledError):

@@ -1,4 +1,5 @@
-"""Importing files end to end: real files, the import command's handler, a real SQLite file.
+"""Importing files end to end: real files, the import command's handler, a real database (a
+SQLite file, a PostgreSQL database).
 
 Which import wins: a row the feed dates (Amazon's last-updated-date, the generic updated_at)
 is as new as that; any other row is as new as its import. An older row changes nothing.
@@ -36,13 +37,31 @@ Importer = Callable[..., Imported]
 
 
 @pytest.fixture
-def run_import(store: Store, capsys: pytest.CaptureFixture[str]) -> Importer:
-    """``worker import ARGS...`` as the command line parses and runs it (WorkerErrors raise)."""
+def run_import(
+    store: Store, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Importer:
+    """``worker import ARGS...`` as the command line parses and runs it (WorkerErrors raise).
+
+    The handler leaves the store it opened to the end of the process; here the store is
+    closed when the handler returns, as a process would close its connections on exit.
+    """
     settings = settings_for(store, 8025)
+    opened: list[Store] = []
+    open_store = Store.open
+
+    def tracked(url: str) -> Store:
+        opened.append(open_store(url))
+        return opened[-1]
+
+    monkeypatch.setattr(Store, "open", tracked)
 
     def run(*args: str | Path) -> Imported:
         parsed = build_parser().parse_args(["import", *map(str, args)])
-        code = parsed.handler(parsed, settings)
+        try:
+            code = parsed.handler(parsed, settings)
+        finally:
+            while opened:
+                opened.pop().close()
         out, err = capsys.readouterr()
         return Imported(code, out, err)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -14,10 +16,9 @@ from worker.clock import FixedClock
 from worker.daemon import Daemon, load_checked_campaigns
 from worker.domain import Order, SendState, SuppressionReason
 from worker.errors import StoreError
-from worker.plan import OrderHistory
 from worker.render import Renderer
 from worker.sink import RejectRule, Sink, SinkOptions
-from worker.store import Store
+from worker.store import Planned, SentRecord, Store
 
 DELIVERED = datetime(2026, 3, 2, 11, 0, tzinfo=UTC)
 CHECK_IN_DUE = DELIVERED + timedelta(days=7, hours=1)
@@ -44,7 +45,7 @@ class ProcessKilled(BaseException):
 class CrashAfterAcceptance(Store):
     """The process dies after the server's 250 but before the database commit."""
 
-    def mark_sent(self, send_id: int, reply: str, now: datetime, text: str | None = None) -> bool:
+    def mark_sent_many(self, sent: Sequence[SentRecord]) -> list[bool]:
         raise ProcessKilled("killed between 250 and commit")
 
 
@@ -164,11 +165,11 @@ class LockedOnce(Store):
 
     failures = 1
 
-    def histories(self) -> list[OrderHistory]:
+    def plan_due(self, *args: Any, **kwargs: Any) -> Planned | None:
         if self.failures:
             self.failures -= 1
             raise StoreError("database is locked", where="test")
-        return super().histories()
+        return super().plan_due(*args, **kwargs)
 
 
 async def test_daemon_survives_a_failed_pass_and_sends_on_the_next(

@@ -516,6 +516,47 @@ def test_large_file_streams_in_constant_memory(tmp_path: Path) -> None:
     assert peak < 300_000, f"peak {peak} bytes: rows are being held"
 
 
+# Files are read in chunks: a row reads the same wherever a chunk ends --------------------------
+
+
+def _note(n: int) -> str:
+    """Quoted line breaks, and characters other readers break lines at (the csv module and
+    JSON do not)."""
+    return ['"two\nlines"', "vt\x0bff\x0c", "ls\u2028ps\u2029", "nel\x85fs\x1c", "plain"][n % 5]
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n", "\r"])
+def test_rows_and_line_numbers_are_the_same_across_chunks(tmp_path: Path, end: str) -> None:
+    lines = ["order_id,marketplace,buyer_email,note"]
+    lines += [f"O-{n},shop,b{n}@example.com,{_note(n)}" for n in range(6000)]
+    lines[5001] = "O-5000,shop,not-an-address,late"
+    text = end.join(lines) + end
+    path = tmp_path / "orders.csv"
+    path.write_bytes(text.encode("utf-8"))
+    assert path.stat().st_size > 6 * 2**15, "several chunks"
+    good, bad = split(read_orders(path))
+    assert [o.order_id for o in good] == [f"O-{n}" for n in range(6000) if n != 5000]
+    before = text[: text.index("O-5000,")]
+    physical = before.count("\n") + before.count("\r") - before.count("\r\n") + 1
+    assert [(r.line, r.cells[0][2]) for r in bad] == [(physical, "not-an-address")]
+
+
+def test_jsonl_lines_are_the_same_across_chunks(tmp_path: Path) -> None:
+    rows = [
+        json.dumps({"order_id": f"J-{n}", "marketplace": "shop", "buyer_email": f"j{n}@x.com",
+                    "note": _note(n)}, ensure_ascii=False)
+        for n in range(4000)
+    ]  # fmt: skip
+    rows[100] = rows[100].replace(', "marketplace"', ',\r "marketplace"')  # JSON white space
+    rows[3500] = rows[3500].replace("j3500@x.com", "not-an-address")
+    path = tmp_path / "orders.jsonl"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8", newline="")
+    assert path.stat().st_size > 4 * 2**15, "several chunks"
+    good, bad = split(read_orders(path))
+    assert len(good) == 3999 and good[100].order_id == "J-100"
+    assert [r.line for r in bad] == [3501]
+
+
 # Encoding errors name their own line ---------------------------------------------------------
 
 
