@@ -14,15 +14,26 @@ normalisation of a huge string is itself slow), and every pattern is RE2, linear
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import functools
+import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import quotequail
+import re2
 
 from worker.domain import Classification, MessageKind
 from worker.dsn import classify_bounce
 from worker.inbound import InboundMessage
-from worker.rules import ComplaintKeyword, HeaderRule, MailRules, MarketplaceRule, normalise
+from worker.rules import (
+    ComplaintKeyword,
+    HeaderRule,
+    MailRules,
+    MarketplaceRule,
+    Pattern,
+    normalise,
+)
 
 SUBJECT_CHARS = 4 * 1024
 TEXT_CHARS = 64 * 1024
@@ -66,6 +77,188 @@ def _key(line: str) -> str:
     return " ".join(line.lstrip(" \t>").split()).casefold()
 
 
+# Many patterns, one pass --------------------------------------------------------------------
+#
+# The rules hold hundreds of patterns (complaint keywords in seven languages, auto-reply
+# subjects, unsubscribe phrases), and trying each in turn costs a call, and an encoding of
+# the text, per pattern. Each list is also compiled as one alternation, which says in one
+# pass whether any of them matches, and as an RE2 set, which says which ones do. Only those
+# are then tried, in the rules' order, exactly as before: the verdict and its evidence do
+# not change, only the patterns that cannot match are skipped.
+
+_OPTION_NAMES = (
+    *("max_mem", "encoding", "posix_syntax", "longest_match", "log_errors", "literal"),
+    *("never_nl", "dot_nl", "never_capture", "case_sensitive", "perl_classes"),
+    *("word_boundary", "one_line"),
+)
+_EDGE = r"[^\pL\pN]"
+_WHOLE_WORD = (f"(?:^|{_EDGE})((?:", f"))(?:{_EDGE}|$)")
+"""How ``worker.rules`` wraps a Latin-script keyword to match whole words only. The keyword
+itself, without its edges, can match wherever the whole one does: the set reads the bare
+keywords, as the edges' Unicode classes would make its automaton too big."""
+
+
+@dataclass(frozen=True, slots=True)
+class _AnyOf:
+    """Which of many RE2 patterns can match a text.
+
+    ``any_of`` (the patterns as one alternation) says exactly whether any of them matches:
+    RE2 goes on with a slower automaton when the fast one runs out of memory, so it is never
+    wrong. ``which`` (an RE2 set) names the ones that may match, but says nothing at all when
+    its automaton runs out of memory; its silence is then checked with ``any_of``.
+    """
+
+    count: int
+    any_of: re2._Regexp[bytes]
+    which: re2.Set | None
+
+    def candidates(self, text: bytes) -> Sequence[int]:
+        """The indices, ascending, of every pattern that may match somewhere in ``text``."""
+        if self.any_of.search(text) is None:  # the usual answer, in one pass
+            return ()
+        if self.which is not None:
+            found = cast("list[int] | None", self.which.Match(text))
+            if found:
+                return sorted(found)
+        return range(self.count)
+
+    def found_in(self, text: bytes) -> bool:
+        return self.any_of.search(text) is not None
+
+    def whole(self, text: bytes) -> bool:
+        """Whether one of the patterns matches the whole of ``text``."""
+        return self.any_of.fullmatch(text) is not None
+
+
+def _any_of(
+    patterns: Sequence[Pattern], sources: Sequence[str] | None = None, *, which: bool = False
+) -> _AnyOf | None:
+    """``None`` when the patterns cannot be read together: then each is tried, as before."""
+    options = _shared_options(patterns)
+    if options is None:
+        return None
+    sources = sources or [p.pattern for p in patterns]
+    try:
+        any_of = re2.compile("|".join(f"(?:{s})" for s in sources).encode(), options)
+    except re2.error:
+        return None
+    return _AnyOf(len(sources), any_of, _set_of(sources, options) if which else None)
+
+
+def _set_of(sources: Sequence[str], options: re2.Options) -> re2.Set | None:
+    """``None`` when the set does not fit its memory: the alternation still answers."""
+    found = re2.Set.SearchSet(options)
+    try:
+        for source in sources:
+            found.Add(source.encode())
+        found.Compile()
+    except re2.error:
+        return None
+    return found
+
+
+def _shared_options(patterns: Sequence[Pattern]) -> re2.Options | None:
+    """The patterns' options, if they all have the same, with their groups not captured:
+    whether (and where) a pattern matches does not depend on its groups, and RE2 answers
+    several times faster without them."""
+    values = {tuple(getattr(p.options, name) for name in _OPTION_NAMES) for p in patterns}
+    if len(values) != 1:
+        return None
+    options = re2.Options()
+    for name, value in zip(_OPTION_NAMES, values.pop(), strict=True):
+        setattr(options, name, value)
+    options.never_capture = True
+    return options
+
+
+def _bare_keyword(keyword: ComplaintKeyword) -> str:
+    source = keyword.pattern.pattern
+    start, end = _WHOLE_WORD
+    if source.startswith(start) and source.endswith(end):
+        return source[len(start) : -len(end)]
+    return source
+
+
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """The rules' pattern lists, each read in one pass; built once per rules object."""
+
+    complaints: _AnyOf | None
+    auto_subjects: _AnyOf | None
+    unsubscribe: _AnyOf | None
+    quote_starts: Pattern | None
+    """The quote markers as one alternation: its first match starts where the first of
+    theirs does."""
+    senders: _AnyOf | None
+    """Every marketplace rule's sender patterns: a sender none of them matches has no rule."""
+    reply_prefixes: _AnyOf | None
+    """Whether a subject has a reply prefix to take off at all (most have none)."""
+
+
+def compile_index(rules: MailRules) -> None:
+    """Compile the rules' combined patterns now, at start-up; else the first message does."""
+    _index(rules)
+
+
+@functools.lru_cache(maxsize=8)
+def _index(rules: MailRules) -> _Index:
+    complaints = rules.complaints
+    senders = [p for rule in rules.marketplace for p in rule.senders]
+    return _Index(
+        complaints=_any_of(
+            [k.pattern for k in complaints], [_bare_keyword(k) for k in complaints], which=True
+        )
+        if complaints
+        else None,
+        auto_subjects=_any_of([k.pattern for k in rules.auto_reply_subjects])
+        if rules.auto_reply_subjects
+        else None,
+        unsubscribe=_any_of([k.pattern for k in rules.unsubscribe_phrases])
+        if rules.unsubscribe_phrases
+        else None,
+        quote_starts=_one_pattern(rules.quote_starts),
+        senders=_any_of(senders) if senders else None,
+        reply_prefixes=_any_of([rules.reply_prefixes]),
+    )
+
+
+def _one_pattern(patterns: Sequence[Pattern]) -> Pattern | None:
+    options = _shared_options(patterns) if patterns else None
+    if options is None:
+        return None
+    try:
+        return re2.compile("|".join(f"(?:{p.pattern})" for p in patterns), options)
+    except re2.error:
+        return None
+
+
+def _quote_start(rules: MailRules, text: str) -> int:
+    """``rules.quote_start``, in one pass: the leftmost match of the alternation starts where
+    the first of the markers' first matches does."""
+    if not rules.quote_starts:
+        return len(text)
+    pattern = _index(rules).quote_starts
+    if pattern is None:
+        return rules.quote_start(text)
+    found = pattern.search(text)
+    return len(text) if found is None else found.start()
+
+
+def _without_reply_prefixes(rules: MailRules, subject: str) -> str:
+    """``rules.without_reply_prefixes``, which a subject without a prefix leaves stripped."""
+    prefixes = _index(rules).reply_prefixes
+    if prefixes is not None and not prefixes.found_in(subject.encode()):
+        return subject.strip()
+    return rules.without_reply_prefixes(subject)
+
+
+def _marketplace_rule(rules: MailRules, mail: _Mail) -> MarketplaceRule | None:
+    senders = _index(rules).senders
+    if senders is not None and not senders.found_in(mail.sender.encode()):
+        return None  # every rule needs one of its senders
+    return rules.marketplace_rule(mail.sender, mail.subject, mail.text)
+
+
 @dataclass(frozen=True, slots=True)
 class _Mail:
     """The message as the rules read it: cut to size, normalised, and what we sent."""
@@ -102,14 +295,16 @@ def classify(
         words = _own_words(mail.text, rules, _NONE_OF_OURS)
         numbers = rules.order_numbers_in(f"{mail.subject}\n{words}")
         return Classification(MessageKind.SELLER, f"from={mail.sender}", order_numbers=numbers)
-    cut = dataclasses.replace(
-        message, subject=message.subject[:SUBJECT_CHARS], text=message.text[:TEXT_CHARS]
-    )
+    cut = message
+    if len(message.subject) > SUBJECT_CHARS or len(message.text) > TEXT_CHARS:
+        cut = dataclasses.replace(
+            message, subject=message.subject[:SUBJECT_CHARS], text=message.text[:TEXT_CHARS]
+        )
     bounce = classify_bounce(cut)
     if bounce is not None:
         found = bounce.order_numbers or rules.order_numbers_in(f"{mail.subject}\n{mail.text}")
         return dataclasses.replace(bounce, order_numbers=found)
-    rule = rules.marketplace_rule(mail.sender, mail.subject, mail.text)
+    rule = _marketplace_rule(rules, mail)
     machine = _machine_made(mail, rules, rule, seller_addresses)
     if machine is not None:
         return dataclasses.replace(machine, order_numbers=rules.order_numbers_in(mail.subject))
@@ -128,12 +323,13 @@ def _written(
     """Someone wrote it: an unsubscribe, a marketplace notification, a complaint or a reply."""
     words = _buyer_words(rule, mail, rules)
     numbers = rules.order_numbers_in(f"{mail.subject}\n{words}")
-    request = _unsubscribe(mail.message, rules, mail.subject, words, unsubscribe)
+    subject = _without_reply_prefixes(rules, mail.subject)
+    request = _unsubscribe(mail.message, rules, subject, words, unsubscribe)
     if request is not None:
         return Classification(MessageKind.UNSUBSCRIBE, request, order_numbers=numbers)
     if rule is not None:
         return _marketplace(rule, rules, mail.subject, mail.text, words)
-    complaint = _complaint(rules, (rules.without_reply_prefixes(mail.subject), words))
+    complaint = _complaint(rules, (subject, words))
     if complaint is not None:
         keyword, said = complaint
         return Classification(
@@ -152,7 +348,7 @@ def own_words(text: str, rules: MailRules, ours: tuple[str, ...] = ()) -> str:
 
 
 def _own_words(text: str, rules: MailRules, ours: _Ours) -> str:
-    cut = min(_parser_quote_start(text), rules.quote_start(text))
+    cut = min(_parser_quote_start(text), _quote_start(rules, text))
     lines = (
         line
         for line in text[:cut].splitlines()
@@ -175,6 +371,11 @@ def _parser_quote_start(text: str) -> int:
     lines = text.split("\n", _PARSER_LINES)[:_PARSER_LINES]
     shown = "\n".join(line[:_PARSER_COLUMNS] for line in lines)
     try:
+        if _QUOTE_HEADERS is not None:
+            first_quoted = _QUOTE_HEADERS.first_line(shown)
+            if first_quoted is None:
+                return len(text)
+            return sum(len(line) + 1 for line in lines[:first_quoted])
         parts: list[tuple[bool, str]] = quotequail.quote(
             shown, limit=len(lines) + 1, quote_intro_line=True
         )
@@ -184,6 +385,53 @@ def _parser_quote_start(text: str) -> int:
         return len(text)
     first_quoted = len(lines) - parts[1][1].count("\n") - 1
     return sum(len(line) + 1 for line in lines[:first_quoted])
+
+
+@dataclass(frozen=True, slots=True)
+class _QuoteHeaders:
+    """quotequail's search for the line a reply or forward header starts on, with its own
+    patterns as one alternation: ``quotequail.quote`` tries each of its 43 patterns in turn
+    on each line (and pair of wrapped lines) until one matches, and most mail has no such
+    line. The answer is the same line (tests/unit/test_classify.py compares the two)."""
+
+    pattern: re.Pattern[str]
+    wrap: int
+    join: Callable[[list[str]], str]
+
+    @classmethod
+    def of_quotequail(cls) -> _QuoteHeaders | None:
+        """``None`` (quotequail reads every text) if its internals are not as expected."""
+        try:
+            from quotequail import _internal, _patterns
+
+            patterns = [p for group in _patterns.COMPILED_PATTERN_MAP.values() for p in group]
+            flags = {p.flags for p in patterns}
+            wrap, join = int(_patterns.MAX_WRAP_LINES), _internal.join_wrapped_lines
+            if len(flags) != 1 or not callable(join) or not patterns:
+                return None
+            either = "|".join(f"(?:{p.pattern})" for p in patterns)
+            return cls(re.compile(either, flags.pop()), wrap, join)
+        except Exception:  # another version of the library: no shortcut
+            return None
+
+    def first_line(self, text: str) -> int | None:
+        """Where ``quotequail.quote(text, limit=<past the end>, quote_intro_line=True)``
+        splits the text, as a line index; ``None`` where it does not: its
+        ``find_quote_position``, any pattern at once."""
+        lines = text.split("\n")
+        for n in range(len(lines)):
+            for m in range(self.wrap):
+                line = self.join(lines[n : n + 1 + m])
+                if line.startswith(">"):
+                    line = line[1:].strip()
+                if not line:
+                    break
+                if self.pattern.match(line.strip()):
+                    return n
+        return None
+
+
+_QUOTE_HEADERS = _QuoteHeaders.of_quotequail()
 
 
 def _buyer_words(rule: MarketplaceRule | None, mail: _Mail, rules: MailRules) -> str:
@@ -226,6 +474,9 @@ def _header(
 
 
 def _auto_subject(mail: _Mail, rules: MailRules) -> Classification | None:
+    index = _index(rules).auto_subjects
+    if index is not None and not index.found_in(mail.subject.encode()):
+        return None
     for keyword in rules.auto_reply_subjects:
         found = keyword.pattern.search(mail.subject)
         if found is not None:
@@ -263,15 +514,19 @@ def _unsubscribe(
     words: str,
     unsubscribe_addresses: frozenset[str],
 ) -> str | None:
-    """Evidence when the message is addressed to, or is essentially, a request to stop."""
+    """Evidence when the message is addressed to, or is essentially, a request to stop.
+    ``subject`` is without its reply prefixes."""
     to = next((r for r in message.recipients if r in unsubscribe_addresses), None)
     if to is not None:
         return f"to={_plain(to)}"
     lines = [bare for bare in map(_bare, words.splitlines()) if bare]
-    candidates = [_bare(rules.without_reply_prefixes(subject))]
+    candidates = [_bare(subject)]
     if len(lines) <= rules.unsubscribe_max_lines:
         candidates.extend(lines)
+    index = _index(rules).unsubscribe
     for candidate in filter(None, candidates):
+        if index is not None and not index.whole(candidate.encode()):
+            continue
         for keyword in rules.unsubscribe_phrases:
             if keyword.pattern.fullmatch(candidate):
                 return f"unsubscribe={keyword.language}:{candidate[:_EVIDENCE_CHARS]}"
@@ -281,7 +536,11 @@ def _unsubscribe(
 def _complaint(rules: MailRules, texts: tuple[str, ...]) -> tuple[ComplaintKeyword, str] | None:
     """The first keyword, in priority order, found without a negation next to it."""
     flat = [" ".join(t.split()) for t in texts]
-    for keyword in rules.complaints:
+    index = _index(rules).complaints
+    chosen: Iterable[int] = range(len(rules.complaints))
+    if index is not None:
+        chosen = sorted({i for text in flat for i in index.candidates(text.encode())})
+    for keyword in (rules.complaints[i] for i in chosen):
         for text in flat:
             for start, end in keyword.spans(text):
                 if not rules.negated(text, start, end):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import encodings
+import functools
 import hashlib
 import html
 import string
@@ -145,15 +146,23 @@ class InboundMessage:
     cut short, the part read."""
     truncated: str | None = None
     """Why only part of the message was read (``size 270000000 > max_message_bytes ...``)."""
+    _named: dict[str, tuple[str, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    """``headers`` by lower-cased name, made on the first look-up: the classifier asks
+    for about twenty names per message."""
 
     def header(self, name: str) -> str | None:
         """The first header of that name (any case), decoded; ``None`` when absent."""
-        wanted = name.lower()
-        return next((v for k, v in self.headers if k.lower() == wanted), None)
+        found = self.headers_named(name)
+        return found[0] if found else None
 
     def headers_named(self, name: str) -> tuple[str, ...]:
-        wanted = name.lower()
-        return tuple(v for k, v in self.headers if k.lower() == wanted)
+        named = self._named
+        if named is None:
+            named = _by_name(self.headers)
+            object.__setattr__(self, "_named", named)
+        return named.get(name.lower(), ())
 
     @property
     def thread_ids(self) -> tuple[str, ...]:
@@ -302,7 +311,10 @@ def _between_words(pieces: list[str | tuple[str, bytes]], index: int) -> bool:
 
 def _unfold(value: str) -> str:
     """Header lines joined, each run of blanks made one space (split and join: linear)."""
-    return " ".join(part for part in value.translate(_FOLDING).split(" ") if part).strip()
+    flat = value.translate(_FOLDING)
+    if "  " not in flat:  # no run to shorten: only the ends to strip (the usual case)
+        return flat.strip()
+    return " ".join(part for part in flat.split(" ") if part).strip()
 
 
 def _raw_headers(tree: Message) -> list[tuple[str, str]]:
@@ -316,9 +328,33 @@ def _raw_headers(tree: Message) -> list[tuple[str, str]]:
     return pairs
 
 
+def _by_name(headers: Sequence[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
+    grouped: dict[str, list[str]] = {}
+    for name, value in headers:
+        grouped.setdefault(name.lower(), []).append(value)
+    return {name: tuple(values) for name, values in grouped.items()}
+
+
+_REMEMBERED_ADDRESS_CHARS = 512
+
+
+def address_pairs(value: str) -> list[tuple[str, str]]:
+    """``email.utils.getaddresses([value])``; a short value's answer is remembered, as the
+    same From is read by ``parse`` and by ``worker.origin``, and the same people write
+    again and again. Raises what ``getaddresses`` raises."""
+    if len(value) > _REMEMBERED_ADDRESS_CHARS:
+        return getaddresses([value])
+    return list(_remembered_addresses(value))
+
+
+@functools.lru_cache(maxsize=1024)
+def _remembered_addresses(value: str) -> tuple[tuple[str, str], ...]:
+    return tuple(getaddresses([value]))
+
+
 def _addresses(values: tuple[str, ...], errors: list[str], where: str) -> list[tuple[str, str]]:
     try:
-        found = getaddresses([", ".join(values)[:_ADDRESS_CHARS]])
+        found = address_pairs(", ".join(values)[:_ADDRESS_CHARS])
     except RecursionError:  # email.utils reads nested comments "(((..." recursively
         errors.append(f"{where}: addresses nested too deep to read")
         return []
@@ -559,6 +595,8 @@ def _read(raw: bytes, limits: ParseLimits, whole: int) -> InboundMessage:
         wanted = {n.lower() for n in names}
         return tuple(v for k, v in among if k.lower() in wanted)
 
+    decoded = _by_name(headers)
+
     # Addresses from the fields as written: an encoded word is a display name whatever it
     # decodes to ("=?utf-8?q?notice=40amazon.com?=" is not notice@amazon.com).
     senders = _addresses(all_of("From", among=undecoded), errors, "From") or _addresses(
@@ -571,28 +609,30 @@ def _read(raw: bytes, limits: ParseLimits, whole: int) -> InboundMessage:
         errors,
         "To",
     )
-    message_ids = _message_ids(" ".join(all_of("Message-ID")))
-    date = _date(next(iter(all_of("Date")), None), errors)
+    message_ids = _message_ids(" ".join(decoded.get("message-id", ())))
+    date = _date(next(iter(decoded.get("date", ())), None), errors)
     text, text_cut = _body_text(tree, limits.max_text_bytes, errors)
     if text_cut:
         cuts.append(f"text > max_text_bytes {limits.max_text_bytes}")
-    return InboundMessage(
+    message = InboundMessage(
         raw=raw,
         content_hash=hashlib.sha256(raw).hexdigest(),
         message_id=message_ids[0] if message_ids else None,
         sender=sender,
         sender_name=sender_name,
         recipients=tuple(dict.fromkeys(addr for _, addr in recipients)),
-        subject=" ".join(all_of("Subject")),
+        subject=" ".join(decoded.get("subject", ())),
         date=date,
-        in_reply_to=tuple(_message_ids(" ".join(all_of("In-Reply-To"))))[:MAX_THREAD_IDS],
-        references=tuple(_message_ids(" ".join(all_of("References"))))[-MAX_THREAD_IDS:],
+        in_reply_to=tuple(_message_ids(" ".join(decoded.get("in-reply-to", ()))))[:MAX_THREAD_IDS],
+        references=tuple(_message_ids(" ".join(decoded.get("references", ()))))[-MAX_THREAD_IDS:],
         headers=headers,
         text=text,
         errors=_kept([*(f"truncated: {cut}" for cut in cuts), *errors]),
         tree=tree,
         truncated="; ".join(cuts) or None,
     )
+    object.__setattr__(message, "_named", decoded)  # already made: spare the first look-up
+    return message
 
 
 def _kept(errors: list[str]) -> tuple[str, ...]:

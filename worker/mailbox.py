@@ -219,11 +219,13 @@ class Mailbox:
 
     def _open(self) -> Any:
         settings = self.settings
+        implicit = settings.tls is TlsMode.IMPLICIT
         client = _Client(
             self._host,
             settings.effective_port,
-            ssl=settings.tls is TlsMode.IMPLICIT,
-            ssl_context=self._ssl_context(),
+            ssl=implicit,
+            # Made only when used: loading the system's CA certificates takes milliseconds.
+            ssl_context=self._ssl_context() if implicit else None,
             timeout=settings.timeout_s,
         )
         try:

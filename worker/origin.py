@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from email.utils import getaddresses
 
 import authres
 import dkim
 
-from worker.inbound import InboundMessage
+from worker.inbound import InboundMessage, address_pairs
 
 MAX_HEADER_CHARS = 4096
 """An Authentication-Results header longer than this is not read (authres uses Python re)."""
@@ -57,7 +56,7 @@ def from_address(message: InboundMessage) -> str:
     fields = [str(v) for v in message.tree.get_all("From", [])]
     if len(fields) != 1:
         return ""
-    found = [addr for _, addr in getaddresses(fields) if addr]
+    found = [addr for _, addr in address_pairs(fields[0]) if addr]
     if len(found) != 1 or found[0].count("@") != 1:
         return ""
     return found[0].strip().lower()

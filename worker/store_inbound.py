@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, and_, func, select
+from sqlalchemy import Connection, RowMapping, and_, bindparam, func, or_, select
 
 from worker import schema
 from worker.domain import (
@@ -34,6 +34,10 @@ from worker.store_database import _Database
 from worker.store_orders import _close_disputes, _insert_ignoring_duplicate, _suppress
 from worker.store_rows import _order_from
 from worker.thread import Candidates, SendRef, Threaded, Wanted
+
+IN_CHUNK = 500
+"""Values per ``IN (...)`` list of a batched look-up: SQLite takes at most 32,766 parameters
+in one statement, and a hostile message can name a hundred Message-IDs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,23 @@ class Recorded:
     dispute_order: str | None = None
     disputes_closed: int = 0
     suppressed: tuple[Suppress, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One message to store: what reading, threading and reacting made of it."""
+
+    message: InboundMessage
+    received: Received
+    verdict: Classification
+    threaded: Threaded
+    reactions: Reactions
+    authentication: str = ""
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """What makes a message the same message: its Message-ID and its bytes' hash."""
+        return (self.message.message_id or "", self.message.content_hash)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +175,118 @@ class InboundMixin(_Database):
                 orders_of_counterpart=of_counterpart,
             )
 
+    def candidates_for(self, wants: Sequence[Wanted]) -> list[Candidates]:
+        """``candidates`` for a batch of messages, each kind of look-up one query for all of
+        them. Each message's ``Candidates`` answers its own keys as ``candidates`` would;
+        what the batch itself stores is not in them (the caller threads later messages of
+        the batch to earlier ones)."""
+        send, inbound, order = schema.send, schema.inbound_message, schema.order
+        message_ids = _union(w.message_ids for w in wants)
+        counterparts = _union((w.counterpart,) for w in wants if w.counterpart)
+        with self._connect() as c:
+            threaded = inbound.c.order_id.is_not(None)
+            sends_by_id = {
+                ref.send_id: ref
+                for ref in _send_refs(
+                    c, send.c.id, _union(w.return_path_sends for w in wants)
+                ).values()
+            }
+            sends_by_message_id = _send_refs(c, send.c.message_id, message_ids)
+            sends_by_relay_id = _send_refs(
+                c, send.c.relay_message_id, _union(w.relay_ids for w in wants)
+            )
+            orders_by_message_id = _pairs(
+                c, inbound.c.message_id, inbound.c.order_id, message_ids, threaded
+            )
+            orders_by_token = _pairs(
+                c, order.c.reply_token, order.c.order_id, _union(w.tokens for w in wants)
+            )
+            numbers = _union(w.order_numbers for w in wants)
+            orders_by_number = {o.order_id: o for o in _orders_in(c, order.c.order_id, numbers)}
+            of_counterpart: dict[str, list[Order]] = {}
+            for found in _orders_in(c, order.c.buyer_email, counterparts):
+                of_counterpart.setdefault(found.buyer_email, []).append(found)
+        return [
+            Candidates(
+                sends_by_id=sends_by_id,
+                sends_by_message_id=sends_by_message_id,
+                sends_by_relay_id=sends_by_relay_id,
+                orders_by_message_id=orders_by_message_id,
+                orders_by_token=orders_by_token,
+                orders_by_number=orders_by_number,
+                orders_of_counterpart=tuple(of_counterpart.get(w.counterpart, ()))
+                if w.counterpart
+                else (),
+            )
+            for w in wants
+        ]
+
+    def buyers_of(self, order_ids: Iterable[str]) -> dict[str, str]:
+        """Each order's buyer address, in one query; an order that does not exist is left
+        out."""
+        order = schema.order
+        wanted = list(dict.fromkeys(order_ids))
+        found: dict[str, str] = {}
+        with self._connect() as c:
+            for chunk in _chunks(wanted):
+                query = select(order.c.order_id, order.c.buyer_email).where(
+                    order.c.order_id.in_(chunk)
+                )
+                found.update({order_id: buyer for order_id, buyer in c.execute(query)})
+        return found
+
+    def stored_identities(self, identities: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (Message-ID, content hash) pairs are stored already."""
+        with self._connect() as c:
+            return _stored_identities(c, identities)
+
+    def record_inbound_batch(
+        self, items: Sequence[Inbound], soft_bounces: SoftBounceRule, now: datetime
+    ) -> list[Recorded]:
+        """``record_inbound`` for a fetched batch, in one transaction: all stored or none.
+
+        Each message is recognised, inserted and reacted to as ``record_inbound`` would, in
+        the batch's order, so each sees what the earlier ones wrote. The rows are inserted
+        together (the soft-bounce count of a message leaves out the rows of the messages
+        after it, as one by one they would not be there yet) and the replies marked after the
+        other reactions (nothing reads them). Each folder's checkpoint moves once, past its
+        last message.
+        """
+        if not items:
+            return []
+        with self._begin() as tx:
+            known = _stored_identities(tx, [item.identity for item in items])
+            fresh: list[int] = []
+            for index, item in enumerate(items):
+                if item.identity not in known:
+                    known.add(item.identity)
+                    fresh.append(index)
+            ids = _insert_rows(tx, [_inbound_values(items[i], now) for i in fresh])
+            outcomes = [Recorded(None, duplicate=True) for _ in items]
+            replies: list[dict[str, Any]] = []
+            for position, (index, row_id) in enumerate(zip(fresh, ids, strict=True)):
+                item = items[index]
+                outcomes[index] = self._apply(
+                    tx,
+                    row_id,
+                    item.received,
+                    item.threaded,
+                    item.reactions,
+                    soft_bounces,
+                    replies=replies,
+                    not_yet=ids[position + 1 :],
+                )
+            _mark_replied(tx, replies)
+            last: dict[tuple[str, str], Received] = {}
+            for item in items:
+                place = (item.received.mailbox, item.received.folder)
+                if place not in last or last[place].uid < item.received.uid:
+                    last[place] = item.received
+            for got in last.values():
+                point = Checkpoint(got.mailbox, got.folder, got.uidvalidity, got.uid)
+                _put_checkpoint(tx, point, now, only_forward=True)
+        return outcomes
+
     def record_inbound(
         self,
         message: InboundMessage,
@@ -191,7 +324,14 @@ class InboundMixin(_Database):
         threaded: Threaded,
         reactions: Reactions,
         soft_bounces: SoftBounceRule,
+        *,
+        replies: list[dict[str, Any]] | None = None,
+        not_yet: Sequence[int] = (),
     ) -> Recorded:
+        """``replies``: collect the reply rows there instead of inserting them (a batch
+        inserts them together). ``not_yet``: rows the soft-bounce count must not see, as
+        they would not be there yet one message at a time (a batch inserts all its rows
+        before reacting)."""
         at = received.received_at
         order_id = threaded.match.order_id if threaded.match else None
         source = reactions.dispute_source
@@ -200,19 +340,23 @@ class InboundMixin(_Database):
         dispute = None
         if order_id is not None and reactions.open_dispute is not None:
             dispute = reactions.open_dispute
-            _open_dispute(tx, order_id, dispute, at, source, row_id)
+            _open_dispute(tx, order_id, dispute, at, source, row_id, guarded=replies is None)
         closed = 0
         if order_id is not None and reactions.close_disputes is not None:
             closed = _close_noticed(tx, order_id, reactions.close_disputes, at)
         if order_id is not None and reactions.review:
             _add_review(tx, order_id, reactions.rating, at)
         if order_id is not None and reactions.reply:
-            _insert_ignoring_duplicate(
-                tx, schema.reply.insert().values(order_id=order_id, replied_at=at, source="mailbox")
-            )
+            reply = {"order_id": order_id, "replied_at": at, "source": "mailbox"}
+            if replies is not None:
+                replies.append(reply)
+            else:
+                _insert_ignoring_duplicate(tx, schema.reply.insert().values(**reply))
         suppressions = list(reactions.suppress)
         if reactions.soft_bounce:
-            suppressions.extend(_soft_bounce_limit(tx, reactions.soft_bounce, at, soft_bounces))
+            suppressions.extend(
+                _soft_bounce_limit(tx, reactions.soft_bounce, at, soft_bounces, not_yet)
+            )
         added = tuple(s for s in suppressions if _suppress(tx, s, at))
         return Recorded(row_id, False, dispute, order_id if dispute else None, closed, added)
 
@@ -324,6 +468,33 @@ class InboundMixin(_Database):
         with self._connect() as c:
             return tuple(text for (text,) in c.execute(query))
 
+    def texts_sent_to_each(
+        self, addresses: Iterable[str], limit: int = 10
+    ) -> dict[str, tuple[str, ...]]:
+        """``texts_sent_to`` for many addresses, in one query per ``IN_CHUNK`` of them."""
+        send = schema.send
+        wanted = list(dict.fromkeys(a for a in addresses if a))
+        found: dict[str, list[str]] = {address: [] for address in wanted}
+        with self._connect() as c:
+            for chunk in _chunks(wanted):
+                newest = func.row_number().over(
+                    partition_by=send.c.recipient,
+                    order_by=(send.c.sent_at.desc(), send.c.id.desc()),
+                )
+                ranked = (
+                    select(send.c.recipient, send.c.body_text, newest.label("n"))
+                    .where(send.c.recipient.in_(chunk), send.c.body_text.is_not(None))
+                    .subquery()
+                )
+                query = (
+                    select(ranked.c.recipient, ranked.c.body_text)
+                    .where(ranked.c.n <= limit)
+                    .order_by(ranked.c.recipient, ranked.c.n)
+                )
+                for recipient, text in c.execute(query):
+                    found[recipient].append(text)
+        return {address: tuple(texts) for address, texts in found.items()}
+
     def raw_message(self, row_id: int) -> bytes:
         inbound = schema.inbound_message
         with self._connect() as c:
@@ -354,6 +525,59 @@ class InboundMixin(_Database):
 # Inbound mail, inside a transaction -----------------------------------------------------------
 
 
+# Statements made once: building a SQLAlchemy statement costs several times what running
+# a small one does, and these run for each message stored.
+_INBOUND, _DISPUTE, _CHECKPOINT = schema.inbound_message, schema.dispute, schema.mailbox_checkpoint
+_STORED = select(_INBOUND.c.id).where(
+    _INBOUND.c.message_id == bindparam("message_id"),
+    _INBOUND.c.content_hash == bindparam("content_hash"),
+)
+_STORED_AMONG = select(_INBOUND.c.message_id, _INBOUND.c.content_hash).where(
+    _INBOUND.c.message_id.in_(bindparam("message_ids", expanding=True)),
+    _INBOUND.c.content_hash.in_(bindparam("hashes", expanding=True)),
+)
+"""Both columns of the unique index, so the look-up uses it; the pairs are picked after."""
+_INSERT_INBOUND = _INBOUND.insert().returning(_INBOUND.c.id)
+_INSERT_INBOUND_MANY = _INBOUND.insert().returning(
+    _INBOUND.c.id, _INBOUND.c.message_id, _INBOUND.c.content_hash
+)
+_CHECKPOINT_KEY = and_(
+    _CHECKPOINT.c.mailbox == bindparam("key_mailbox"),
+    _CHECKPOINT.c.folder == bindparam("key_folder"),
+)
+_CHECKPOINT_NOW = select(_CHECKPOINT.c.uidvalidity, _CHECKPOINT.c.last_uid).where(_CHECKPOINT_KEY)
+_CHECKPOINT_MOVE = _CHECKPOINT.update().where(_CHECKPOINT_KEY)
+_DISPUTE_OF_KIND = (
+    _DISPUTE.c.order_id == bindparam("order_id"),
+    _DISPUTE.c.kind == bindparam("kind"),
+)
+_DISPUTE_OPEN = select(_DISPUTE.c.id).where(*_DISPUTE_OF_KIND, _DISPUTE.c.closed_at.is_(None))
+_DISPUTE_CLASH = select(_DISPUTE.c.id).where(
+    *_DISPUTE_OF_KIND,
+    or_(_DISPUTE.c.closed_at.is_(None), _DISPUTE.c.opened_at == bindparam("opened_at")),
+)
+"""An open dispute of that kind, or this very one (closed since): either way, none to add."""
+_DISPUTE_INSERT = _DISPUTE.insert()
+_SOFT_BOUNCES = select(func.count()).where(
+    _INBOUND.c.bounce_recipient == bindparam("email"),
+    _INBOUND.c.kind == MessageKind.BOUNCE_SOFT.value,
+    _INBOUND.c.withheld == "",  # only reports tied to one of our sends count
+    _INBOUND.c.received_at > bindparam("since"),
+    _INBOUND.c.received_at <= bindparam("at"),
+)
+_SOFT_BOUNCES_BUT = _SOFT_BOUNCES.where(_INBOUND.c.id.not_in(bindparam("not_yet", expanding=True)))
+_LATEST_ORDER = (
+    select(schema.order.c.order_id)
+    .where(schema.order.c.buyer_email == bindparam("email"))
+    .order_by(
+        func.coalesce(
+            schema.order.c.delivered_at, schema.order.c.shipped_at, schema.order.c.ordered_at
+        ).desc(),
+        schema.order.c.updated_at.desc(),
+    )
+    .limit(1)
+)
+
 _READ = [c for c in schema.inbound_message.c if c.name != "raw"]
 """Listing and threading never need a message's raw bytes; `raw_message` reads them."""
 
@@ -381,10 +605,70 @@ def _pairs(
     c: Connection, key: Any, value: Any, wanted: Sequence[str], *where: Any
 ) -> dict[str, str]:
     """``{key: value}`` for rows whose key is wanted; no query when nothing is wanted."""
-    if not wanted:
-        return {}
-    rows = c.execute(select(key, value).where(key.in_(wanted), *where))
-    return {k: v for k, v in rows}
+    found: dict[str, str] = {}
+    for chunk in _chunks(wanted):
+        rows = c.execute(select(key, value).where(key.in_(chunk), *where))
+        found.update({k: v for k, v in rows})
+    return found
+
+
+def _union(groups: Iterable[Iterable[Any]]) -> list[Any]:
+    """Every value once, in the order first seen."""
+    return list(dict.fromkeys(value for group in groups for value in group))
+
+
+def _chunks(values: Sequence[Any]) -> Iterable[Sequence[Any]]:
+    return (values[start : start + IN_CHUNK] for start in range(0, len(values), IN_CHUNK))
+
+
+def _orders_in(c: Connection, column: Any, values: Sequence[str]) -> list[Order]:
+    return [order for chunk in _chunks(values) for order in _orders_where(c, column.in_(chunk))]
+
+
+def _stored_identities(
+    c: Connection, identities: Iterable[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    wanted = set(identities)
+    found: set[tuple[str, str]] = set()
+    for chunk in _chunks(list(wanted)):
+        ids = list({message_id for message_id, _ in chunk})
+        hashes = list({digest for _, digest in chunk})
+        rows = c.execute(_STORED_AMONG, {"message_ids": ids, "hashes": hashes})
+        found.update(pair for pair in ((m, d) for m, d in rows) if pair in wanted)
+    return found
+
+
+def _insert_rows(tx: Connection, rows: list[dict[str, Any]]) -> list[int]:
+    """The new rows' ids, in the order of ``rows`` (each a different message): one statement
+    (or a few) for all. The ids are matched to the rows by the messages' identity, as the
+    order RETURNING gives them in is not promised."""
+    if not rows:
+        return []
+    stored = tx.execute(_INSERT_INBOUND_MANY, rows)
+    ids = {(mid, digest): int(row_id) for row_id, mid, digest in stored}
+    return [ids[(row["message_id"], row["content_hash"])] for row in rows]
+
+
+def _mark_replied(tx: Connection, replies: list[dict[str, Any]]) -> None:
+    """Insert the reply rows a batch collected, each once, leaving those already there."""
+    if not replies:
+        return
+    reply = schema.reply
+    orders = list(dict.fromkeys(r["order_id"] for r in replies))
+    seen: set[tuple[str, datetime]] = set()
+    for chunk in _chunks(orders):
+        query = select(reply.c.order_id, reply.c.replied_at).where(
+            reply.c.order_id.in_(chunk), reply.c.source == "mailbox"
+        )
+        seen.update((order_id, at) for order_id, at in tx.execute(query))
+    new = []
+    for row in replies:
+        key = (row["order_id"], row["replied_at"])
+        if key not in seen:
+            seen.add(key)
+            new.append(row)
+    if new:
+        tx.execute(reply.insert(), new)
 
 
 def _orders_where(c: Connection, condition: Any) -> tuple[Order, ...]:
@@ -394,13 +678,19 @@ def _orders_where(c: Connection, condition: Any) -> tuple[Order, ...]:
 
 
 def _send_refs(c: Connection, column: Any, values: Sequence[Any]) -> dict[Any, SendRef]:
-    if not values:
-        return {}
     send = schema.send
-    query = select(column, send.c.order_id, send.c.id, send.c.recipient).where(column.in_(values))
-    return {
-        value: SendRef(order_id, send_id, to) for value, order_id, send_id, to in c.execute(query)
-    }
+    found: dict[Any, SendRef] = {}
+    for chunk in _chunks(values):
+        query = select(column, send.c.order_id, send.c.id, send.c.recipient).where(
+            column.in_(chunk)
+        )
+        found.update(
+            {
+                value: SendRef(order_id, send_id, to)
+                for value, order_id, send_id, to in c.execute(query)
+            }
+        )
+    return found
 
 
 def _insert_inbound(
@@ -414,9 +704,38 @@ def _insert_inbound(
     withheld: str,
 ) -> int | None:
     """The new row's id, or ``None`` when the same message is already stored."""
+    values = _row(message, received, verdict, threaded, now, authentication, withheld)
+    identity = {"message_id": values["message_id"], "content_hash": values["content_hash"]}
+    if tx.execute(_STORED, identity).first() is not None:
+        return None
+    # Parameters apart from the statement: SQLAlchemy compiles this 30-column insert once.
+    return int(tx.execute(_INSERT_INBOUND, values).scalar_one())
+
+
+def _inbound_values(item: Inbound, now: datetime) -> dict[str, Any]:
+    return _row(
+        item.message,
+        item.received,
+        item.verdict,
+        item.threaded,
+        now,
+        item.authentication,
+        item.reactions.withheld,
+    )
+
+
+def _row(
+    message: InboundMessage,
+    received: Received,
+    verdict: Classification,
+    threaded: Threaded,
+    now: datetime,
+    authentication: str,
+    withheld: str,
+) -> dict[str, Any]:
     bounce = verdict.bounce
     match = threaded.match
-    values = {
+    return {
         "mailbox": received.mailbox,
         "folder": received.folder,
         "uidvalidity": received.uidvalidity,
@@ -448,65 +767,50 @@ def _insert_inbound(
         "withheld": withheld,
         "ingested_at": now,
     }
-    table = schema.inbound_message
-    identity = and_(
-        table.c.message_id == values["message_id"],
-        table.c.content_hash == values["content_hash"],
-    )
-    if tx.execute(select(table.c.id).where(identity)).first() is not None:
-        return None
-    # Parameters apart from the statement: SQLAlchemy compiles this 30-column insert once.
-    return int(tx.execute(table.insert().returning(table.c.id), values).scalar_one())
 
 
 def _put_checkpoint(
     tx: Connection, point: Checkpoint, now: datetime, *, only_forward: bool
 ) -> None:
-    table = schema.mailbox_checkpoint
-    key = and_(table.c.mailbox == point.mailbox, table.c.folder == point.folder)
-    known = tx.execute(select(table).where(key)).mappings().first()
+    key = {"key_mailbox": point.mailbox, "key_folder": point.folder}
+    known = tx.execute(_CHECKPOINT_NOW, key).first()
     values = {"uidvalidity": point.uidvalidity, "last_uid": point.last_uid, "updated_at": now}
     if known is None:
-        tx.execute(table.insert(), {"mailbox": point.mailbox, "folder": point.folder, **values})
+        row = {"mailbox": point.mailbox, "folder": point.folder, **values}
+        tx.execute(_CHECKPOINT.insert(), row)
         return
-    same_folder = known["uidvalidity"] == point.uidvalidity
-    if only_forward and same_folder and known["last_uid"] >= point.last_uid:
+    uidvalidity, last_uid = known
+    if only_forward and uidvalidity == point.uidvalidity and last_uid >= point.last_uid:
         return
-    tx.execute(table.update().where(key), values)
+    tx.execute(_CHECKPOINT_MOVE, {**key, **values})
 
 
 def _latest_order_of(tx: Connection, email: str) -> str | None:
-    order = schema.order
-    moment = func.coalesce(order.c.delivered_at, order.c.shipped_at, order.c.ordered_at)
-    query = (
-        select(order.c.order_id)
-        .where(order.c.buyer_email == email)
-        .order_by(moment.desc(), order.c.updated_at.desc())
-        .limit(1)
-    )
-    found = tx.execute(query).scalar()
+    found = tx.execute(_LATEST_ORDER, {"email": email}).scalar()
     return str(found) if found is not None else None
 
 
 def _open_dispute(
-    tx: Connection, order_id: str, kind: DisputeKind, at: datetime, source: str, row_id: int
+    tx: Connection,
+    order_id: str,
+    kind: DisputeKind,
+    at: datetime,
+    source: str,
+    row_id: int,
+    *,
+    guarded: bool = True,
 ) -> None:
-    dispute = schema.dispute
-    already = select(dispute.c.id).where(
-        dispute.c.order_id == order_id, dispute.c.kind == kind.value, dispute.c.closed_at.is_(None)
-    )
-    if tx.execute(already).first() is not None:
+    """``guarded=False`` (a batch, which is stored again one by one if any statement fails):
+    one query for both reasons not to insert, no savepoint."""
+    of_kind = {"order_id": order_id, "kind": kind.value}
+    row = {**of_kind, "opened_at": at, "source": source, "inbound_message_id": row_id}
+    if not guarded:
+        if tx.execute(_DISPUTE_CLASH, {**of_kind, "opened_at": at}).first() is None:
+            tx.execute(_DISPUTE_INSERT, row)
+        return
+    if tx.execute(_DISPUTE_OPEN, of_kind).first() is not None:
         return  # the buyer writing twice about the same problem is one dispute
-    _insert_ignoring_duplicate(
-        tx,
-        dispute.insert().values(
-            order_id=order_id,
-            kind=kind.value,
-            opened_at=at,
-            source=source,
-            inbound_message_id=row_id,
-        ),
-    )
+    _insert_ignoring_duplicate(tx, _DISPUTE.insert().values(**row))
 
 
 def _add_review(tx: Connection, order_id: str, rating: int | None, at: datetime) -> None:
@@ -523,18 +827,13 @@ def _add_review(tx: Connection, order_id: str, rating: int | None, at: datetime)
 
 
 def _soft_bounce_limit(
-    tx: Connection, email: str, at: datetime, rule: SoftBounceRule
+    tx: Connection, email: str, at: datetime, rule: SoftBounceRule, not_yet: Sequence[int] = ()
 ) -> list[Suppress]:
-    inbound = schema.inbound_message
-    count = tx.execute(
-        select(func.count()).where(
-            inbound.c.bounce_recipient == email,
-            inbound.c.kind == MessageKind.BOUNCE_SOFT.value,
-            inbound.c.withheld == "",  # only reports tied to one of our sends count
-            inbound.c.received_at > at - rule.window,
-            inbound.c.received_at <= at,
-        )
-    ).scalar_one()
+    within = {"email": email, "since": at - rule.window, "at": at}
+    if not_yet:
+        count = tx.execute(_SOFT_BOUNCES_BUT, {**within, "not_yet": list(not_yet)}).scalar_one()
+    else:
+        count = tx.execute(_SOFT_BOUNCES, within).scalar_one()
     if count < rule.limit:
         return []
     detail = f"{count} soft bounces within {rule.window.days} days"

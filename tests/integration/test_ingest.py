@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from tests.conftest import ROOT, settings_for
 from tests.dovecot import Dovecot, User
@@ -22,8 +23,8 @@ from worker.clock import FixedClock
 from worker.config import Settings
 from worker.daemon import Daemon, load_checked_campaigns
 from worker.domain import DisputeKind, MatchMethod, MessageKind, Order, SendState
-from worker.errors import MailboxError
-from worker.ingest import Ingest, IngestReport
+from worker.errors import MailboxError, StoreError
+from worker.ingest import Ingest, IngestReport, Reading
 from worker.mailbox import FetchedMessage
 from worker.render import Renderer
 from worker.rules import load_rules
@@ -185,26 +186,36 @@ async def test_a_complaint_between_two_passes_stops_the_review_request_due_in_th
 
 
 class _Interrupted(Ingest):
-    """After ``n`` stored messages, stops Dovecot (``server``) or dies like a killed process."""
+    """Stops Dovecot (``server``) while reading the ``n``th message it fetched."""
 
-    def __init__(self, *args: Any, n: int, server: Dovecot | None = None) -> None:
+    def __init__(self, *args: Any, n: int, server: Dovecot) -> None:
         super().__init__(*args)
         self.server, self.left = server, n
 
-    async def take(
-        self, fetched: FetchedMessage, folder: str, uidvalidity: int, report: IngestReport
-    ) -> Recorded:
-        if self.left == 0 and self.server is None:
-            raise _Crash(f"killed before storing UID {fetched.uid}")
-        recorded = await super().take(fetched, folder, uidvalidity, report)
+    def _read(self, fetched: FetchedMessage) -> Reading:
         self.left -= 1
-        if self.left == 0 and self.server is not None:
+        if self.left == 0:
             self.server.stop()
-        return recorded
+        return super()._read(fetched)
 
 
-class _Crash(Exception):
-    pass
+class _Crash(BaseException):
+    """A killed process: nothing in the worker handles it."""
+
+
+def _dies_storing(store: Store, monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """The worker dies in the middle of storing the ``n``th message, inside its batch's
+    transaction, after the batch's rows were written."""
+    apply = store._apply
+    left = [n]
+
+    def dying(*args: Any, **kwargs: Any) -> Recorded:
+        left[0] -= 1
+        if left[0] == 0:
+            raise _Crash("killed while storing")
+        return apply(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_apply", dying)
 
 
 async def _twelve_questions(store: Store, server: Dovecot, user: User) -> None:
@@ -242,22 +253,125 @@ async def test_stopping_dovecot_mid_batch_loses_nothing_and_repeats_nothing(
     _each_stored_once(store)
 
 
-async def test_a_worker_killed_mid_batch_resumes_after_the_last_stored_message(
-    store: Store, sink: Sink, dovecot: Dovecot, mailbox_user: User
+async def test_a_worker_killed_mid_batch_resumes_after_the_last_stored_batch(
+    store: Store,
+    sink: Sink,
+    dovecot: Dovecot,
+    mailbox_user: User,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     await _twelve_questions(store, dovecot, mailbox_user)
     settings = _settings(store, sink, dovecot, mailbox_user, batch_size=5)
     clock = FixedClock(DELIVERED + DAY)
     rules = load_rules(settings.inbox.rules_file)
+    ingest = Ingest(settings, store, rules, clock)
+    _dies_storing(store, monkeypatch, n=7)
 
     with pytest.raises(_Crash):
-        await _Interrupted(settings, store, rules, clock, n=7).run_once()
-    assert len(store.inbound_messages()) == 7
+        await ingest.run_once()
+    assert len(store.inbound_messages()) == 5, "the second batch is stored whole or not at all"
+    checkpoint = store.checkpoint(ingest.name, "INBOX")
+    assert checkpoint is not None and checkpoint.last_uid == 5
+    assert len(store.histories()[0].replies) == 5
 
+    monkeypatch.undo()
     report = await Ingest(settings, store, rules, clock).run_once()
 
-    assert (report.total, report.duplicates) == (5, 0)
+    assert (report.total, report.duplicates) == (7, 0)
     _each_stored_once(store)
+
+
+async def test_a_message_the_database_refuses_is_quarantined_and_its_batch_is_stored(
+    store: Store,
+    sink: Sink,
+    dovecot: Dovecot,
+    mailbox_user: User,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _twelve_questions(store, dovecot, mailbox_user)
+    settings = _settings(store, sink, dovecot, mailbox_user, batch_size=5)
+    ingest = Ingest(
+        settings, store, load_rules(settings.inbox.rules_file), FixedClock(DELIVERED + DAY)
+    )
+    apply = store._apply
+
+    def refusing(tx: Any, row_id: int, received: Any, threaded: Any, *args: Any, **kw: Any) -> Any:
+        if received.uid == 7 and threaded.match is not None:
+            raise IntegrityError("INSERT ...", {}, Exception("a value this database refuses"))
+        return apply(tx, row_id, received, threaded, *args, **kw)
+
+    monkeypatch.setattr(store, "_apply", refusing)
+    report = await ingest.run_once()
+
+    rows = {row.uid: row for row in store.inbound_messages()}
+    assert sorted(rows) == list(range(1, 13)), "every message stored once"
+    refused = rows[7]
+    assert refused.kind is MessageKind.QUARANTINED and refused.order_id is None
+    assert "cannot be stored" in refused.evidence and "refuses" in refused.evidence
+    assert b"question 6" in store.raw_message(refused.id)  # kept whole for an agent
+    assert all(rows[uid].order_id == ANN.order_id for uid in rows if uid != 7)
+    assert len(store.histories()[0].replies) == 11
+    assert report.stored == {"reply": 11, "quarantined": 1}
+    checkpoint = store.checkpoint(ingest.name, "INBOX")
+    assert checkpoint is not None and checkpoint.last_uid == 12
+
+
+async def test_a_failing_database_stores_nothing_of_the_batch_and_the_next_pass_reads_it(
+    store: Store,
+    sink: Sink,
+    dovecot: Dovecot,
+    mailbox_user: User,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await _twelve_questions(store, dovecot, mailbox_user)
+    settings = _settings(store, sink, dovecot, mailbox_user, batch_size=5)
+    rules = load_rules(settings.inbox.rules_file)
+    ingest = Ingest(settings, store, rules, FixedClock(DELIVERED + DAY))
+    apply = store._apply
+
+    def failing(tx: Any, row_id: int, received: Any, *args: Any, **kw: Any) -> Any:
+        if received.uid == 7:
+            raise StoreError("the database failed: disk I/O error")
+        return apply(tx, row_id, received, *args, **kw)
+
+    monkeypatch.setattr(store, "_apply", failing)
+    with pytest.raises(StoreError):
+        await ingest.run_once()
+    assert sorted(r.uid for r in store.inbound_messages()) == list(range(1, 7))
+    checkpoint = store.checkpoint(ingest.name, "INBOX")
+    assert checkpoint is not None and checkpoint.last_uid == 6, "up to the last one stored"
+
+    monkeypatch.undo()
+    report = await Ingest(settings, store, rules, FixedClock(DELIVERED + DAY)).run_once()
+    assert (report.total, report.duplicates) == (6, 0)
+    _each_stored_once(store)
+
+
+async def test_a_reply_to_a_message_of_the_same_batch_threads_to_its_order(
+    store: Store, sink: Sink, dovecot: Dovecot, mailbox_user: User
+) -> None:
+    store.upsert_orders([ANN], DELIVERED)
+    question = _mail("ann@buyer.example", "Lid", "Is the lid glass?", message_id="<a1@buyer>")
+    colleague = _mail(
+        "bob@colleague.example", "Re: Lid", "Ann asked me to add: the box was open.",
+        message_id="<b1@colleague>", in_reply_to="<a1@buyer>",
+    )  # fmt: skip
+    again = _mail("ann@buyer.example", "Lid", "Is the lid glass?", message_id="<a1@buyer>")
+    for raw in (question, colleague, again):
+        dovecot.append(mailbox_user, "INBOX", raw, when=DELIVERED + DAY)
+    settings = _settings(store, sink, dovecot, mailbox_user)
+    clock = FixedClock(DELIVERED + 2 * DAY)
+    ingest = Ingest(settings, store, load_rules(settings.inbox.rules_file), clock)
+
+    report = await ingest.run_once()
+
+    assert (report.total, report.duplicates) == (2, 1), "the same message twice is stored once"
+    first, second = store.inbound_messages()
+    assert (first.order_id, first.match_method) == (ANN.order_id, MatchMethod.BUYER_ADDRESS.value)
+    assert (second.order_id, second.match_method) == (
+        ANN.order_id,
+        MatchMethod.CONVERSATION.value,
+    )
 
 
 async def test_a_uidvalidity_change_rescans_without_duplicates(
@@ -313,6 +427,30 @@ async def test_bounces_suppress_hard_at_once_and_soft_after_the_limit(
         (ANN.order_id, "send_message_id"),
         (BEN.order_id, "send_message_id"),
     }
+
+
+async def test_soft_bounces_in_one_batch_count_as_they_would_one_by_one(
+    store: Store, sink: Sink, dovecot: Dovecot, mailbox_user: User
+) -> None:
+    """A batch inserts its rows before reacting: each message's count must still leave out
+    the reports after it."""
+    store.upsert_orders([BEN], DELIVERED)
+    settings = _settings(store, sink, dovecot, mailbox_user)
+    settings = settings.model_copy(
+        update={"inbox": settings.inbox.model_copy(update={"soft_bounce_limit": 2})}
+    )
+    clock = FixedClock(DELIVERED + 7 * DAY)
+    daemon = _daemon(settings, store, clock)
+    await daemon.run_once()
+    ben_id = _sent_message_id(store, BEN.order_id, "check-in")
+    reports = [_dsn(BEN.buyer_email, "4.2.2", ben_id, f"s{n}") for n in range(3)]
+    batch = [FetchedMessage(n + 1, raw, clock.now(), len(raw)) for n, raw in enumerate(reports)]
+    assert daemon.ingest is not None
+
+    recorded = await daemon.ingest.take_batch(batch, "INBOX", 1, IngestReport())
+
+    assert [[s.email for s in r.suppressed] for r in recorded] == [[], [BEN.buyer_email], []]
+    assert [s.reason.value for s in store.suppressions()] == ["soft_bounces"]
 
 
 def _dsn(recipient: str, status: str, original_id: str, tag: str) -> bytes:
