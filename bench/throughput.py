@@ -55,7 +55,7 @@ from worker.domain import (
     SendState,
 )
 from worker.plan import OrderHistory, Policy, plan
-from worker.render import Renderer, message_context
+from worker.render import Renderer, TemplateRunner, message_context
 from worker.return_path import Signer
 from worker.send import Mailer, Sent
 from worker.sink import Sink, SinkOptions
@@ -292,16 +292,21 @@ async def _send_all(port: int, messages: list[Wire]) -> None:
 
 
 async def worker_pass(work: Path, template_db: Path, count: int, concurrency: int) -> float:
-    """Seconds for one real ``Daemon.run_pass()`` to plan, record, render and send ``count``."""
+    """Seconds for one real ``Daemon.run_pass()`` to plan, record, render and send ``count``,
+    built as ``worker run`` builds it: templates rendered in the rendering process (started
+    before the clock, as a running daemon's is after its first pass)."""
     database = work / "pass.db"
     copy_database(template_db, database)
     with sink_dir(work, "sink-pass") as maildir:
         async with Sink(SinkOptions(port=0, maildir=maildir)) as sink:
             daemon, store = _daemon(database, sink.port, concurrency)
+            assert daemon.runner is not None
             try:
-                start = perf_counter()
-                report = await daemon.run_pass()
-                elapsed = perf_counter() - start
+                async with daemon.runner:
+                    await daemon.runner.start()
+                    start = perf_counter()
+                    report = await daemon.run_pass()
+                    elapsed = perf_counter() - start
             finally:
                 store.close()
             _check_sent(report.outcomes["sent"], count, report.summary())
@@ -314,7 +319,10 @@ def _daemon(database: Path, port: int, concurrency: int) -> tuple[Daemon, Store]
     store = Store.open(settings.database_url)
     renderer = Renderer(settings.templates_dir, settings.default_locale)
     campaigns = load_checked_campaigns(settings, renderer)
-    return Daemon(settings, store, campaigns, renderer, FixedClock(NOW), worker_id="bench"), store
+    runner = TemplateRunner.from_settings(settings)
+    clock = FixedClock(NOW)
+    daemon = Daemon(settings, store, campaigns, renderer, clock, worker_id="bench", runner=runner)
+    return daemon, store
 
 
 def _check_sent(sent: int, expected: int, detail: object) -> None:

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from tests.conftest import settings_for
 from worker.clock import FixedClock
 from worker.daemon import Daemon, load_checked_campaigns
-from worker.domain import Order, SendState, SuppressionReason
+from worker.domain import DisputeKind, Order, SendState, SuppressionReason
 from worker.errors import StoreError
 from worker.render import Renderer
 from worker.sink import RejectRule, Sink, SinkOptions
@@ -70,6 +70,34 @@ async def test_crash_between_acceptance_and_commit_leaves_in_doubt_and_never_res
     clock.advance(timedelta(hours=6))
     await restarted.run_pass()
     assert len(sink.received) == 1, "an in-doubt message is never re-sent automatically"
+
+
+async def test_a_dispute_recorded_after_the_claim_stops_the_later_sends_of_its_chunk(
+    store: Store, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sends are claimed a chunk at a time; the protections are asked again before each
+    later send's SMTP conversation, so a complaint that arrives meanwhile still stops it."""
+    store.upsert_orders(_orders("ann@example.com", "ben@example.com"), DELIVERED)
+    delivered = sink.deliver
+
+    async def complaint_arrives(envelope: Any, *, dropped: bool = False) -> str:
+        key = await delivered(envelope, dropped=dropped)
+        if len(sink.received) == 1:  # while the first message is handed over
+            other = "SHOP-2" if "ann@" in envelope.rcpt_tos[0] else "SHOP-1"
+            store.open_dispute(other, DisputeKind.DAMAGED, CHECK_IN_DUE, source="mailbox")
+        return key
+
+    monkeypatch.setattr(sink, "deliver", complaint_arrives)
+    daemon = _daemon(store, sink.port, FixedClock(CHECK_IN_DUE), concurrency=1)
+    with capture_logs() as logs:
+        report = await daemon.run_pass()
+
+    assert len(sink.received) == 1
+    assert report.outcomes["sent"] == 1 and report.outcomes["refused"] == 1
+    states = sorted(s.state for s in store.sends())
+    assert states == sorted([SendState.SENT, SendState.SCHEDULED])  # resumes after the dispute
+    [refused] = [e for e in logs if e["event"] == "send.refused_at_claim"]
+    assert refused["reason"].startswith("dispute")
 
 
 async def test_connection_lost_after_final_dot_is_in_doubt(store: Store, tmp_path: Path) -> None:
