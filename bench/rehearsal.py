@@ -8,6 +8,10 @@ database and checks the promises (exactly once, no mail during a dispute, the ca
 timeline) for every order. Exit status 0 only if every check holds.
 
     .venv/bin/python bench/rehearsal.py --orders 1000 --disputes 50 --reviews 100 --days 90
+
+With ``--database-url`` (a fresh, empty database: PostgreSQL, say) instead of the work
+directory's SQLite file, and ``--workers N``, each pass is N such processes at once, as
+several workers sharing one database would be; the checks are the same.
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from pathlib import Path
 from random import Random
+from typing import IO
+
+import sqlalchemy
+from sqlalchemy.exc import SQLAlchemyError
 
 from worker.domain import DisputeKind
 
@@ -266,12 +274,15 @@ def _worker_command() -> list[str]:
 
 class Cli:
     """``worker`` in a subprocess, in the work directory, deaf to the caller's WORKER_* variables
-    (a WORKER_SMTP_HOST pointing at a real relay must not receive the rehearsal's mail)."""
+    (a WORKER_SMTP_HOST pointing at a real relay must not receive the rehearsal's mail).
+    ``database_url`` goes in the environment, so its password is never written to a file."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, database_url: str | None = None) -> None:
         self.workdir = workdir
         self.command = _worker_command()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
+        if database_url is not None:
+            self.env["WORKER_DATABASE_URL"] = database_url
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -282,6 +293,39 @@ class Cli:
             text=True,
             timeout=600,
             check=False,
+        )
+
+    def run_together(self, count: int, *args: str) -> list[subprocess.CompletedProcess[str]]:
+        """``count`` processes started at once; their output goes to files, so a chatty one
+        never blocks on a full pipe while another is waited for."""
+        started: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+        try:
+            for _ in range(count):
+                spool = tempfile.TemporaryFile()
+                started.append((self._popen(args, spool), spool))
+            deadline = time.monotonic() + 600
+            done = []
+            for process, output in started:
+                code = process.wait(timeout=max(deadline - time.monotonic(), 1))
+                output.seek(0)
+                text = output.read().decode("utf-8", "replace")
+                done.append(subprocess.CompletedProcess(process.args, code, text, ""))
+            return done
+        finally:
+            for process, output in started:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait(timeout=30)
+                output.close()
+
+    def _popen(self, args: Sequence[str], output: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [*self.command, *args],
+            cwd=self.workdir,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
 
     def check(self, *args: str) -> str:
@@ -310,10 +354,16 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def write_config(workdir: Path, smtp_port: int) -> None:
+def write_config(workdir: Path, smtp_port: int, external_database: bool = False) -> None:
+    """``external_database``: the URL comes from WORKER_DATABASE_URL (see :class:`Cli`)."""
     (workdir / "config").mkdir()
+    database = (
+        "# database_url: from WORKER_DATABASE_URL (--database-url)\n"
+        if external_database
+        else f"database_url: sqlite:///{workdir / 'var' / 'worker.db'}\n"
+    )
     (workdir / "config" / "worker.yaml").write_text(
-        f"database_url: sqlite:///{workdir / 'var' / 'worker.db'}\n"
+        f"{database}"
         'from: "Kettle & Co <service@shop.example>"\n'
         'reply_to: "Kettle & Co customer service <help@shop.example>"\n'
         "seller: {name: Kettle & Co, signature: Anna}\n"
@@ -393,20 +443,29 @@ def pass_times(days: int) -> Iterator[datetime]:
             yield START + timedelta(days=day, hours=hour)
 
 
-def run_passes(cli: Cli, times: Sequence[datetime], maildir: Path, log: Path) -> Passes:
-    """One ``worker run --once`` per time; files new in the Maildir belong to that pass."""
+def run_passes(
+    cli: Cli, times: Sequence[datetime], maildir: Path, log: Path, workers: int = 1
+) -> Passes:
+    """``workers`` concurrent ``worker run --once`` per time; files new in the Maildir once
+    they have all exited belong to that pass."""
     box = mailbox.Maildir(maildir, factory=None, create=False)
     passes = Passes()
     with log.open("w", encoding="utf-8") as out:
         for number, moment in enumerate(times, 1):
             started = time.monotonic()
-            done = cli.run("run", "--once", "--now", _iso(moment))
+            if workers == 1:
+                each = [cli.run("run", "--once", "--now", _iso(moment))]
+            else:
+                each = cli.run_together(workers, "run", "--once", "--now", _iso(moment))
             passes.durations_s.append(time.monotonic() - started)
             passes.times.append(moment)
-            out.write(f"== {_iso(moment)} exit {done.returncode}\n{done.stdout}{done.stderr}")
-            if done.returncode != 0:
-                last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-                passes.errors.append(f"{_iso(moment)}: exit {done.returncode}: {last}")
+            for worker, done in enumerate(each, 1):
+                name = f"{_iso(moment)}" + (f" worker {worker}" if workers > 1 else "")
+                out.write(f"== {name} exit {done.returncode}\n{done.stdout}{done.stderr}")
+                if done.returncode != 0:
+                    output = (done.stderr or done.stdout).strip()
+                    last = (output.splitlines() or ["(no output)"])[-1]
+                    passes.errors.append(f"{name}: exit {done.returncode}: {last}")
             for key in set(box.keys()) - passes.sent_by.keys():
                 passes.sent_by[key] = moment
             if number % 20 == 0 or number == len(times):
@@ -635,6 +694,8 @@ class Figures:
     skips: Counter[tuple[str, str]]
     setup_s: float
     total_s: float
+    workers: int = 1
+    database: str = "sqlite"
 
 
 def print_report(figures: Figures, checks: Sequence[Check], shown: int = 10) -> None:
@@ -664,7 +725,8 @@ def _figure_lines(f: Figures) -> Iterator[str]:
     )
     yield (
         f"passes: {len(passes.times)}, {_iso(passes.times[0])} .. {_iso(passes.times[-1])} "
-        f"(at {' and '.join(f'{h:02d}:00Z' for h in PASS_HOURS)}); "
+        f"(at {' and '.join(f'{h:02d}:00Z' for h in PASS_HOURS)}), "
+        f"{f.workers} worker{'s' if f.workers > 1 else ''} each on {f.database}; "
         f"exit codes other than 0: {len(passes.errors)}"
     )
     yield "messages per step:"
@@ -698,7 +760,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workdir", type=Path, help="a new or empty folder (default: a temp dir)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--database-url",
+        help="a fresh, empty database to use instead of the work directory's SQLite file "
+        "(e.g. postgresql+psycopg://user:password@127.0.0.1/rehearsal)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="`worker run --once` processes per pass, started together (more than 1 needs "
+        "--database-url: SQLite takes one worker per database)",
+    )
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be 1 or more")
+    if args.workers > 1 and (args.database_url is None or args.database_url.startswith("sqlite")):
+        parser.error("--workers above 1 needs --database-url of a PostgreSQL database")
+    return args
+
+
+def check_fresh(url: str) -> str:
+    """Refuse a database that has tables: its rows would spoil every check. Returns the URL
+    for display, password hidden."""
+    try:
+        shown = sqlalchemy.make_url(url).render_as_string(hide_password=True)
+        engine = sqlalchemy.create_engine(url)
+    except (SQLAlchemyError, ValueError) as exc:
+        raise RehearsalError(f"--database-url is not a usable URL: {exc}") from None
+    try:
+        tables = sqlalchemy.inspect(engine).get_table_names()
+    except SQLAlchemyError as exc:
+        raise RehearsalError(f"cannot read {shown}: {exc.__class__.__name__}") from None
+    finally:
+        engine.dispose()
+    if tables:
+        raise RehearsalError(
+            f"{shown} already has tables ({', '.join(sorted(tables)[:5])}...); "
+            "the rehearsal needs a fresh, empty database"
+        )
+    return shown
 
 
 def _workdir(wanted: Path | None) -> Path:
@@ -711,8 +812,8 @@ def _workdir(wanted: Path | None) -> Path:
 
 
 def prepare(args: argparse.Namespace, workdir: Path, shop: Shop) -> tuple[Cli, int]:
-    cli, port = Cli(workdir), free_port()
-    write_config(workdir, port)
+    cli, port = Cli(workdir, args.database_url), free_port()
+    write_config(workdir, port, external_database=args.database_url is not None)
     cli.check("db", "upgrade")
     for kind, path in write_feeds(shop, workdir).items():
         cli.check("import", kind, path.name)
@@ -721,6 +822,7 @@ def prepare(args: argparse.Namespace, workdir: Path, shop: Shop) -> tuple[Cli, i
 
 def rehearse(args: argparse.Namespace) -> int:
     began = time.monotonic()
+    database = "sqlite" if args.database_url is None else check_fresh(args.database_url)
     workdir = _workdir(args.workdir)
     shop = make_shop(args.seed, args.orders, args.disputes, args.reviews, args.days)
     times = list(pass_times(args.days + args.tail_days))
@@ -735,7 +837,7 @@ def rehearse(args: argparse.Namespace) -> int:
     setup_s = time.monotonic() - began
     try:
         sink.wait_listening(timeout_s=30)
-        passes = run_passes(cli, times, maildir, workdir / "passes.log")
+        passes = run_passes(cli, times, maildir, workdir / "passes.log", args.workers)
     finally:
         sink_code = sink.stop()
     mails = read_mails(maildir, passes.sent_by)
@@ -746,7 +848,8 @@ def rehearse(args: argparse.Namespace) -> int:
         Check("the sink stopped with 0 on SIGTERM", [f"exit {sink_code}"] if sink_code else []),
         *run_checks(World.of(shop, mails, times[-1]), summary),
     ]
-    figures = Figures(shop, passes, mails, skips, setup_s, time.monotonic() - began)
+    total_s = time.monotonic() - began
+    figures = Figures(shop, passes, mails, skips, setup_s, total_s, args.workers, database)
     print_report(figures, checks)
     return 1 if any(c.problems for c in checks) else 0
 

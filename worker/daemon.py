@@ -561,7 +561,8 @@ class Daemon:
             return
         if isinstance(outcome, Sent):
             accepted.append(_Accepted(send, outcome, self.clock.now(), rendered.text))
-            self._sent_copies.append((message.as_bytes(), self.clock.now()))
+            if self.ingest is not None and self.ingest.imap.sent_folder:
+                self._sent_copies.append((message.as_bytes(), self.clock.now()))
             return
         self._record(send, outcome, report, order.buyer_email, rendered.text)
 

@@ -103,20 +103,23 @@ class PlanningMixin(_Database):
         one stored, every buyer is due: the next pass plans them all, in batches."""
         state = schema.worker_state
         with self._begin() as tx:
+            # The row first (an empty digest), so two workers starting on a fresh database
+            # lock the same row instead of both inserting it.
+            tx.execute(
+                _insert_ignoring_duplicates(tx, state),
+                [{"key": PLAN_INPUTS, "value": "", "updated_at": now}],
+            )
             stored = tx.execute(
                 select(state.c.value).where(state.c.key == PLAN_INPUTS).with_for_update()
-            ).scalar()
+            ).scalar_one()
             if stored == digest:
                 return False
             tx.execute(schema.customer.update().values(next_due_at=schema.EPOCH))
-            if stored is None:
-                tx.execute(state.insert().values(key=PLAN_INPUTS, value=digest, updated_at=now))
-            else:
-                tx.execute(
-                    state.update()
-                    .where(state.c.key == PLAN_INPUTS)
-                    .values(value=digest, updated_at=now)
-                )
+            tx.execute(
+                state.update()
+                .where(state.c.key == PLAN_INPUTS)
+                .values(value=digest, updated_at=now)
+            )
             return True
 
     def plan_due(
