@@ -320,8 +320,9 @@ def test_workers_making_the_first_pass_together_both_succeed(
     postgres: Postgres, postgres_template: str
 ) -> None:
     """The first pass of two workers on a fresh database, made to overlap deterministically:
-    the test holds the one buyer's row, so both passes read "no plan inputs stored" and wait;
-    then it lets them go. Each must return, and exactly one must say the inputs changed."""
+    the test holds the one buyer's row, so one pass waits on it and the other on the first
+    pass's plan-inputs row; then it lets them go. Each must return, and exactly one must say
+    the inputs changed."""
     name = postgres.create_database(postgres_template)
     url = postgres.url(name)
     holder = sqlalchemy.create_engine(url)
@@ -351,12 +352,14 @@ def test_workers_making_the_first_pass_together_both_succeed(
                 "SELECT count(*) FROM pg_stat_activity "
                 "WHERE datname = :name AND wait_event_type = 'Lock'"
             )
-            with holder.connect() as watcher:
-                wait_until(
-                    lambda: watcher.execute(waiting, {"name": name}).scalar() == 2,
-                    30,
-                    "both passes waiting on the buyer's row",
-                )
+
+            def both_wait() -> bool:
+                # A transaction of its own each time: pg_stat_activity is a snapshot per
+                # transaction.
+                with holder.connect() as watcher:
+                    return bool(watcher.execute(waiting, {"name": name}).scalar() == 2)
+
+            wait_until(both_wait, 30, "both passes waiting on a lock")
         for thread in threads:
             thread.join(timeout=30)
         assert not any(thread.is_alive() for thread in threads)
