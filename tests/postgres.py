@@ -21,7 +21,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import URL
+
+from tests.dovecot import free_port
 
 START_DEADLINE_S = 60
 COMMAND_DEADLINE_S = 120
@@ -75,13 +76,6 @@ def find_bindir() -> Path | None:
     if on_path:
         candidates.append(Path(on_path).resolve().parent)
     return next((path for path in candidates if _is_server_bindir(path)), None)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @dataclass(frozen=True)
