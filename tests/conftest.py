@@ -119,6 +119,13 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
 
 
 @pytest.fixture
+def postgresql_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated PostgreSQL database of the test's own, for what only PostgreSQL does
+    (row locks held by several workers at once)."""
+    yield from _postgres_database(request, migrated=True)
+
+
+@pytest.fixture
 def store(database_url: str) -> Iterator[Store]:
     """The store on a migrated database of the test's own, on SQLite and on PostgreSQL."""
     opened = Store.open(database_url)

@@ -40,6 +40,11 @@ class StoreError(WorkerError):
     """The database refused the operation."""
 
 
+class StoreConflict(StoreError):
+    """Another worker's transaction crossed this one (a deadlock or a serialization failure);
+    running it again succeeds, and the store does so for the daemon's own transactions."""
+
+
 class SchemaOutOfDate(StoreError):
     """The database schema is out of date; run `worker db upgrade`."""
 

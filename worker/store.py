@@ -33,7 +33,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from worker.errors import SchemaOutOfDate, StoreError
+from worker.errors import SchemaOutOfDate, StoreConflict, StoreError
 from worker.store_inbound import (
     Awaiting,
     Checkpoint,
@@ -80,6 +80,8 @@ def _alembic_config(engine: Engine) -> Config:
 _URL_PASSWORD = re.compile(r"((?:^|\s|/)[^:/@\s]*:)[^@\s]*(@)")
 """``user:password@`` in a URL, even one too broken to parse."""
 _DSN_PASSWORD = re.compile(r"(?i)\b(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+_CONFLICTS = frozenset({"40P01", "40001"})
+"""PostgreSQL's deadlock and serialization failure: the transaction may simply be run again."""
 _DRIVER_PACKAGES = {
     "psycopg": "'psycopg[binary]'",
     "psycopg2": "psycopg2-binary",
@@ -319,4 +321,6 @@ class Store(OrdersMixin, PlanningMixin, SendsMixin, InboundMixin, MailboxLeasesM
                 raise  # a refused statement (IntegrityError...) is for the caller to handle
             detail = " ".join(_masked(str(exc.orig), self.engine.url).split())  # one line
             cause = _scrubbed(exc, self.engine.url)
+            if getattr(exc.orig, "sqlstate", None) in _CONFLICTS:
+                raise StoreConflict(f"the database failed: {detail}", where=self.where) from cause
             raise StoreError(f"the database failed: {detail}", where=self.where) from cause

@@ -30,7 +30,7 @@ from worker.errors import StoreError
 from worker.inbound import InboundMessage, Received
 from worker.origin import Origin
 from worker.react import CloseDisputes, Reactions, Standing, Suppress, react
-from worker.store_database import _Database
+from worker.store_database import _Database, retried_on_conflict
 from worker.store_orders import _close_disputes, _insert_ignoring_duplicate, _suppress
 from worker.store_rows import _order_from
 from worker.thread import Candidates, SendRef, Threaded, Wanted
@@ -138,6 +138,7 @@ class InboundMixin(_Database):
             return None
         return Checkpoint(mailbox, folder, row["uidvalidity"], row["last_uid"])
 
+    @retried_on_conflict
     def save_checkpoint(self, checkpoint: Checkpoint, now: datetime) -> None:
         """Start a folder, or restart it after a UIDVALIDITY change, before its first message."""
         with self._begin() as tx:
@@ -240,6 +241,7 @@ class InboundMixin(_Database):
         with self._connect() as c:
             return _stored_identities(c, identities)
 
+    @retried_on_conflict
     def record_inbound_batch(
         self, items: Sequence[Inbound], soft_bounces: SoftBounceRule, now: datetime
     ) -> list[Recorded]:
@@ -287,6 +289,7 @@ class InboundMixin(_Database):
                 _put_checkpoint(tx, point, now, only_forward=True)
         return outcomes
 
+    @retried_on_conflict
     def record_inbound(
         self,
         message: InboundMessage,
@@ -424,6 +427,7 @@ class InboundMixin(_Database):
         with self._connect() as c:
             return [_inbound_row_from(r) for r in c.execute(query).mappings()]
 
+    @retried_on_conflict
     def assign_inbound(self, row_id: int, order_id: str, soft_bounces: SoftBounceRule) -> Recorded:
         """An agent files an unmatched message under an order; it then acts as if threaded."""
         inbound = schema.inbound_message
@@ -503,6 +507,7 @@ class InboundMixin(_Database):
             raise StoreError(f"no inbound message {row_id}", where=self.where)
         return bytes(raw)
 
+    @retried_on_conflict
     def reply_token(self, order_id: str, new_token: Callable[[], str]) -> str:
         """The order's reply token, made with ``new_token`` the first time it is asked for."""
         order = schema.order

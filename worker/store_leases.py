@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from worker import schema
-from worker.store_database import _Database
+from worker.store_database import _Database, retried_on_conflict
 
 _LEASE = schema.mailbox_lease
 _STATE = schema.worker_state
@@ -35,6 +35,7 @@ FORGET_AFTER = timedelta(days=1)
 
 
 class MailboxLeasesMixin(_Database):
+    @retried_on_conflict
     def take_mailbox(self, mailbox: str, holder: str, now: datetime, until: datetime) -> str:
         """Take or renew the lease on ``mailbox`` until ``until``, if it is free, expired or
         already ``holder``'s; returns who holds it afterwards (``holder`` on success)."""
@@ -60,6 +61,7 @@ class MailboxLeasesMixin(_Database):
             ).scalar_one()
         return current
 
+    @retried_on_conflict
     def mailbox_read(self, mailbox: str, holder: str, at: datetime) -> None:
         """``holder`` read every folder of ``mailbox`` to the end, starting at ``at``."""
         with self._begin() as tx:
@@ -69,6 +71,7 @@ class MailboxLeasesMixin(_Database):
                 .values(read_at=at)
             )
 
+    @retried_on_conflict
     def release_mailbox(self, mailbox: str, holder: str, now: datetime) -> None:
         """Free at once for another worker; when it was last read is kept."""
         with self._begin() as tx:
@@ -88,6 +91,7 @@ class MailboxLeasesMixin(_Database):
             ).one_or_none()
         return None if row is None else (row.holder, row.expires_at, row.read_at)
 
+    @retried_on_conflict
     def worker_alive(self, worker: str, now: datetime) -> None:
         """``worker`` is running at ``now``; workers silent for a day are forgotten."""
         key = f"{_BEAT}{worker}"[:64]
@@ -105,6 +109,7 @@ class MailboxLeasesMixin(_Database):
                 )
             )
 
+    @retried_on_conflict
     def worker_gone(self, worker: str) -> None:
         """``worker`` stops: the others may take its share at once."""
         with self._begin() as tx:

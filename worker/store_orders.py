@@ -34,7 +34,7 @@ from worker.errors import UnknownOrder
 from worker.feeds import OrderRow
 from worker.react import Suppress
 from worker.schema import EPOCH
-from worker.store_database import _Database
+from worker.store_database import _Database, retried_on_conflict
 from worker.store_rows import (
     CUSTOMER_COLUMNS,
     ORDER_FIELD_COLUMNS,
@@ -147,12 +147,14 @@ class OrdersMixin(_Database):
     ) -> None:
         self.upsert_disputes([Dispute(order_id, kind, at, None, source)])
 
+    @retried_on_conflict
     def close_disputes(self, order_id: str, at: datetime) -> int:
         """Close every dispute of the order that is open at ``at``; returns how many."""
         with self._begin() as tx:
             self._require_order(tx, order_id)
             return _close_disputes(tx, order_id, at)
 
+    @retried_on_conflict
     def add_reply(self, reply: Reply) -> None:
         with self._begin() as tx:
             self._require_order(tx, reply.order_id)
@@ -164,6 +166,7 @@ class OrdersMixin(_Database):
                 ),
             )
 
+    @retried_on_conflict
     def suppress(
         self, email: str, reason: SuppressionReason, at: datetime, detail: str = ""
     ) -> bool:

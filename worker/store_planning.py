@@ -30,7 +30,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from worker import schema
 from worker.domain import Customer, Dispute, Send, SendState, Suppression
 from worker.plan import Decision, OrderHistory, Plan, next_looks
-from worker.store_database import _Database
+from worker.store_database import _Database, retried_on_conflict
 from worker.store_rows import (
     _customer_from,
     _dispute_from,
@@ -98,6 +98,7 @@ class PlanningMixin(_Database):
             yield list(histories.values())
             after = emails[-1]
 
+    @retried_on_conflict
     def plan_inputs_changed(self, digest: str, now: datetime) -> bool:
         """Store ``digest`` (:func:`worker.plan.plan_inputs_digest`); if it differs from the
         one stored, every buyer is due: the next pass plans them all, in batches."""
@@ -122,6 +123,7 @@ class PlanningMixin(_Database):
             )
             return True
 
+    @retried_on_conflict
     def plan_due(
         self,
         now: datetime,

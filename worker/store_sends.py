@@ -22,7 +22,7 @@ from worker.domain import Send, SendState
 from worker.errors import DuplicateSend, StoreError
 from worker.plan import OrderHistory, Refusal
 from worker.send import relay_message_id
-from worker.store_database import _Database
+from worker.store_database import _Database, retried_on_conflict
 from worker.store_planning import _histories_of
 from worker.store_rows import _send_from
 
@@ -52,6 +52,7 @@ class Claim:
 class SendsMixin(_Database):
     # Send records ---------------------------------------------------------------------------
 
+    @retried_on_conflict
     def schedule(
         self, order_id: str, campaign: str, step: str, due_at: datetime, now: datetime
     ) -> Send:
@@ -61,6 +62,7 @@ class SendsMixin(_Database):
                 self._insert_send(tx, order_id, campaign, step, SendState.SCHEDULED, due_at, now)
             return self._existing_send(tx, order_id, campaign, step)
 
+    @retried_on_conflict
     def record_skip(
         self, order_id: str, campaign: str, step: str, due_at: datetime, reason: str, now: datetime
     ) -> Send:
@@ -111,6 +113,7 @@ class SendsMixin(_Database):
         )
         return _send_from(row)
 
+    @retried_on_conflict
     def claim(
         self,
         send_ids: Sequence[int],
@@ -190,6 +193,7 @@ class SendsMixin(_Database):
         found = {c.id: check(c, histories[c.order_id]) for c in candidates}
         return {send_id: refusal for send_id, refusal in found.items() if refusal is not None}
 
+    @retried_on_conflict
     def mark_sent(self, send_id: int, reply: str, now: datetime, text: str | None = None) -> bool:
         """``text`` is the message's text part, kept so our words never count as the buyer's."""
         with self._begin() as tx:
@@ -206,6 +210,7 @@ class SendsMixin(_Database):
                 reason="",
             )
 
+    @retried_on_conflict
     def mark_sent_many(self, sent: Sequence[SentRecord]) -> list[bool]:
         """:meth:`mark_sent` for several sends in one transaction (a delivery task's chunk):
         one commit instead of one per message. Each row moves only from ``sending``."""
@@ -229,14 +234,10 @@ class SendsMixin(_Database):
             ]
 
     def mark_failed(self, send_id: int, reason: str, now: datetime) -> bool:
-        with self._begin() as tx:
-            return self._move(tx, send_id, SendState.SENDING, SendState.FAILED, now, reason=reason)
+        return self._move_claimed(send_id, SendState.FAILED, now, reason=reason)
 
     def mark_in_doubt(self, send_id: int, reason: str, now: datetime) -> bool:
-        with self._begin() as tx:
-            return self._move(
-                tx, send_id, SendState.SENDING, SendState.IN_DOUBT, now, reason=reason
-            )
+        return self._move_claimed(send_id, SendState.IN_DOUBT, now, reason=reason)
 
     def unclaim(self, send_id: int, reason: str, now: datetime) -> bool:
         """Give back a claim whose message never reached the server (a stop before the data,
@@ -251,10 +252,7 @@ class SendsMixin(_Database):
         suppression recorded since the claim): skipped for good (``final``), else scheduled
         again with the attempt not counted, as a refusal at claim time would leave it."""
         if final:
-            with self._begin() as tx:
-                return self._move(
-                    tx, send_id, SendState.SENDING, SendState.SKIPPED, now, reason=reason
-                )
+            return self._move_claimed(send_id, SendState.SKIPPED, now, reason=reason)
         attempts = schema.send.c.attempts - 1
         return self._reschedule(
             send_id, now, reason=reason, attempts=attempts, not_before=None, claimed_by=None
@@ -272,6 +270,7 @@ class SendsMixin(_Database):
         reason = "not sent (resolved by an operator after in_doubt)"
         return self._settle(send_id, SendState.FAILED, now, reason=reason)
 
+    @retried_on_conflict
     def _settle(self, send_id: int, to: SendState, now: datetime, **values: Any) -> Send:
         table = schema.send
         with self._begin() as tx:
@@ -287,9 +286,15 @@ class SendsMixin(_Database):
         return self._reschedule(send_id, now, reason=reason, not_before=not_before)
 
     def _reschedule(self, send_id: int, now: datetime, **values: Any) -> bool:
-        with self._begin() as tx:
-            return self._move(tx, send_id, SendState.SENDING, SendState.SCHEDULED, now, **values)
+        return self._move_claimed(send_id, SendState.SCHEDULED, now, **values)
 
+    @retried_on_conflict
+    def _move_claimed(self, send_id: int, to: SendState, now: datetime, **values: Any) -> bool:
+        """One claimed (``sending``) row to ``to``, alone in its transaction."""
+        with self._begin() as tx:
+            return self._move(tx, send_id, SendState.SENDING, to, now, **values)
+
+    @retried_on_conflict
     def expire_claims(self, claimed_before: datetime, now: datetime) -> list[Send]:
         """Claims older than any message deadline belong to a worker that died mid-send."""
         table = schema.send

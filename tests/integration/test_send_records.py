@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from structlog.testing import capture_logs
 
+from tests.acceptance.test_cli import wait_until
 from tests.conftest import settings_for
 from worker.clock import FixedClock
 from worker.daemon import Daemon, load_checked_campaigns
@@ -240,3 +243,61 @@ def test_resolved_as_sent_keeps_the_message_id_for_threading(store: Store) -> No
     sent = store.resolve(send_id, sent=True, now=CHECK_IN_DUE + timedelta(hours=1))
     assert (sent.state, sent.message_id) == (SendState.SENT, f"<w{send_id}.x@shop>")
     assert sent.sent_at == CHECK_IN_DUE + timedelta(hours=1)
+
+
+def test_a_deadlock_with_another_worker_costs_a_retry_not_the_record(
+    postgresql_url: str,
+) -> None:
+    """Two workers' transactions can wake the same buyers in opposite orders (a chunk marked
+    sent, an inbound batch); PostgreSQL then aborts one. Marking a chunk sent is where losing
+    it hurts most (the messages are out: without the record they end in_doubt), so here it
+    is the one aborted, and the records must still land."""
+    store = Store.open(postgresql_url)
+    try:
+        store.upsert_orders(_orders("ann@example.com", "ben@example.com"), DELIVERED)
+        rows = [store.schedule(f"SHOP-{n}", "c", "s", CHECK_IN_DUE, DELIVERED) for n in (1, 2)]
+        claimed = store.claim([r.id for r in rows], CHECK_IN_DUE, "w", lambda s: f"<w{s.id}@x>")
+        ann, ben = claimed.sends
+        later = CHECK_IN_DUE + timedelta(days=30)
+        wake_up = text("UPDATE customer SET next_due_at = :at WHERE email = :email")
+        with store.engine.begin() as tx:  # nobody due: each wake below takes the row's lock
+            for email in ("ann@example.com", "ben@example.com"):
+                tx.execute(wake_up, {"at": later, "email": email})
+
+        marked: list[object] = []
+        other = store.engine.connect()
+        watcher = store.engine.connect()
+        try:
+            other.begin()
+            other.execute(wake_up, {"at": later + timedelta(1), "email": "ben@example.com"})
+            records = [SentRecord(s.id, "250 OK", CHECK_IN_DUE, "text") for s in (ann, ben)]
+            marking = threading.Thread(
+                target=lambda: marked.append(_outcome(store.mark_sent_many, records))
+            )
+            marking.start()
+            # The chunk holds ann and waits for ben: now the other worker wants ann.
+            waiting = text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            wait_until(lambda: watcher.execute(waiting).scalar_one() > 0, 10, "a lock wait")
+            watcher.rollback()
+            other.execute(wake_up, {"at": later + timedelta(2), "email": "ann@example.com"})
+            other.commit()  # the other worker's transaction went through whole
+            marking.join(30)
+        finally:
+            other.close()
+            watcher.close()
+        assert not marking.is_alive()
+        assert marked == [[True, True]], "the chunk's records were retried and landed"
+        assert {s.id: s.state for s in store.sends()} == {
+            ann.id: SendState.SENT,
+            ben.id: SendState.SENT,
+        }
+    finally:
+        store.close()
+
+
+def _outcome(call: Callable[..., object], *args: object) -> object:
+    """What ``call`` returned, or the exception it raised: a thread's result, for asserting."""
+    try:
+        return call(*args)
+    except Exception as exc:  # the test asserts on it
+        return exc
