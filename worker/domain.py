@@ -90,6 +90,23 @@ class Order:
     review_url: str | None = None
     timezone: str | None = None
     """IANA zone of the buyer when the feed knows it; else the country decides."""
+    site: str | None = None
+    """The marketplace site the order was placed on, as a host name (``ebay.de``,
+    ``amazon.co.jp``), when the export says it."""
+    carrier: str | None = None
+    """Who carries the parcel, as the export or shipments file names it (``DHL``, ``usps``)."""
+    tracking_number: str | None = None
+    shipping_service: str | None = None
+    """The carrier's service or the marketplace's shipping option (``Standard``, ``Economy``)."""
+    expected_delivery_at: datetime | None = None
+    """The marketplace's own estimated (latest) delivery date, where its export has one."""
+    delivery_event_at: datetime | None = None
+    """When a delivery event (``worker import shipments``, a carrier's mail) said it arrived;
+    it outranks every other source of the delivery time."""
+    shipment_status: str | None = None
+    """The parcel's last known status: shipped, in_transit, out_for_delivery, delivered,
+    exception or returned."""
+    shipment_status_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

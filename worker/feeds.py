@@ -654,6 +654,11 @@ def _order(
     delivered_at: datetime | None = None,
     review_url: str = "",
     timezone: str | None = None,
+    site: str = "",
+    carrier: str = "",
+    tracking_number: str = "",
+    shipping_service: str = "",
+    expected_delivery_at: datetime | None = None,
 ) -> Order:
     _check_sequence(
         ("ordered_at", ordered_at), ("shipped_at", shipped_at), ("delivered_at", delivered_at)
@@ -679,7 +684,27 @@ def _order(
         delivered_at=delivered_at,
         review_url=_review_url(review_url),
         timezone=timezone,
+        site=_site(site),
+        carrier=_header_safe("carrier", carrier) or None,
+        tracking_number=_header_safe("tracking_number", tracking_number) or None,
+        shipping_service=_header_safe("shipping_service", shipping_service) or None,
+        expected_delivery_at=expected_delivery_at,
     )
+
+
+_SITE = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,}")
+
+
+def _site(text: str) -> str | None:
+    """A marketplace site as a bare host name: ``https://www.ebay.de/`` -> ``ebay.de``."""
+    value = text.strip().lower()
+    if not value:
+        return None
+    value = value.removeprefix("https://").removeprefix("http://").split("/", 1)[0]
+    value = value.removeprefix("www.")
+    if not _SITE.fullmatch(value):
+        raise ValueError(f"site {text.strip()!r} is not a host name like ebay.de")
+    return value
 
 
 _HTTP_URL = re.compile(r"https?://[^\s<>\"]+")
@@ -753,6 +778,11 @@ def _generic_order(group: Group) -> Order:
         delivered_at=_cell_time(cells, "delivered_at"),
         review_url=_value(cells, "review_url"),
         timezone=_zone(_value(cells, "timezone")),
+        site=_value(cells, "site"),
+        carrier=_value(cells, "carrier"),
+        tracking_number=_value(cells, "tracking_number"),
+        shipping_service=_value(cells, "shipping_service"),
+        expected_delivery_at=_cell_time(cells, "expected_delivery_at"),
     )
 
 
@@ -863,6 +893,11 @@ _GENERIC_FIELDS = {
     "delivered_at": ("delivered_at",),
     "review_url": ("review_url",),
     "timezone": ("timezone",),
+    "site": ("site",),
+    "carrier": ("carrier",),
+    "tracking_number": ("tracking_number",),
+    "shipping_service": ("shipping_service",),
+    "expected_delivery_at": ("expected_delivery_at",),
 }
 _AMAZON_FIELDS = {
     "buyer_name": ("buyer-name", "recipient-name"),

@@ -107,7 +107,9 @@ def _customer_params(bind: TimeBinder, due: Any) -> CustomerParams:
 
 ORDER_FIELD_COLUMNS = (
     "marketplace", "buyer_email", "buyer_name", "products", "locale", "country", "ordered_at",
-    "shipped_at", "delivered_at", "review_url",
+    "shipped_at", "delivered_at", "review_url", "site", "carrier", "tracking_number",
+    "shipping_service", "expected_delivery_at", "delivery_event_at", "shipment_status",
+    "shipment_status_at",
 )  # fmt: skip
 """The order's fields that are columns of its row, but its key (``timezone`` is the buyer's)."""
 
@@ -124,7 +126,10 @@ def _order_params(bind: TimeBinder) -> OrderParams:
             order.marketplace, order.buyer_email, order.buyer_name,
             _products_json(order.products), order.locale, order.country,
             bind(order.ordered_at), bind(order.shipped_at), bind(order.delivered_at),
-            order.review_url, now, bind(stamp), order.order_id,
+            order.review_url, order.site, order.carrier, order.tracking_number,
+            order.shipping_service, bind(order.expected_delivery_at),
+            bind(order.delivery_event_at), order.shipment_status, bind(order.shipment_status_at),
+            now, bind(stamp), order.order_id,
         )  # fmt: skip
 
     return params
@@ -149,6 +154,14 @@ def _order_from(row: RowMapping) -> Order:
         shipped_at=row["shipped_at"],
         delivered_at=row["delivered_at"],
         review_url=row["review_url"],
+        site=row["site"],
+        carrier=row["carrier"],
+        tracking_number=row["tracking_number"],
+        shipping_service=row["shipping_service"],
+        expected_delivery_at=row["expected_delivery_at"],
+        delivery_event_at=row["delivery_event_at"],
+        shipment_status=row["shipment_status"],
+        shipment_status_at=row["shipment_status_at"],
     )
 
 
