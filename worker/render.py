@@ -69,6 +69,15 @@ class OrderView:
     products: list[str] = field(default_factory=list)
     review_url: str | None = None
 
+    @property
+    def items(self) -> list[str]:
+        """Every item of the order, in the export's order: what a template lists."""
+        return self.products
+
+    @property
+    def item_count(self) -> int:
+        return len(self.products)
+
 
 @dataclass(frozen=True, slots=True)
 class ReviewView:
