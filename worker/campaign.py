@@ -23,6 +23,7 @@ from worker.domain import (
     CampaignStep,
     Condition,
     SendWindow,
+    StepKind,
     Trigger,
     TriggerEvent,
 )
@@ -38,8 +39,25 @@ _RATING = re.compile(r"\s*(\d+)\s*(?:\.\.\s*(\d+)\s*)?")
 _NULL = "tag:yaml.org,2002:null"
 _BOOL = "tag:yaml.org,2002:bool"
 
-_CAMPAIGN_KEYS = ("name", "description", "enabled", "applies_to", "send_window", "steps")
-_STEP_KEYS = ("id", "after", "template", "unless", "max_lateness")
+_CAMPAIGN_KEYS = (
+    "name",
+    "description",
+    "enabled",
+    "applies_to",
+    "send_window",
+    "buyer_cap",
+    "steps",
+)
+_STEP_KEYS = (
+    "id",
+    "after",
+    "template",
+    "unless",
+    "max_lateness",
+    "kind",
+    "hold_while_awaiting_answer",
+    "buyer_cap",
+)
 _AFTER_KEYS = ("event", "step", "delay", "rating")
 
 
@@ -163,6 +181,42 @@ def _lateness(at: _At) -> timedelta:
     return value
 
 
+def _cap(at: _At) -> timedelta:
+    try:
+        return _duration(_text(at))
+    except ValueError as exc:
+        raise at.error(f"{exc}; 0 sends this campaign's mail without a per-buyer cap") from exc
+
+
+def _kind(template: str, trigger: Trigger) -> StepKind:
+    """The kind a step without ``kind:`` has: from its template's name (the shipped ones are
+    named after what they are); any other template that speaks of reviews or feedback is
+    taken for a review request, the side on which the seller keeps the last word."""
+    known = {k.value: k for k in StepKind}
+    if template in known:
+        return known[template]
+    if trigger.event is TriggerEvent.REVIEWED:
+        return StepKind.REVIEW_THANKS
+    if "review" in template or "feedback" in template:
+        return StepKind.REVIEW_REMINDER if trigger.step is not None else StepKind.REVIEW_REQUEST
+    return StepKind.OTHER
+
+
+def _hold(at: _At | None, kind: StepKind) -> bool:
+    """Review steps always wait for the seller's answer; check-ins and shipping notices do
+    not by default; any other step does unless its campaign says otherwise."""
+    default = kind not in (StepKind.CHECK_IN, StepKind.SHIPPING_NOTICE)
+    if at is None:
+        return default
+    hold = _flag(at)
+    if not hold and kind.asks_for_review:
+        raise at.error(
+            f"a {kind.value} step always waits while the buyer's last message is unanswered; "
+            "only other steps can switch it off"
+        )
+    return hold
+
+
 def _clock(at: _At) -> time:
     match = _CLOCK.fullmatch(_text(at))
     if match is None or int(match[1]) > 23 or int(match[2]) > 59:
@@ -232,7 +286,7 @@ def _trigger(at: _At, fields: dict[str, _At], own_id: str, steps: _StepIds) -> T
     return Trigger(event=event, min_rating=low, max_rating=high)
 
 
-def _step(at: _At, steps: _StepIds) -> CampaignStep:
+def _step(at: _At, steps: _StepIds, campaign_cap: timedelta | None) -> CampaignStep:
     fields = _fields(at, _STEP_KEYS, required=("id", "after", "template"))
     own_id = _matching(fields["id"], _NAME, "a step id made of a-z, 0-9 and -")
     after = _fields(fields["after"], _AFTER_KEYS)
@@ -241,6 +295,11 @@ def _step(at: _At, steps: _StepIds) -> CampaignStep:
     template = _matching(fields["template"], _TEMPLATE, "a template name made of a-z, 0-9 and _")
     unless = _unless(fields["unless"]) if "unless" in fields else frozenset()
     lateness = fields.get("max_lateness")
+    kind = (
+        StepKind(_one_of(fields["kind"], [k.value for k in StepKind]))
+        if "kind" in fields
+        else _kind(template, trigger)
+    )
     return CampaignStep(
         id=own_id,
         trigger=trigger,
@@ -249,6 +308,9 @@ def _step(at: _At, steps: _StepIds) -> CampaignStep:
         template=template,
         unless=unless,
         max_lateness=_lateness(lateness) if lateness is not None else DEFAULT_MAX_LATENESS,
+        kind=kind,
+        hold_while_awaiting_answer=_hold(fields.get("hold_while_awaiting_answer"), kind),
+        buyer_cap=_cap(fields["buyer_cap"]) if "buyer_cap" in fields else campaign_cap,
     )
 
 
@@ -267,7 +329,9 @@ def _declared_ids(items: list[_At]) -> list[str]:
     return ids
 
 
-def _steps(at: _At) -> tuple[tuple[CampaignStep, ...], dict[str, int]]:
+def _steps(
+    at: _At, campaign_cap: timedelta | None
+) -> tuple[tuple[CampaignStep, ...], dict[str, int]]:
     items = _items(at)
     if not items:
         raise at.error("a campaign needs at least one step")
@@ -276,7 +340,7 @@ def _steps(at: _At) -> tuple[tuple[CampaignStep, ...], dict[str, int]]:
     lines: dict[str, int] = {}
     for item in items:
         earlier = [s.id for s in steps]
-        step = _step(item, _StepIds(earlier, set(declared) - set(earlier)))
+        step = _step(item, _StepIds(earlier, set(declared) - set(earlier)), campaign_cap)
         if step.id in lines:
             raise _fields(item, _STEP_KEYS)["id"].error(
                 f"duplicate step id {step.id!r} (first on line {lines[step.id]})"
@@ -291,7 +355,8 @@ def _campaign(root: _At) -> tuple[Campaign, int]:
     name = _matching(fields["name"], _NAME, "a campaign name made of a-z, 0-9 and -")
     if "description" in fields:
         _text(fields["description"])
-    steps, lines = _steps(fields["steps"])
+    cap = _cap(fields["buyer_cap"]) if "buyer_cap" in fields else None
+    steps, lines = _steps(fields["steps"], cap)
     campaign = Campaign(
         name=name,
         steps=steps,

@@ -49,8 +49,10 @@ def parse_duration(text: str) -> timedelta:
 
 
 def _duration_text(value: Any) -> Any:
-    """Durations may be written ``7d`` in YAML and the environment."""
-    return parse_duration(value) if isinstance(value, str) else value
+    """Durations may be written ``7d`` (or ``0``) in YAML and the environment."""
+    if isinstance(value, str):
+        return timedelta(0) if value.strip() == "0" else parse_duration(value)
+    return value
 
 
 def _comma_list(value: Any) -> Any:
@@ -323,6 +325,12 @@ class Settings(_Strict):
     default_locale: str = "en"
     default_timezone: str = "UTC"
     dispute_cooldown: timedelta = timedelta(days=3)
+    buyer_cap: timedelta = Field(
+        timedelta(days=3),
+        ge=timedelta(0),
+        description="At most one message per buyer within this span, across every campaign "
+        "and order (a campaign or step may set its own buyer_cap); 0: no cap.",
+    )
     poll_interval_s: float = Field(60.0, gt=0)
     plan_batch: int = Field(
         500,
@@ -383,7 +391,7 @@ class Settings(_Strict):
     def _reply_to(cls, value: str | None) -> str | None:
         return value if value is None else _address(value)
 
-    _durations = field_validator("dispute_cooldown", mode="before")(_duration_text)
+    _durations = field_validator("dispute_cooldown", "buyer_cap", mode="before")(_duration_text)
 
     @field_validator("default_timezone")
     @classmethod

@@ -141,6 +141,15 @@ class Reply:
 
 
 @dataclass(frozen=True, slots=True)
+class ThreadEntry:
+    """One message of a conversation between the buyer and the seller: who spoke, and when.
+    The worker's own campaign mail is no entry: it answers nothing."""
+
+    at: datetime
+    from_buyer: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Suppression:
     email: str
     reason: SuppressionReason
@@ -201,6 +210,27 @@ class SendWindow:
     days: frozenset[int] = frozenset(range(7))  # 0 = Monday
 
 
+class StepKind(StrEnum):
+    """What a step's message is to the buyer: it sets the step's rank when several of one
+    buyer's steps are due together, and whether it waits for the seller's answer."""
+
+    SHIPPING_NOTICE = "shipping_notice"
+    CHECK_IN = "check_in"
+    REVIEW_REQUEST = "review_request"
+    REVIEW_REMINDER = "review_reminder"
+    REVIEW_THANKS = "review_thanks"
+    OTHER = "other"
+
+    @property
+    def asks_for_review(self) -> bool:
+        return self in (StepKind.REVIEW_REQUEST, StepKind.REVIEW_REMINDER)
+
+    @property
+    def rank(self) -> int:
+        """Lower goes first: a buyer hears "it shipped" and "does it work?" before "review it"."""
+        return list(StepKind).index(self)
+
+
 @dataclass(frozen=True, slots=True)
 class CampaignStep:
     id: str
@@ -210,6 +240,13 @@ class CampaignStep:
     template: str
     unless: frozenset[Condition] = frozenset()
     max_lateness: timedelta = timedelta(days=3)
+    kind: StepKind = StepKind.OTHER
+    hold_while_awaiting_answer: bool = True
+    """Wait while the buyer's last message to the seller is unanswered (reason
+    ``awaiting_answer``): the seller has the last word before asking for a review."""
+    buyer_cap: timedelta | None = None
+    """At most one message to the buyer within this span, counting every campaign and order;
+    None: the ``buyer_cap`` setting."""
 
 
 @dataclass(frozen=True, slots=True)

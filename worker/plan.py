@@ -34,6 +34,7 @@ from worker.domain import (
     Send,
     SendState,
     Suppression,
+    ThreadEntry,
     TriggerEvent,
 )
 from worker.localtime import in_window, next_open, zone_for
@@ -58,6 +59,9 @@ class Policy:
 
     dispute_cooldown: timedelta = timedelta(days=3)
     default_zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    buyer_cap: timedelta = timedelta(days=3)
+    """At most one message per buyer within this span, across campaigns and orders, for
+    steps that do not set their own (:attr:`CampaignStep.buyer_cap`); 0: no cap."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,12 @@ class OrderHistory:
     replies: tuple[Reply, ...] = ()
     sends: Mapping[tuple[str, str], Send] = field(default_factory=dict)
     suppression: Suppression | None = None
+    conversation: tuple[ThreadEntry, ...] = ()
+    """The buyer's messages to the seller and the seller's answers, on any of the buyer's
+    orders: while the last word is the buyer's, review steps wait."""
+    buyer_last_sent: datetime | None = None
+    """When a message of any campaign last went (or began to go) to this buyer, on any order:
+    what the per-buyer cap counts from when a send is claimed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,10 +169,82 @@ def plan(
     active = [c for c in campaigns if c.enabled]
     decisions: list[Decision] = []
     failures: list[PlanFailure] = []
-    for history in histories:
+    planned = list(histories)
+    for history in planned:
         for campaign in active:
             _plan_contained(history, campaign, now, policy, decisions, failures)
+    if any(d.verdict is Verdict.DUE for d in decisions):
+        decisions = _pace(decisions, planned, active, now, policy)
     return Plan(tuple(decisions), now, tuple(failures))
+
+
+def _pace(
+    decisions: list[Decision],
+    histories: Sequence[OrderHistory],
+    campaigns: Sequence[Campaign],
+    now: datetime,
+    policy: Policy,
+) -> list[Decision]:
+    """One buyer, one message at a time: of a buyer's due steps, the first in priority order
+    goes out and the others wait (reason ``buyer_cap``) until the cap since the last message
+    has passed; their ``max_lateness`` still counts from when they were due.
+
+    Priority: the step's kind (shipping notice, check-in, review request, reminder, thanks),
+    then the older order, then names: stable from pass to pass, so a held step keeps its
+    place. Every order of a buyer is planned in the same batch, so the buyer is seen whole.
+    """
+    steps = {(c.name, s.id): s for c in campaigns for s in c.steps}
+    windows = {c.name: c.send_window for c in campaigns}
+    history_of = {h.order.order_id: h for h in histories}
+    order_of = {order_id: h.order for order_id, h in history_of.items()}
+    last: dict[str, datetime] = {}
+    for history in histories:
+        for moment in _sent_times(history):
+            buyer = history.order.buyer_email
+            if buyer not in last or moment > last[buyer]:
+                last[buyer] = moment
+
+    def priority(index: int) -> tuple[object, ...]:
+        decision = decisions[index]
+        order = order_of[decision.order_id]
+        placed = order.ordered_at or order.shipped_at or _FOREVER
+        kind = steps[(decision.campaign, decision.step)].kind
+        return (order.buyer_email, kind.rank, placed, order.order_id, decision.campaign)
+
+    due = [i for i, d in enumerate(decisions) if d.verdict is Verdict.DUE]
+    paced = list(decisions)
+    for index in sorted(due, key=priority):
+        decision = decisions[index]
+        step = steps[(decision.campaign, decision.step)]
+        buyer = order_of[decision.order_id].buyer_email
+        cap = step.buyer_cap if step.buyer_cap is not None else policy.buyer_cap
+        previous = last.get(buyer)
+        if cap and previous is not None and now < previous + cap:
+            history = history_of[decision.order_id]
+            zone = zone_for(
+                history.customer.country or history.order.country,
+                history.customer.timezone,
+                policy.default_zone,
+            )
+            allowed = next_open(previous + cap, windows[decision.campaign], zone)
+            paced[index] = dataclasses.replace(
+                decision, verdict=Verdict.WAIT, reason="buyer_cap", at=allowed
+            )
+        else:
+            last[buyer] = max(now, previous) if previous is not None else now
+    return paced
+
+
+def _sent_times(history: OrderHistory) -> Iterator[datetime]:
+    """When this buyer was last written to: sent messages, and claimed ones that may have
+    gone (sending, in doubt), from their claim."""
+    if history.buyer_last_sent is not None:
+        yield history.buyer_last_sent
+    for send in history.sends.values():
+        if send.state is SendState.SENT and send.sent_at is not None:
+            yield send.sent_at
+        elif send.state in (SendState.SENDING, SendState.IN_DOUBT) and send.claimed_at:
+            yield send.claimed_at
 
 
 def _plan_contained(
@@ -254,11 +336,14 @@ def _plan_step(
         history.customer.country or order.country, history.customer.timezone, policy.default_zone
     )
     blocks = _dispute_blocks(history.disputes, now, policy.dispute_cooldown)
-    eligible = _first_allowed(nominal, blocks, campaign, zone)
+    unanswered = _answer_blocks(history, step, now)
+    eligible = _first_allowed(nominal, sorted(blocks + unanswered), campaign, zone)
 
     if (block := _block_at(now, blocks)) is not None:
         reason = "dispute_open" if block[1] is _FOREVER else "dispute_cooldown"
         return decide(Verdict.WAIT, reason, None if block[1] is _FOREVER else block[1])
+    if _block_at(now, unanswered) is not None:
+        return decide(Verdict.WAIT, "awaiting_answer", None)
     if eligible > now:
         return decide(Verdict.WAIT, "not_due" if nominal > now else "outside_send_window", eligible)
     if now - eligible > step.max_lateness:
@@ -336,6 +421,30 @@ def _dispute_blocks(
     return sorted(blocks)
 
 
+def _answer_blocks(
+    history: OrderHistory, step: CampaignStep, now: datetime
+) -> list[tuple[datetime, datetime]]:
+    """For a step that waits for the seller's answer: the spans in which the buyer's message
+    was unanswered, from the buyer's first unanswered message to the seller's next one (the
+    rule of ``worker inbox --awaiting``). A span ended by an answer moves the step after it,
+    as a closed dispute does, so a request delayed by a question is not then too late."""
+    if not step.hold_while_awaiting_answer:
+        return []
+    blocks: list[tuple[datetime, datetime]] = []
+    since: datetime | None = None
+    for entry in sorted(history.conversation, key=lambda e: e.at):
+        if entry.at > now:
+            break  # not known yet at ``now``
+        if entry.from_buyer and since is None:
+            since = entry.at
+        elif not entry.from_buyer and since is not None:
+            blocks.append((since, entry.at))
+            since = None
+    if since is not None:
+        blocks.append((since, _FOREVER))
+    return blocks
+
+
 def _block_at(
     moment: datetime, blocks: Sequence[tuple[datetime, datetime]]
 ) -> tuple[datetime, datetime] | None:
@@ -406,6 +515,12 @@ def _refusal(
     blocks = _dispute_blocks(history.disputes, now, policy.dispute_cooldown)
     if (block := _block_at(now, blocks)) is not None:
         return Refusal("dispute_open" if block[1] is _FOREVER else "dispute_cooldown", final=False)
+    if _block_at(now, _answer_blocks(history, step, now)) is not None:
+        return Refusal("awaiting_answer", final=False)
+    cap = step.buyer_cap if step.buyer_cap is not None else policy.buyer_cap
+    last = history.buyer_last_sent
+    if cap and last is not None and now < last + cap:
+        return Refusal("buyer_cap", final=False)
     return None
 
 
@@ -461,6 +576,7 @@ def _event_times(history: OrderHistory) -> Iterator[datetime]:
             yield dispute.closed_at
     yield from (review.reviewed_at for review in history.reviews)
     yield from (reply.replied_at for reply in history.replies)
+    yield from (entry.at for entry in history.conversation)
     if history.suppression is not None:
         yield history.suppression.created_at
 

@@ -40,6 +40,10 @@ IN_CHUNK = 500
 in one statement, and a hostile message can name a hundred Message-IDs."""
 
 
+SPOKEN = (MessageKind.COMPLAINT, MessageKind.REPLY, MessageKind.SELLER)
+"""The kinds of message that take part in a conversation (see :func:`_spoken`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Every message of the folder up to ``last_uid`` is stored, under this UIDVALIDITY."""
@@ -387,8 +391,6 @@ class InboundMixin(_Database):
         answer to a buyer's question.
         """
         inbound = schema.inbound_message
-        # An unsubscribe asks for silence, not an answer.
-        spoken = [k.value for k in (MessageKind.COMPLAINT, MessageKind.REPLY, MessageKind.SELLER)]
         query = (
             select(
                 inbound.c.order_id,
@@ -397,11 +399,7 @@ class InboundMixin(_Database):
                 inbound.c.subject,
                 inbound.c.kind,
             )
-            .where(
-                inbound.c.order_id.is_not(None),
-                inbound.c.kind.in_(spoken),
-                ~_campaign_copies(),
-            )
+            .where(_spoken())
             .order_by(inbound.c.received_at, inbound.c.id)
         )
         last: dict[str, RowMapping] = {}
@@ -585,6 +583,19 @@ _LATEST_ORDER = (
 
 _READ = [c for c in schema.inbound_message.c if c.name != "raw"]
 """Listing and threading never need a message's raw bytes; `raw_message` reads them."""
+
+
+def _spoken() -> Any:
+    """Messages of a conversation about an order: the buyer's words and the seller's
+    answers. An unsubscribe asks for silence, not an answer; the worker's own campaign mail
+    answers nothing. ``worker inbox --awaiting`` and the planner's ``awaiting_answer`` read
+    the same rows, so both say the same buyer is waiting."""
+    inbound = schema.inbound_message
+    return and_(
+        inbound.c.order_id.is_not(None),
+        inbound.c.kind.in_([k.value for k in SPOKEN]),
+        ~_campaign_copies(),
+    )
 
 
 def _campaign_copies() -> Any:

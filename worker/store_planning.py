@@ -23,14 +23,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, and_, bindparam, or_, select, tuple_
+from sqlalchemy import Connection, RowMapping, and_, bindparam, func, or_, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from worker import schema
-from worker.domain import Customer, Dispute, Send, SendState, Suppression
+from worker.domain import (
+    Customer,
+    Dispute,
+    MessageKind,
+    Send,
+    SendState,
+    Suppression,
+    ThreadEntry,
+)
 from worker.plan import Decision, OrderHistory, Plan, next_looks
 from worker.store_database import _Database, retried_on_conflict
+from worker.store_inbound import _spoken
 from worker.store_rows import (
     _customer_from,
     _dispute_from,
@@ -335,6 +344,8 @@ def _histories_where(c: Connection, condition: Any) -> dict[str, OrderHistory]:
         r["email"]: _suppression_from(r)
         for r in rows(schema.suppression, schema.suppression.c.email.in_(buyers))
     }
+    conversations = _conversations(c, buyers)
+    last_sent = _last_sent(c, buyers)
     return {
         o.order_id: OrderHistory(
             order=o,
@@ -344,9 +355,43 @@ def _histories_where(c: Connection, condition: Any) -> dict[str, OrderHistory]:
             replies=tuple(replies.get(o.order_id, ())),
             sends=sends.get(o.order_id, {}),
             suppression=suppressions.get(o.buyer_email),
+            conversation=conversations.get(o.buyer_email, ()),
+            buyer_last_sent=last_sent.get(o.buyer_email),
         )
         for o in orders
     }
+
+
+def _conversations(c: Connection, buyers: set[str]) -> dict[str, tuple[ThreadEntry, ...]]:
+    """Each buyer's conversation with the seller over all their orders, oldest first."""
+    inbound, order = schema.inbound_message, schema.order
+    query = (
+        select(order.c.buyer_email, inbound.c.received_at, inbound.c.kind)
+        .join(order, order.c.order_id == inbound.c.order_id)
+        .where(order.c.buyer_email.in_(buyers), _spoken())
+        .order_by(inbound.c.received_at, inbound.c.id)
+    )
+    said: dict[str, list[ThreadEntry]] = defaultdict(list)
+    for r in c.execute(query):
+        said[r.buyer_email].append(ThreadEntry(r.received_at, r.kind != MessageKind.SELLER.value))
+    return {buyer: tuple(entries) for buyer, entries in said.items()}
+
+
+def _last_sent(c: Connection, buyers: set[str]) -> dict[str, datetime]:
+    """When each buyer was last written to, on any order: a sent message, or one claimed
+    that may have gone (sending, in doubt), from its claim."""
+    send, order = schema.send, schema.order
+    gone = send.c.state.in_(
+        [SendState.SENT.value, SendState.SENDING.value, SendState.IN_DOUBT.value]
+    )
+    moment = func.max(func.coalesce(send.c.sent_at, send.c.claimed_at))
+    query = (
+        select(order.c.buyer_email, moment.label("at"))
+        .join(order, order.c.order_id == send.c.order_id)
+        .where(order.c.buyer_email.in_(buyers), gone)
+        .group_by(order.c.buyer_email)
+    )
+    return {r.buyer_email: r.at for r in c.execute(query) if r.at is not None}
 
 
 def _group(

@@ -16,6 +16,7 @@ from worker.domain import (
     CampaignStep,
     Condition,
     SendWindow,
+    StepKind,
     Trigger,
     TriggerEvent,
 )
@@ -35,7 +36,15 @@ def step(step_id: str, trigger: Trigger, template: str, **kwargs: object) -> Cam
 FULL = Campaign(
     name="review-request",
     steps=(
-        step("check-in", Trigger(event=TriggerEvent.SHIPPED), "check_in", delay=timedelta(1.5)),
+        step(
+            "check-in",
+            Trigger(event=TriggerEvent.SHIPPED),
+            "check_in",
+            delay=timedelta(1.5),
+            kind=StepKind.CHECK_IN,
+            hold_while_awaiting_answer=False,
+            buyer_cap=timedelta(days=2),
+        ),
         step(
             "review-request",
             Trigger(event=TriggerEvent.DELIVERED),
@@ -43,6 +52,8 @@ FULL = Campaign(
             delay=timedelta(days=35),
             unless=frozenset({Condition.REVIEWED, Condition.REPLIED}),
             max_lateness=timedelta(hours=12),
+            kind=StepKind.REVIEW_REQUEST,
+            buyer_cap=timedelta(days=2),
         ),
         step(
             "review-reminder",
@@ -51,11 +62,16 @@ FULL = Campaign(
             delay=(timedelta(days=10), timedelta(days=15)),
             unless=frozenset({Condition.REVIEWED}),
             max_lateness=timedelta(days=5),
+            kind=StepKind.REVIEW_REMINDER,
+            buyer_cap=timedelta(days=2),
         ),
         step(
             "thanks",
             Trigger(event=TriggerEvent.REVIEWED, min_rating=5, max_rating=5),
             "review_thanks",
+            kind=StepKind.OTHER,
+            hold_while_awaiting_answer=False,
+            buyer_cap=timedelta(0),
         ),
     ),
     marketplaces=frozenset({"ebay", "shop"}),
@@ -71,6 +87,7 @@ MINIMAL = Campaign(
             "thanks",
             Trigger(event=TriggerEvent.REVIEWED, min_rating=4, max_rating=5),
             "review_thanks",
+            kind=StepKind.REVIEW_THANKS,
         ),
     ),
     marketplaces=MARKETPLACES,
@@ -127,6 +144,9 @@ BAD = [
     ("bad-enabled", 2, "enabled: expected true or false"),
     ("bad-unless", 6, "steps[0].unless[1]: 'disputed' is not one of reviewed, replied"),
     ("zero-lateness", 6, "steps[0].max_lateness: must be longer than zero"),
+    ("review-not-held", 6, "steps[0].hold_while_awaiting_answer: a review_request step always"),
+    ("bad-kind", 6, "steps[0].kind: 'advert' is not one of shipping_notice, check_in"),
+    ("bad-cap", 2, "buyer_cap: 'soon' is not a duration like 7d"),
     ("repeated-key", 6, "steps[0].after: repeated key (first on line 4)"),
     ("not-a-mapping", 1, "expected a mapping with keys name, description"),
     ("syntax-error", 5, "not valid YAML: expected ',' or '}', but got ':'"),

@@ -69,7 +69,9 @@ THANKS = Campaign(
         ),
     ),
 )
-POLICY = Policy(dispute_cooldown=3 * DAY)
+# No per-buyer cap here: these tests plan one step at a time (tests/unit/test_pacing.py
+# plans several of one buyer's steps against the cap).
+POLICY = Policy(dispute_cooldown=3 * DAY, buyer_cap=timedelta(0))
 
 
 def history(**changes: object) -> OrderHistory:
