@@ -36,6 +36,7 @@ from worker.domain import (
     Suppression,
     TriggerEvent,
 )
+from worker.delivery import Delivery, TransitTable, delivery_of
 from worker.localtime import in_window, next_open, zone_for
 
 _FOREVER = datetime.max.replace(tzinfo=ZoneInfo("UTC"))
@@ -58,6 +59,8 @@ class Policy:
 
     dispute_cooldown: timedelta = timedelta(days=3)
     default_zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    transit: TransitTable = TransitTable()
+    """Transit times for estimating a delivery the data does not state (worker/delivery.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,9 @@ class Decision:
     send_id: int | None = None
     state: SendState | None = None
     """The stored row's state, when there is a row."""
+    delivery: Delivery | None = None
+    """Delivered-triggered steps: the delivery time counted from and its source, so
+    ``worker plan`` can say whether it is an event or an estimate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,12 +232,16 @@ def _plan_step(
 ) -> Decision:
     order = history.order
     row = history.sends.get((campaign.name, step.id))
+    delivery = (
+        delivery_of(order, history.customer.country, policy.transit)
+        if step.trigger.event is TriggerEvent.DELIVERED and step.trigger.step is None
+        else None
+    )
 
     def decide(verdict: Verdict, reason: str, at: datetime | None = None) -> Decision:
-        if row is None:
-            return Decision(order.order_id, campaign.name, step.id, verdict, reason, at)
+        row_id, state = (None, None) if row is None else (row.id, row.state)
         return Decision(
-            order.order_id, campaign.name, step.id, verdict, reason, at, row.id, row.state
+            order.order_id, campaign.name, step.id, verdict, reason, at, row_id, state, delivery
         )
 
     if row is not None and row.state in TERMINAL_STATES:
@@ -240,7 +250,7 @@ def _plan_step(
     if row is not None and row.state is SendState.SENDING:
         return decide(Verdict.WAIT, "in_flight", None)
 
-    anchor = _anchor(history, step, earlier, now)
+    anchor = _anchor(history, step, earlier, now, delivery)
     if isinstance(anchor, Decision):
         return decide(anchor.verdict, anchor.reason, anchor.at)
     nominal = anchor + stable_delay(step, order.order_id, campaign.name)
@@ -274,9 +284,16 @@ def _plan_step(
 
 
 def _anchor(
-    history: OrderHistory, step: CampaignStep, earlier: Mapping[str, Decision], now: datetime
+    history: OrderHistory,
+    step: CampaignStep,
+    earlier: Mapping[str, Decision],
+    now: datetime,
+    delivery: Delivery | None,
 ) -> datetime | Decision:
-    """The moment the step's delay counts from, or why there is none yet."""
+    """The moment the step's delay counts from, or why there is none yet. A delivered
+    trigger counts from ``delivery`` (an event, the feed, the marketplace's estimate or
+    ours); each pass computes it afresh, so when a real event replaces an estimate the
+    unsent steps move with it."""
     trigger = step.trigger
     order = history.order
     if trigger.step is not None:
@@ -293,7 +310,13 @@ def _anchor(
         if not matching:
             return _pending(Verdict.WAIT, "awaiting_review")
         return min(r.reviewed_at for r in matching)
-    moment = order.delivered_at if trigger.event is TriggerEvent.DELIVERED else order.shipped_at
+    moment = order.shipped_at
+    if trigger.event is TriggerEvent.DELIVERED:
+        if delivery is not None and (reason := delivery.skip_reason) is not None:
+            return _pending(Verdict.SKIP, reason)
+        if delivery is not None and (reason := delivery.wait_reason) is not None:
+            return _pending(Verdict.WAIT, reason)
+        moment = None if delivery is None else delivery.at
     if moment is None or moment > now:
         return _pending(Verdict.WAIT, f"awaiting_{trigger.event}", moment)
     return moment
@@ -454,7 +477,8 @@ def next_looks(
 
 def _event_times(history: OrderHistory) -> Iterator[datetime]:
     order = history.order
-    yield from (m for m in (order.shipped_at, order.delivered_at) if m is not None)
+    dates = (order.shipped_at, order.delivered_at, order.expected_delivery_at)
+    yield from (m for m in (*dates, order.delivery_event_at) if m is not None)
     for dispute in history.disputes:
         yield dispute.opened_at
         if dispute.closed_at is not None:
