@@ -21,6 +21,7 @@ from datetime import datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from worker.delivery import Delivery, TransitTable, delivery_of
 from worker.domain import (
     TERMINAL_STATES,
     Campaign,
@@ -36,7 +37,6 @@ from worker.domain import (
     Suppression,
     TriggerEvent,
 )
-from worker.delivery import Delivery, TransitTable, delivery_of
 from worker.localtime import in_window, next_open, zone_for
 
 _FOREVER = datetime.max.replace(tzinfo=ZoneInfo("UTC"))
@@ -59,7 +59,7 @@ class Policy:
 
     dispute_cooldown: timedelta = timedelta(days=3)
     default_zone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
-    transit: TransitTable = TransitTable()
+    transit: TransitTable = field(default_factory=TransitTable)
     """Transit times for estimating a delivery the data does not state (worker/delivery.py)."""
 
 
