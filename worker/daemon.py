@@ -96,7 +96,9 @@ class PassReport:
 
 def policy_from(settings: Settings) -> Policy:
     return Policy(
-        dispute_cooldown=settings.dispute_cooldown, default_zone=ZoneInfo(settings.default_timezone)
+        dispute_cooldown=settings.dispute_cooldown,
+        default_zone=ZoneInfo(settings.default_timezone),
+        transit=settings.delivery.transit_table(),
     )
 
 

@@ -37,11 +37,12 @@ EU = frozenset(
     "AT BE BG CY CZ DE DK EE ES FI FR GR HR HU IE IT LT LU LV MT NL PL PT RO SE SI SK".split()
 )
 DEFAULT_REGIONS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("eu", EU),
-    # CLDR territory containment (babel does not ship it): 021, 030, 053.
-    ("northern-america", frozenset({"US", "CA", "BM", "GL", "PM"})),
-    ("eastern-asia", frozenset({"CN", "HK", "MO", "TW", "JP", "KR", "KP", "MN"})),
+    # By name. The EU's member states, and CLDR's territory containment (which babel does
+    # not ship) for 053, 030 and 021.
     ("australia-new-zealand", frozenset({"AU", "NZ", "NF", "CC", "CX", "HM"})),
+    ("eastern-asia", frozenset({"CN", "HK", "MO", "TW", "JP", "KR", "KP", "MN"})),
+    ("eu", EU),
+    ("northern-america", frozenset({"US", "CA", "BM", "GL", "PM"})),
 )
 
 _NOT_ALNUM = re.compile(r"[^a-z0-9]+")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from worker.config import load_settings
+from worker.daemon import policy_from
 from worker.delivery import (
     DEFAULT_CROSS_BORDER,
     DEFAULT_DOMESTIC,
+    DEFAULT_REGIONS,
     DEFAULT_SAME_REGION,
     Delivery,
     TransitTable,
@@ -17,6 +21,7 @@ from worker.delivery import (
     delivery_of,
 )
 from worker.domain import Order
+from worker.errors import ConfigError
 
 SHIPPED = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -176,3 +181,64 @@ def test_describe_says_the_source(source: str, text: str):
 def test_the_issues_own_example():
     delivery = Delivery(datetime(2026, 3, 14, tzinfo=UTC), "estimated", "CN->DE post, 12d")
     assert delivery.describe() == "delivered ~2026-03-14 (estimated: CN->DE post, 12d)"
+
+
+# The ``delivery`` settings ----------------------------------------------------------------
+
+
+def _settings(tmp_path: Path, text: str) -> TransitTable:
+    path = tmp_path / "worker.yaml"
+    path.write_text(text, encoding="utf-8")
+    return policy_from(load_settings(path, {})).transit
+
+
+def test_the_delivery_section_builds_the_policys_transit_table(tmp_path: Path):
+    table = _settings(
+        tmp_path,
+        "delivery:\n"
+        "  ship_from: cn\n"
+        "  cross_border: 16d\n"
+        "  routes: {CN->DE: 12d, 'CN->*': 20d, '*->US': 9d}\n"
+        "  carriers: {DHL Express: 3d, japan-post-ems: 6d}\n"
+        "  regions: {europe: [gb, de]}\n",
+    )
+    assert table.ship_from == "CN"
+    assert table.transit("DE") == (12 * DAY, "CN->DE post")
+    assert table.transit("DE", "DHL", "Express") == (3 * DAY, "CN->DE dhl-express")
+    assert replace(table, ship_from="GB").transit("DE") == (7 * DAY, "GB->DE post")
+    assert replace(table, ship_from="GB").transit("FR") == (16 * DAY, "GB->FR post")
+    assert dict(table.regions)["eu"] == dict(DEFAULT_REGIONS)["eu"]  # the defaults stay
+
+
+def test_without_a_delivery_section_the_defaults_apply(tmp_path: Path):
+    assert _settings(tmp_path, "default_locale: en\n") == TransitTable()
+
+
+def test_the_seller_country_comes_from_the_environment_too(tmp_path: Path):
+    path = tmp_path / "worker.yaml"
+    path.write_text("{}\n", encoding="utf-8")
+    settings = load_settings(path, {"WORKER_DELIVERY_SHIP_FROM": "JP"})
+    assert settings.delivery.transit_table().ship_from == "JP"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ship_from: China", "delivery.ship_from: .*'China' is not an ISO 3166 country code"),
+        ("routes: {CN-DE: 12d}", "'CN-DE' is not a route like 'CN->DE'"),
+        ("routes: {'*->*': 12d}", r"'\*->\*' is not a route"),
+        ("routes: {CN->DE: 0d}", "routes.CN->DE: '0d' is not a transit time"),
+        ("domestic: soon", "delivery.domestic: .*'soon' is not a duration"),
+        ("cross_border: 400d", "is not a transit time above 0 and up to 180d"),
+        ("carriers: {'--': 2d}", "'--' is not a carrier name"),
+        ("regions: {europe: []}", "regions.europe: list its countries"),
+        ("regions: {europe: [DE, Germany]}", "regions.europe: 'Germany' is not an ISO 3166"),
+        ("colour: blue", "delivery.colour"),
+    ],
+)
+def test_bad_delivery_settings_are_refused_naming_the_file_and_setting(
+    tmp_path: Path, text: str, message: str
+):
+    with pytest.raises(ConfigError, match=message) as caught:
+        _settings(tmp_path, f"delivery:\n  {text}\n")
+    assert caught.value.where == str(tmp_path / "worker.yaml")
