@@ -34,6 +34,7 @@ from worker.errors import UnknownOrder
 from worker.feeds import OrderRow
 from worker.react import Suppress
 from worker.schema import EPOCH
+from worker.shipments import PARCEL_FIELDS, Parcel, Shipment, applied
 from worker.store_database import _Database, retried_on_conflict
 from worker.store_rows import (
     CUSTOMER_COLUMNS,
@@ -49,6 +50,7 @@ from worker.store_rows import (
 )
 
 BATCH_ROWS = 5000
+UNKNOWN_IDS_SHOWN = 5
 """Rows an import reads and writes at a time: a few statements per batch, bounded memory."""
 STATEMENT_ROWS = 1024
 """Rows per INSERT statement of an import, at most: a few statements per batch, each quick to
@@ -61,6 +63,10 @@ class UpsertCount:
     updated: int = 0
     older: int = 0
     """Known orders left as they were: every row of theirs was older than what is stored."""
+    unknown: int = 0
+    """Rows about orders not stored (shipments): left out, not an error."""
+    unknown_ids: tuple[str, ...] = ()
+    """The first few of those orders, for the operator to look up."""
 
 
 class OrdersMixin(_Database):
@@ -141,6 +147,38 @@ class OrdersMixin(_Database):
                     tx.execute(schema.review.update().where(key).values(values))
                     updated += 1
         return UpsertCount(inserted, updated)
+
+    def upsert_shipments(self, shipments: Iterable[Shipment], now: datetime) -> UpsertCount:
+        """Apply a shipments file to the orders it names (see :func:`worker.shipments.applied`);
+        ``updated`` counts the orders changed, ``unknown`` the rows about orders not stored.
+        One transaction, so a file that fails half-way leaves nothing behind."""
+        updated = unknown = 0
+        unknown_ids: list[str] = []
+        order = schema.order
+        columns = [order.c.order_id, *(order.c[name] for name in PARCEL_FIELDS)]
+        with self._begin() as tx:
+            for batch in _batches(shipments):
+                keys = sorted({row.order_id for row in batch})
+                stored = {
+                    found.order_id: Parcel(*found[1:])
+                    for found in tx.execute(select(*columns).where(order.c.order_id.in_(keys)))
+                }
+                parcels = dict(stored)
+                for row in batch:
+                    parcel = parcels.get(row.order_id)
+                    if parcel is None:
+                        unknown += 1
+                        if len(unknown_ids) < UNKNOWN_IDS_SHOWN and row.order_id not in unknown_ids:
+                            unknown_ids.append(row.order_id)
+                        continue
+                    parcels[row.order_id] = applied(parcel, row)
+                changed = [(k, p) for k, p in parcels.items() if p != stored[k]]
+                for key, parcel in changed:
+                    values = {name: getattr(parcel, name) for name in PARCEL_FIELDS}
+                    where = order.c.order_id == key
+                    tx.execute(order.update().where(where).values(**values, updated_at=now))
+                updated += len(changed)
+        return UpsertCount(0, updated, unknown=unknown, unknown_ids=tuple(unknown_ids))
 
     def open_dispute(
         self, order_id: str, kind: DisputeKind, at: datetime, source: str = "manual"
