@@ -61,6 +61,7 @@ from worker.shipments import read_shipments
 from worker.signals import on_stop
 from worker.sink import RejectRule, SinkOptions, serve
 from worker.store import SoftBounceRule, Store, UpsertCount
+from worker.store_orders import UNKNOWN_IDS_SHOWN
 from worker.terminal import printable
 
 T = TypeVar("T")
@@ -606,8 +607,8 @@ def _import(
     if rejects.count:
         line += f" (written to {rejects.path})"
     if count.unknown:
-        shown = ", ".join(repr(key) for key in count.unknown_ids)
-        more = ", ..." if count.unknown > len(count.unknown_ids) else ""
+        shown = ", ".join(repr(key) for key in count.unknown_ids[:UNKNOWN_IDS_SHOWN])
+        more = ", ..." if len(count.unknown_ids) > UNKNOWN_IDS_SHOWN else ""
         line += (
             f"; {count.unknown} about orders not stored, left out ({shown}{more}; import "
             "them first with `worker import orders`)"

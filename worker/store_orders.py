@@ -66,7 +66,8 @@ class UpsertCount:
     unknown: int = 0
     """Rows about orders not stored (shipments): left out, not an error."""
     unknown_ids: tuple[str, ...] = ()
-    """The first few of those orders, for the operator to look up."""
+    """The first few of those orders (``UNKNOWN_IDS_SHOWN``, one more if there are more), for
+    the operator to look up."""
 
 
 class OrdersMixin(_Database):
@@ -168,7 +169,10 @@ class OrdersMixin(_Database):
                     parcel = parcels.get(row.order_id)
                     if parcel is None:
                         unknown += 1
-                        if len(unknown_ids) < UNKNOWN_IDS_SHOWN and row.order_id not in unknown_ids:
+                        if (
+                            len(unknown_ids) <= UNKNOWN_IDS_SHOWN
+                            and row.order_id not in unknown_ids
+                        ):
                             unknown_ids.append(row.order_id)
                         continue
                     parcels[row.order_id] = applied(parcel, row)
