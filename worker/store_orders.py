@@ -50,8 +50,11 @@ from worker.store_rows import (
 )
 
 BATCH_ROWS = 5000
-UNKNOWN_IDS_SHOWN = 5
 """Rows an import reads and writes at a time: a few statements per batch, bounded memory."""
+UNKNOWN_IDS_SHOWN = 5
+"""Orders not stored that a shipments import names to the operator."""
+_KEYS_PER_SELECT = 900
+"""Order ids per ``IN (...)``: under SQLite's oldest limit of 999 parameters."""
 STATEMENT_ROWS = 1024
 """Rows per INSERT statement of an import, at most: a few statements per batch, each quick to
 prepare."""
@@ -153,36 +156,37 @@ class OrdersMixin(_Database):
         """Apply a shipments file to the orders it names (see :func:`worker.shipments.applied`);
         ``updated`` counts the orders changed, ``unknown`` the rows about orders not stored.
         One transaction, so a file that fails half-way leaves nothing behind."""
-        updated = unknown = 0
+        unknown = 0
         unknown_ids: list[str] = []
+        changed_ids: set[str] = set()
         order = schema.order
         columns = [order.c.order_id, *(order.c[name] for name in PARCEL_FIELDS)]
         with self._begin() as tx:
             for batch in _batches(shipments):
                 keys = sorted({row.order_id for row in batch})
-                stored = {
-                    found.order_id: Parcel(*found[1:])
-                    for found in tx.execute(select(*columns).where(order.c.order_id.in_(keys)))
-                }
+                stored: dict[str, Parcel] = {}
+                for start in range(0, len(keys), _KEYS_PER_SELECT):
+                    among = order.c.order_id.in_(keys[start : start + _KEYS_PER_SELECT])
+                    for found in tx.execute(select(*columns).where(among)):
+                        stored[found.order_id] = Parcel(*found[1:])
                 parcels = dict(stored)
                 for row in batch:
                     parcel = parcels.get(row.order_id)
                     if parcel is None:
                         unknown += 1
-                        if (
-                            len(unknown_ids) <= UNKNOWN_IDS_SHOWN
-                            and row.order_id not in unknown_ids
-                        ):
+                        listed = len(unknown_ids) > UNKNOWN_IDS_SHOWN
+                        if not listed and row.order_id not in unknown_ids:
                             unknown_ids.append(row.order_id)
                         continue
                     parcels[row.order_id] = applied(parcel, row)
-                changed = [(k, p) for k, p in parcels.items() if p != stored[k]]
-                for key, parcel in changed:
+                for key, parcel in parcels.items():
+                    if parcel == stored[key]:
+                        continue
                     values = {name: getattr(parcel, name) for name in PARCEL_FIELDS}
                     where = order.c.order_id == key
                     tx.execute(order.update().where(where).values(**values, updated_at=now))
-                updated += len(changed)
-        return UpsertCount(0, updated, unknown=unknown, unknown_ids=tuple(unknown_ids))
+                    changed_ids.add(key)
+        return UpsertCount(0, len(changed_ids), unknown=unknown, unknown_ids=tuple(unknown_ids))
 
     def open_dispute(
         self, order_id: str, kind: DisputeKind, at: datetime, source: str = "manual"

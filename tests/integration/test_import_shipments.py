@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import settings_for
-from worker import schema
+from worker import schema, store_orders
 from worker.cli import build_parser
 from worker.store import Store
 
@@ -204,3 +204,23 @@ def test_an_updated_order_wakes_its_buyer_for_planning(
         due = {e: d for e, d in c.execute(select(customer.c.email, customer.c.next_due_at))}
     assert due["ann@example.com"] < never
     assert due["bob@example.com"] == never
+
+
+def test_a_file_longer_than_a_batch_counts_each_order_once(
+    tmp_path: Path, run: Run, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_orders, "BATCH_ROWS", 2)
+    monkeypatch.setattr(store_orders, "_KEYS_PER_SELECT", 1)
+    shipments = write(
+        tmp_path / "s.csv",
+        "order_id,status,at\n"
+        "S-1,shipped,2026-03-02T10:00:00Z\n"
+        "S-2,shipped,2026-03-03T10:00:00Z\n"
+        "S-1,in_transit,2026-03-03T10:00:00Z\n"
+        "S-1,delivered,2026-03-05T10:00:00Z\n"
+        "S-2,delivered,2026-03-06T10:00:00Z\n",
+    )
+    code, out, _ = run("shipments", shipments)
+    assert (code, out) == (0, f"{shipments}: 0 new, 2 updated, 0 rejected\n")
+    assert store.order("S-1").delivery_event_at == at("2026-03-05T10:00")
+    assert store.order("S-2").delivery_event_at == at("2026-03-06T10:00")
