@@ -57,9 +57,11 @@ from worker.plan import Verdict
 from worker.render import Renderer, TemplateRunner
 from worker.return_path import Signer, load_signer
 from worker.rules import load_rules
+from worker.shipments import read_shipments
 from worker.signals import on_stop
 from worker.sink import RejectRule, SinkOptions, serve
 from worker.store import SoftBounceRule, Store, UpsertCount
+from worker.store_orders import UNKNOWN_IDS_SHOWN
 from worker.terminal import printable
 
 T = TypeVar("T")
@@ -219,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     imports = commands.add_parser(
-        "import", help="import orders, disputes or reviews from CSV, TSV or JSONL"
+        "import", help="import orders, disputes, reviews or shipments from CSV, TSV or JSONL"
     )
     what = imports.add_subparsers(dest="import_kind", required=True, metavar="KIND")
     orders = what.add_parser(
@@ -245,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     reviews = what.add_parser("reviews", help="reviews: order_id, rating, reviewed_at")
     reviews.add_argument("file", type=Path)
     reviews.set_defaults(handler=cmd_import_reviews)
+    shipments = what.add_parser(
+        "shipments",
+        help="parcel tracking: order_id, carrier, tracking_number, status, at (see "
+        "docs/delivery.md); updates known orders, never blanks a field",
+    )
+    shipments.add_argument("file", type=Path)
+    shipments.set_defaults(handler=cmd_import_shipments)
 
     dispute = commands.add_parser("dispute", help="open or close a dispute by hand")
     dispute_actions = dispute.add_subparsers(dest="dispute_action", required=True, metavar="ACTION")
@@ -447,9 +456,10 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
         shown.sort(key=lambda d: (order[d.verdict], d.at or now, d.order_id, d.campaign))
         for d in shown:
             at = d.at.strftime("%Y-%m-%d %H:%M") if d.at and d.at.year < 9999 else "-"
+            delivery = f" [{d.delivery.describe()}]" if d.delivery is not None else ""
             print(
                 f"{d.verdict.value:7} {d.order_id:22} {d.campaign + '/' + d.step:36} {at:17} "
-                f"{d.reason}"
+                f"{d.reason}{delivery}"
             )
     print("total: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return 0
@@ -596,6 +606,13 @@ def _import(
     line = f"{path}: {count.inserted} new, {count.updated} updated, {rejects.count} rejected"
     if rejects.count:
         line += f" (written to {rejects.path})"
+    if count.unknown:
+        shown = ", ".join(repr(key) for key in count.unknown_ids[:UNKNOWN_IDS_SHOWN])
+        more = ", ..." if len(count.unknown_ids) > UNKNOWN_IDS_SHOWN else ""
+        line += (
+            f"; {count.unknown} about orders not stored, left out ({shown}{more}; import "
+            "them first with `worker import orders`)"
+        )
     if count.older:
         line += (
             f"; {count.older} older than what is stored, left as they are "
@@ -659,6 +676,13 @@ def cmd_import_reviews(args: argparse.Namespace, settings: Settings) -> int:
     store = _open_store(settings)
     rows = read_reviews(args.file, progress=_progress(), check=_known_order(store))
     return _import(args.file, rows, store.upsert_reviews)
+
+
+def cmd_import_shipments(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    now = SystemClock().now()
+    rows = read_shipments(args.file, progress=_progress())
+    return _import(args.file, rows, lambda items: store.upsert_shipments(items, now))
 
 
 def cmd_dispute_open(args: argparse.Namespace, settings: Settings) -> int:

@@ -17,10 +17,12 @@ from datetime import timedelta
 from email.headerregistry import Address
 from email.utils import parseaddr
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from babel import Locale
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,6 +32,14 @@ from pydantic import (
     model_validator,
 )
 
+from worker.delivery import (
+    DEFAULT_CROSS_BORDER,
+    DEFAULT_DOMESTIC,
+    DEFAULT_REGIONS,
+    DEFAULT_SAME_REGION,
+    TransitTable,
+    carrier_key,
+)
 from worker.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("config/worker.yaml")
@@ -288,6 +298,127 @@ class UnsubscribeSettings(_Strict):
         return value
 
 
+_COUNTRY = re.compile(r"[A-Z]{2}")
+_ROUTE = re.compile(r"([A-Z]{2}|\*)->([A-Z]{2}|\*)")
+_LONGEST_TRANSIT = timedelta(days=180)
+
+
+def _transit_time(where: str, value: Any) -> timedelta:
+    time = _duration_text(value)
+    if not isinstance(time, timedelta) or not timedelta(0) < time <= _LONGEST_TRANSIT:
+        raise ValueError(
+            f"{where}: {value!r} is not a transit time above 0 and up to 180d, like 12d"
+        )
+    return time
+
+
+@cache
+def _countries() -> frozenset[str]:
+    """ISO 3166 alpha-2 codes, from CLDR (babel)."""
+    codes = (str(code) for code in Locale("en").territories)
+    return frozenset(code for code in codes if _COUNTRY.fullmatch(code))
+
+
+def _country(where: str, value: Any) -> str:
+    text = str(value).strip().upper()
+    if text not in _countries():
+        raise ValueError(f"{where}: {value!r} is not an ISO 3166 country code like DE")
+    return text
+
+
+class DeliverySettings(_Strict):
+    """Transit times for estimating when a parcel arrives, when no date says it (see
+    docs/delivery.md). Durations are written like ``12d`` or ``1d12h``."""
+
+    ship_from: str | None = Field(
+        None, description="The seller's country (ISO 3166, like CN): where parcels leave from."
+    )
+    domestic: timedelta = DEFAULT_DOMESTIC
+    same_region: timedelta = Field(
+        DEFAULT_SAME_REGION, description="Both countries in one of the regions (e.g. the EU)."
+    )
+    cross_border: timedelta = DEFAULT_CROSS_BORDER
+    routes: dict[str, timedelta] = Field(
+        {}, description="By route: 'CN->DE', 'CN->*' or '*->DE'; the most specific wins."
+    )
+    carriers: dict[str, timedelta] = Field(
+        {},
+        description="By carrier, or carrier and service: 'dhl', 'dhl-express', 'japan-post-ems'; "
+        "outranks the routes.",
+    )
+    regions: dict[str, tuple[str, ...]] = Field(
+        {},
+        description="More groups of countries (or a default one, by name, replaced): a route "
+        "inside one is same_region. Defaults: eu, northern-america, eastern-asia, "
+        "australia-new-zealand.",
+    )
+
+    @field_validator("ship_from", mode="before")
+    @classmethod
+    def _ship_from(cls, value: Any) -> Any:
+        return None if value is None or value == "" else _country("ship_from", value)
+
+    @field_validator("domestic", "same_region", "cross_border", mode="before")
+    @classmethod
+    def _times(cls, value: Any) -> timedelta:
+        return _transit_time("transit time", value)
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _routes(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        routes: dict[str, timedelta] = {}
+        for key, time in value.items():
+            route = str(key).replace(" ", "").upper()
+            match = _ROUTE.fullmatch(route)
+            if match is None or route == "*->*":
+                raise ValueError(
+                    f"{key!r} is not a route like 'CN->DE', 'CN->*' or '*->DE' (ISO 3166 codes)"
+                )
+            routes[route] = _transit_time(f"routes.{key}", time)
+        return routes
+
+    @field_validator("carriers", mode="before")
+    @classmethod
+    def _carriers(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        carriers: dict[str, timedelta] = {}
+        for key, time in value.items():
+            name = carrier_key(str(key))
+            if not name or len(name) > 64:
+                raise ValueError(f"{key!r} is not a carrier name like dhl or japan-post-ems")
+            carriers[name] = _transit_time(f"carriers.{key}", time)
+        return carriers
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _regions(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        regions: dict[str, tuple[str, ...]] = {}
+        for name, members in value.items():
+            listed = _comma_list(members)
+            if not isinstance(listed, list | tuple) or not listed:
+                raise ValueError(f"regions.{name}: list its countries, like [DE, AT, CH]")
+            regions[str(name)] = tuple(_country(f"regions.{name}", c) for c in listed)
+        return regions
+
+    def transit_table(self) -> TransitTable:
+        """What the planner reads: the defaults' regions, with these added or replaced."""
+        regions = dict(DEFAULT_REGIONS) | {k: frozenset(v) for k, v in self.regions.items()}
+        return TransitTable(
+            ship_from=self.ship_from,
+            domestic=self.domestic,
+            same_region=self.same_region,
+            cross_border=self.cross_border,
+            routes=tuple(sorted(self.routes.items())),
+            carriers=tuple(sorted(self.carriers.items())),
+            regions=tuple(sorted(regions.items())),
+        )
+
+
 _PLAIN_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=^_`{|}~-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,63}$")
 """What compose writes into From and Reply-To: ASCII ``local@domain``, no quoting tricks."""
 
@@ -320,6 +451,7 @@ class Settings(_Strict):
     inbox: InboxSettings = InboxSettings()
     authentication: AuthenticationSettings = AuthenticationSettings()
     bounces: BounceSettings = BounceSettings()
+    delivery: DeliverySettings = DeliverySettings()
     campaigns_dir: Path = Path("campaigns")
     templates_dir: Path = Path("templates")
     default_locale: str = "en"

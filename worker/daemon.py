@@ -99,6 +99,7 @@ def policy_from(settings: Settings) -> Policy:
         dispute_cooldown=settings.dispute_cooldown,
         default_zone=ZoneInfo(settings.default_timezone),
         buyer_cap=settings.buyer_cap,
+        transit=settings.delivery.transit_table(),
     )
 
 

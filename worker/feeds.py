@@ -1094,6 +1094,22 @@ def read_reviews(
     return _read(path, _REVIEWS, progress, check)
 
 
+def read_cells(
+    path: Path,
+    required: Sequence[str],
+    build: Callable[[Mapping[str, str]], Any],
+    *,
+    progress: bool = False,
+    check: Check | None = None,
+) -> Iterator[Any]:
+    """Another kind of file (``worker import shipments``), read as the feeds are: CSV, TSV
+    or JSONL, one row per value; ``build`` gets a row's cells by lower-cased column name
+    (only the columns the file has) and raises ValueError to reject it."""
+    return _read(
+        path, _Layout(tuple(required), lambda group: build(group[0].cells)), progress, check
+    )
+
+
 # Rejects ------------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from datetime import datetime, time, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from worker.delivery import Delivery, TransitTable, delivery_of
 from worker.domain import (
     TERMINAL_STATES,
     Campaign,
@@ -62,6 +63,8 @@ class Policy:
     buyer_cap: timedelta = timedelta(days=3)
     """At most one message per buyer within this span, across campaigns and orders, for
     steps that do not set their own (:attr:`CampaignStep.buyer_cap`); 0: no cap."""
+    transit: TransitTable = field(default_factory=TransitTable)
+    """Transit times for estimating a delivery the data does not state (worker/delivery.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,9 @@ class Decision:
     send_id: int | None = None
     state: SendState | None = None
     """The stored row's state, when there is a row."""
+    delivery: Delivery | None = None
+    """Delivered-triggered steps: the delivery time counted from and its source, so
+    ``worker plan`` can say whether it is an event or an estimate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,12 +314,16 @@ def _plan_step(
 ) -> Decision:
     order = history.order
     row = history.sends.get((campaign.name, step.id))
+    delivery = (
+        delivery_of(order, history.customer.country, policy.transit)
+        if step.trigger.event is TriggerEvent.DELIVERED and step.trigger.step is None
+        else None
+    )
 
     def decide(verdict: Verdict, reason: str, at: datetime | None = None) -> Decision:
-        if row is None:
-            return Decision(order.order_id, campaign.name, step.id, verdict, reason, at)
+        row_id, state = (None, None) if row is None else (row.id, row.state)
         return Decision(
-            order.order_id, campaign.name, step.id, verdict, reason, at, row.id, row.state
+            order.order_id, campaign.name, step.id, verdict, reason, at, row_id, state, delivery
         )
 
     if row is not None and row.state in TERMINAL_STATES:
@@ -322,7 +332,7 @@ def _plan_step(
     if row is not None and row.state is SendState.SENDING:
         return decide(Verdict.WAIT, "in_flight", None)
 
-    anchor = _anchor(history, step, earlier, now)
+    anchor = _anchor(history, step, earlier, now, delivery)
     if isinstance(anchor, Decision):
         return decide(anchor.verdict, anchor.reason, anchor.at)
     nominal = anchor + stable_delay(step, order.order_id, campaign.name)
@@ -359,9 +369,16 @@ def _plan_step(
 
 
 def _anchor(
-    history: OrderHistory, step: CampaignStep, earlier: Mapping[str, Decision], now: datetime
+    history: OrderHistory,
+    step: CampaignStep,
+    earlier: Mapping[str, Decision],
+    now: datetime,
+    delivery: Delivery | None,
 ) -> datetime | Decision:
-    """The moment the step's delay counts from, or why there is none yet."""
+    """The moment the step's delay counts from, or why there is none yet. A delivered
+    trigger counts from ``delivery`` (an event, the feed, the marketplace's estimate or
+    ours); each pass computes it afresh, so when a real event replaces an estimate the
+    unsent steps move with it."""
     trigger = step.trigger
     order = history.order
     if trigger.step is not None:
@@ -378,7 +395,13 @@ def _anchor(
         if not matching:
             return _pending(Verdict.WAIT, "awaiting_review")
         return min(r.reviewed_at for r in matching)
-    moment = order.delivered_at if trigger.event is TriggerEvent.DELIVERED else order.shipped_at
+    moment = order.shipped_at
+    if trigger.event is TriggerEvent.DELIVERED:
+        if delivery is not None and (reason := delivery.skip_reason) is not None:
+            return _pending(Verdict.SKIP, reason)
+        if delivery is not None and (reason := delivery.wait_reason) is not None:
+            return _pending(Verdict.WAIT, reason)
+        moment = None if delivery is None else delivery.at
     if moment is None or moment > now:
         return _pending(Verdict.WAIT, f"awaiting_{trigger.event}", moment)
     return moment
@@ -569,7 +592,8 @@ def next_looks(
 
 def _event_times(history: OrderHistory) -> Iterator[datetime]:
     order = history.order
-    yield from (m for m in (order.shipped_at, order.delivered_at) if m is not None)
+    dates = (order.shipped_at, order.delivered_at, order.expected_delivery_at)
+    yield from (m for m in (*dates, order.delivery_event_at) if m is not None)
     for dispute in history.disputes:
         yield dispute.opened_at
         if dispute.closed_at is not None:

@@ -34,6 +34,7 @@ from worker.errors import UnknownOrder
 from worker.feeds import OrderRow
 from worker.react import Suppress
 from worker.schema import EPOCH
+from worker.shipments import PARCEL_FIELDS, Parcel, Shipment, applied
 from worker.store_database import _Database, retried_on_conflict
 from worker.store_rows import (
     CUSTOMER_COLUMNS,
@@ -50,6 +51,10 @@ from worker.store_rows import (
 
 BATCH_ROWS = 5000
 """Rows an import reads and writes at a time: a few statements per batch, bounded memory."""
+UNKNOWN_IDS_SHOWN = 5
+"""Orders not stored that a shipments import names to the operator."""
+_KEYS_PER_SELECT = 900
+"""Order ids per ``IN (...)``: under SQLite's oldest limit of 999 parameters."""
 STATEMENT_ROWS = 1024
 """Rows per INSERT statement of an import, at most: a few statements per batch, each quick to
 prepare."""
@@ -61,6 +66,11 @@ class UpsertCount:
     updated: int = 0
     older: int = 0
     """Known orders left as they were: every row of theirs was older than what is stored."""
+    unknown: int = 0
+    """Rows about orders not stored (shipments): left out, not an error."""
+    unknown_ids: tuple[str, ...] = ()
+    """The first few of those orders (``UNKNOWN_IDS_SHOWN``, one more if there are more), for
+    the operator to look up."""
 
 
 class OrdersMixin(_Database):
@@ -141,6 +151,42 @@ class OrdersMixin(_Database):
                     tx.execute(schema.review.update().where(key).values(values))
                     updated += 1
         return UpsertCount(inserted, updated)
+
+    def upsert_shipments(self, shipments: Iterable[Shipment], now: datetime) -> UpsertCount:
+        """Apply a shipments file to the orders it names (see :func:`worker.shipments.applied`);
+        ``updated`` counts the orders changed, ``unknown`` the rows about orders not stored.
+        One transaction, so a file that fails half-way leaves nothing behind."""
+        unknown = 0
+        unknown_ids: list[str] = []
+        changed_ids: set[str] = set()
+        order = schema.order
+        columns = [order.c.order_id, *(order.c[name] for name in PARCEL_FIELDS)]
+        with self._begin() as tx:
+            for batch in _batches(shipments):
+                keys = sorted({row.order_id for row in batch})
+                stored: dict[str, Parcel] = {}
+                for start in range(0, len(keys), _KEYS_PER_SELECT):
+                    among = order.c.order_id.in_(keys[start : start + _KEYS_PER_SELECT])
+                    for found in tx.execute(select(*columns).where(among)):
+                        stored[found.order_id] = Parcel(*found[1:])
+                parcels = dict(stored)
+                for row in batch:
+                    parcel = parcels.get(row.order_id)
+                    if parcel is None:
+                        unknown += 1
+                        listed = len(unknown_ids) > UNKNOWN_IDS_SHOWN
+                        if not listed and row.order_id not in unknown_ids:
+                            unknown_ids.append(row.order_id)
+                        continue
+                    parcels[row.order_id] = applied(parcel, row)
+                for key, parcel in parcels.items():
+                    if parcel == stored[key]:
+                        continue
+                    values = {name: getattr(parcel, name) for name in PARCEL_FIELDS}
+                    where = order.c.order_id == key
+                    tx.execute(order.update().where(where).values(**values, updated_at=now))
+                    changed_ids.add(key)
+        return UpsertCount(0, len(changed_ids), unknown=unknown, unknown_ids=tuple(unknown_ids))
 
     def open_dispute(
         self, order_id: str, kind: DisputeKind, at: datetime, source: str = "manual"

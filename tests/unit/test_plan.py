@@ -432,7 +432,7 @@ def test_a_failing_policy_object_is_contained_per_order():
 
     decided = plan([history()], [FOLLOW_UP], DELIVERED + 7 * DAY, Exploding())  # type: ignore[arg-type]
     assert {d.reason for d in decided.decisions} == {
-        "plan_error: RuntimeError: policy.default_zone is broken"
+        "plan_error: RuntimeError: policy.transit is broken"
     }
     assert decided.due == [] and decided.skipped == []
     assert len(decided.waiting) == 3
