@@ -136,7 +136,7 @@ def test_tab_separated_txt_is_sniffed(tmp_path: Path) -> None:
 # Marketplace formats ------------------------------------------------------------------------
 
 
-def test_amazon_all_orders_report_merges_items_and_skips_cancelled() -> None:
+def test_amazon_flat_file_with_buyer_columns_merges_items_and_skips_cancelled() -> None:
     good, bad = split(read_orders(FEEDS / "amazon_all_orders.txt", Format.AMAZON))
     first, second = good
     assert first == Order(
@@ -148,6 +148,8 @@ def test_amazon_all_orders_report_merges_items_and_skips_cancelled() -> None:
         locale="de-DE",
         country="DE",
         ordered_at=at(2026, 2, 20, 8, 12, 45),
+        site="amazon.de",
+        shipping_service="Standard",
     )
     assert (second.locale, second.ordered_at) == ("en-GB", at(2026, 2, 22, 19, 30))
     assert second.delivered_at is None
@@ -200,6 +202,7 @@ def test_ebay_report_with_title_lines_footer_and_multi_item_order() -> None:
         country="AT",
         ordered_at=at(2026, 3, 3),
         shipped_at=at(2026, 3, 4),
+        tracking_number="00340434",
     )
     assert multi.products == ("Car phone holder", "Cable organiser")
     assert (multi.country, multi.ordered_at) == ("US", at(2026, 3, 3))
