@@ -314,14 +314,15 @@ CARRIERS = frozenset(carrier for carrier, _ in _CARRIER_PATTERNS)
 """The carrier ids an order's ``carrier`` holds when its export names a carrier we know."""
 
 
+@lru_cache(maxsize=1024)
 def carrier_of(text: str) -> str | None:
     """Our id of the carrier a carrier or shipping-service name belongs to ("DHL Paket" ->
     ``dhl``, "Royal Mail Tracked 48" -> ``royal-mail``, "Cainiao" -> ``cainiao``), or None.
 
-    The patterns are tried in the order of ``_CARRIER_PATTERNS``, most specific first, so
-    "Deutsche Post Warenpost" is not taken for DHL because a DHL parcel could carry it."""
-    if text in CARRIERS:
-        return text
+    The patterns are tried in the order of ``_CARRIER_PATTERNS``, most specific first ("DHL
+    Express" before "DHL"). A shop uses few services: the answer is kept (a bounded cache)."""
+    if not text or text in CARRIERS:
+        return text or None
     value = text.strip()[:200]
     return next((carrier for carrier, pattern in _CARRIERS if pattern.search(value)), None)
 
