@@ -1168,7 +1168,7 @@ _GENERIC_FIELDS = {
     "review_url": ("review_url",),
     "timezone": ("timezone",),
     "site": ("site",),
-    "carrier": ("carrier", "shipping_service"),
+    "carrier": ("carrier",),
     "tracking_number": ("tracking_number",),
     "shipping_service": ("shipping_service",),
     "expected_delivery_at": ("expected_delivery_at",),
@@ -1182,7 +1182,7 @@ _AMAZON_FIELDS = {
     "shipped_at": ("shipment-date",),
     "delivered_at": ("delivery-date",),
     "site": ("sales-channel",),
-    "carrier": ("carrier", "ship-service-level"),
+    "carrier": ("carrier",),
     "tracking_number": ("tracking-number",),
     "shipping_service": ("ship-service-level",),
     "expected_delivery_at": ("estimated-arrival-date", "latest-delivery-date"),
@@ -1193,7 +1193,6 @@ _SHOPIFY_FIELDS = {
     "country": ("shipping country", "billing country"),
     "ordered_at": ("created at",),
     "shipped_at": ("fulfilled at",),
-    "carrier": ("shipping method",),
     "shipping_service": ("shipping method",),
 }
 _EBAY_FIELDS = {
@@ -1203,7 +1202,6 @@ _EBAY_FIELDS = {
     "ordered_at": ("sale date",),
     "shipped_at": ("shipped on date",),
     "site": ("ebay site",),
-    "carrier": ("shipping service",),
     "tracking_number": ("tracking number",),
     "shipping_service": ("shipping service",),
     "expected_delivery_at": ("maximum estimated delivery date",),
@@ -1215,7 +1213,6 @@ _ALIEXPRESS_FIELDS = {
     "ordered_at": ("order time",),
     "shipped_at": ("shipping time",),
     "site": ("order id",),  # always aliexpress.com
-    "carrier": ("logistics service",),
     "tracking_number": ("tracking number",),
     "shipping_service": ("logistics service",),
 }
@@ -1264,13 +1261,22 @@ _ORDER_LAYOUTS = {
 def _order_row(group: Group, layout: _Layout, order: Order) -> OrderRow:
     if len(group) == 1:  # a row per order: the file's columns (a JSONL object's keys)
         cells = group[0].cells
-        fields = _fields_of(layout, tuple(cells))
+        fields = _with_carrier(_fields_of(layout, tuple(cells)), order)
         updated = _cell_time(cells, layout.updated) if layout.updated else None
         return OrderRow(order, fields, updated)
     fields = _fields_of(layout, frozenset(name for record in group for name in record.cells))
     stamps = [_when([record], layout.updated) for record in group] if layout.updated else []
     updated = max((s for s in stamps if s is not None), default=None)
-    return OrderRow(order, fields, updated)
+    return OrderRow(order, _with_carrier(fields, order), updated)
+
+
+def _with_carrier(fields: frozenset[str], order: Order) -> frozenset[str]:
+    """A carrier read from the shipping service counts as the file's; a service that names
+    none ("Standard") says nothing of the carrier, so it never blanks one a shipments file
+    gave. (A carrier column, even empty, is the file's like any other.)"""
+    if order.carrier is None or "carrier" in fields:
+        return fields
+    return fields | {"carrier"}
 
 
 _FIELD_SETS = 256

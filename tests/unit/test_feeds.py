@@ -459,6 +459,18 @@ def test_shipping_cells_are_tidied_not_refused(tmp_path: Path) -> None:
     assert order.shipping_service is not None and len(order.shipping_service) == 64
 
 
+def test_a_service_that_names_no_carrier_leaves_the_stored_carrier_alone(tmp_path: Path) -> None:
+    path = tmp_path / "report.csv"
+    path.write_text(
+        "Order Number,Buyer Email,Shipping Service\n"
+        "1,a@example.com,DHL Paket\n2,b@example.com,SpeedPAK Standard\n"
+    )
+    dhl, speedpak = split(read_order_rows(path, Format.EBAY))[0]
+    assert "carrier" in dhl.fields and dhl.order.carrier == "dhl"
+    assert "carrier" not in speedpak.fields, "a re-import must not blank a known carrier"
+    assert "shipping_service" in speedpak.fields
+
+
 def test_a_carrier_column_names_the_carrier_even_when_unknown(tmp_path: Path) -> None:
     path = tmp_path / "orders.csv"
     path.write_text(
