@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import IO, Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from babel import Locale
 from tqdm import tqdm
 
 from worker.domain import MARKETPLACES, Dispute, DisputeKind, Order, Review
@@ -42,6 +43,7 @@ class Format(StrEnum):
     AMAZON = "amazon"
     SHOPIFY = "shopify"
     EBAY = "ebay"
+    ALIEXPRESS = "aliexpress"
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,28 +197,39 @@ def _locale_tag(value: str) -> str:
     return "-".join(p for p in parts if p)
 
 
+_NAME_LOCALES = (
+    "en", "de", "fr", "es", "it", "nl", "pt", "pl", "sv", "da", "fi", "cs", "tr", "ru", "ja",
+    "ko", "zh", "zh_Hant",
+)  # fmt: skip
+"""Languages whose CLDR country names are recognised: the shipped markets' and AliExpress's."""
+
+
 @cache
 def _country_names() -> dict[str, str]:
-    """ISO 3166 alpha-2 codes and English names, from the tzdata package we already ship."""
+    """Country names to ISO 3166 alpha-2: CLDR's names (babel) in the languages of the markets
+    we ship to, the ISO names in tzdata's table, and a few spellings exports use besides."""
     table = resources.files("tzdata").joinpath("zoneinfo/iso3166.tab").read_text("utf-8")
-    rows = (line.split("\t") for line in table.splitlines() if line and line[0] != "#")
+    rows = [line.split("\t") for line in table.splitlines() if line and line[0] != "#"]
+    codes = {code for code, _ in rows}
     names = {_name_key(name): code for code, name in rows}
+    for tag in _NAME_LOCALES:
+        for code, name in Locale.parse(tag).territories.items():
+            if code in codes:  # not the regions ("001"), unions ("EU") or "unknown" ("ZZ")
+                names.setdefault(_name_key(name), code)
     names.update({_name_key(alias): code for alias, code in _COUNTRY_ALIASES.items()})
     return names
 
 
 _COUNTRY_ALIASES = {
-    "United Kingdom": "GB",
     "Great Britain": "GB",
     "UK": "GB",
     "USA": "US",
     "United States of America": "US",
-    "South Korea": "KR",
     "Korea, Republic of": "KR",
     "Russian Federation": "RU",
-    "Czechia": "CZ",
     "The Netherlands": "NL",
     "China Mainland": "CN",
+    "Taiwan, Province of China": "TW",
     "Vatican": "VA",
 }
 
@@ -227,7 +240,7 @@ def _country_codes() -> frozenset[str]:
 
 
 def _name_key(name: str) -> str:
-    return " ".join(name.replace("&", " and ").lower().split())
+    return " ".join(unicodedata.normalize("NFKC", name).replace("&", " and ").casefold().split())
 
 
 def normalise_country(text: str) -> str | None:
@@ -241,14 +254,77 @@ def normalise_country(text: str) -> str | None:
 
 
 def _country_by_name(text: str) -> str | None:
-    """eBay writes country names ("Germany"); accept those and alpha-2 codes."""
+    """eBay and AliExpress write country names ("Germany", "Deutschland", "德国"): accept those,
+    in any of the languages of ``_NAME_LOCALES``, and alpha-2 codes."""
     value = text.strip()
-    if len(value) == 2 or not value:
+    if not value or (len(value) == 2 and value.isascii()):
         return normalise_country(value)
+    if len(value) > 80:
+        raise ValueError("country is longer than 80 characters")
     code = _country_names().get(_name_key(value))
     if code is None:
         raise ValueError(f"country {value!r} is not a known country name or alpha-2 code")
     return code
+
+
+# Carriers ---------------------------------------------------------------------------------
+
+_CARRIER_PATTERNS = (
+    # Most specific first: "DHL Express" before "DHL", "Parcelforce" before "Royal Mail"...
+    ("dhl-express", r"dhl[\s_-]*express|dhl[\s_-]*worldwide"),
+    ("deutsche-post", r"deutsche[\s_-]*post|warenpost|warensendung|b(?:ü|ue)chersendung"),
+    ("dhl", r"(?<![a-z0-9])dhl"),
+    ("parcelforce", r"parcel[\s_-]*force"),
+    ("royal-mail", r"royal[\s_-]*mail"),
+    ("chronopost", r"chronopost"),
+    ("colissimo", r"colissimo"),
+    ("la-poste", r"la[\s_-]*poste|lettre[\s_-]*suivie"),
+    ("correos", r"correos"),
+    ("poste-italiane", r"poste[\s_-]*italiane|poste[\s_-]*delivery|postacelere"),
+    ("brt", r"(?<![a-z0-9])brt(?![a-z0-9])|bartolini"),
+    ("japan-post", r"japan[\s_-]*post|日本郵便|ゆうパック|yu[\s_-]*pack|click[\s_-]*post"),
+    ("yamato", r"yamato|ヤマト|kuroneko|ta[\s_-]*q[\s_-]*bin"),
+    ("sagawa", r"sagawa|佐川"),
+    ("cainiao", r"cainiao|菜鸟|aliexpress[\s_-]*(?:standard|saver|premium|selection)"),
+    ("china-post", r"china[\s_-]*post|中国邮政|中國郵政"),
+    ("yanwen", r"yanwen|燕文"),
+    ("4px", r"(?<![a-z0-9])4px|递四方"),
+    ("yunexpress", r"yun[\s_-]*express|云途"),
+    ("sf-express", r"sf[\s_-]*express|(?<![a-z0-9])s\.?f\.?(?![a-z0-9])|顺丰|順豐"),
+    ("chunghwa-post", r"chunghwa[\s_-]*post|中華郵政|中华邮政"),
+    ("hongkong-post", r"hong[\s_-]*kong[\s_-]*post|香港郵政|香港邮政"),
+    ("canada-post", r"canada[\s_-]*post|postes[\s_-]*canada"),
+    ("australia-post", r"australia[\s_-]*post|auspost"),
+    ("postnl", r"post[\s_-]*nl"),
+    ("bpost", r"(?<![a-z0-9])bpost"),
+    ("austrian-post", r"austrian[\s_-]*post|(?:ö|oe)sterreichische[\s_-]*post|post\.at"),
+    ("swiss-post", r"swiss[\s_-]*post|die[\s_-]*post|la[\s_-]*posta|postpac"),
+    ("gls", r"(?<![a-z0-9])gls(?![a-z])"),
+    ("dpd", r"(?<![a-z0-9])dpd(?![a-z])"),
+    ("hermes", r"hermes|(?<![a-z0-9])evri(?![a-z])"),
+    ("tnt", r"(?<![a-z0-9])tnt(?![a-z])"),
+    ("ups", r"(?<![a-z0-9])ups(?![a-z])"),
+    ("fedex", r"fed[\s_-]*ex"),
+    ("usps", r"usps|priority[\s_-]*mail|first[\s_-]*class[\s_-]*(?:package|mail)|"
+     r"ground[\s_-]*advantage|media[\s_-]*mail"),
+    ("amazon-logistics", r"amazon[\s_-]*(?:logistics|shipping)|(?<![a-z0-9])amzn|amzl"),
+)  # fmt: skip
+_CARRIERS = tuple((carrier, re.compile(p, re.IGNORECASE)) for carrier, p in _CARRIER_PATTERNS)
+CARRIERS = frozenset(carrier for carrier, _ in _CARRIER_PATTERNS)
+"""The carrier ids an order's ``carrier`` holds when its export names a carrier we know."""
+
+
+@lru_cache(maxsize=1024)
+def carrier_of(text: str) -> str | None:
+    """Our id of the carrier a carrier or shipping-service name belongs to ("DHL Paket" ->
+    ``dhl``, "Royal Mail Tracked 48" -> ``royal-mail``, "Cainiao" -> ``cainiao``), or None.
+
+    The patterns are tried in the order of ``_CARRIER_PATTERNS``, most specific first ("DHL
+    Express" before "DHL"). A shop uses few services: the answer is kept (a bounded cache)."""
+    if not text or text in CARRIERS:
+        return text or None
+    value = text.strip()[:200]
+    return next((carrier for carrier, pattern in _CARRIERS if pattern.search(value)), None)
 
 
 def _header_safe(label: str, value: str) -> str:
@@ -510,14 +586,14 @@ def _sniff(line: str, path: Path) -> str:
 
 def _table_records(source: _Source, layout: _Layout) -> Iterator[_Record | RejectedRow]:
     table = _Table(source, layout.header_marker, layout.quoted)
-    required = layout.required
-    missing = [name for name in required if name not in table.columns]
+    columns = _canonical(table.columns, layout.aliases)
+    where = f"{source.path}:{table.header_line}"
+    if layout.refuse is not None and (reason := layout.refuse(columns)):
+        raise FeedError(reason, where=where)
+    missing = [name for name in layout.required if name not in columns]
     if missing:
-        raise FeedError(
-            f"missing required column(s): {', '.join(missing)}",
-            where=f"{source.path}:{table.header_line}",
-        )
-    columns, width = table.columns, len(table.columns)
+        raise FeedError(f"missing required column(s): {', '.join(missing)}", where=where)
+    width = len(columns)
     delimiter, quoted, from_rejects = table.delimiter, table.quoted, table.from_rejects
     tick = source.tick if source.shown else None
     for line, cells in table.rows():
@@ -535,6 +611,17 @@ def _table_records(source: _Source, layout: _Layout) -> Iterator[_Record | Rejec
         else:
             by_name = dict(zip(columns, [*cells, *[""] * (width - len(cells))], strict=True))
         yield _Record(line, by_name, cells, delimiter, quoted)
+
+
+def _canonical(columns: Sequence[str], aliases: Mapping[str, str]) -> list[str]:
+    """The names the mapping reads; a column under its own name wins over an alias of it."""
+    if not aliases:
+        return list(columns)
+    present = set(columns)
+    return [
+        name if (canonical := aliases.get(name)) is None or canonical in present else canonical
+        for name in columns
+    ]
 
 
 def _jsonl_records(source: _Source) -> Iterator[_Record | RejectedRow]:
@@ -685,11 +772,54 @@ def _order(
         review_url=_review_url(review_url),
         timezone=timezone,
         site=_site(site),
-        carrier=_header_safe("carrier", carrier) or None,
-        tracking_number=_header_safe("tracking_number", tracking_number) or None,
-        shipping_service=_header_safe("shipping_service", shipping_service) or None,
+        carrier=_carrier(carrier, shipping_service),
+        tracking_number=_tracking_number(tracking_number),
+        shipping_service=_shipping_service(shipping_service),
         expected_delivery_at=expected_delivery_at,
     )
+
+
+SHIPPING_TEXT_MAX = 64
+"""The longest carrier, tracking number, shipping service or site kept (the columns' size)."""
+
+
+def _carrier(text: str, service: str) -> str | None:
+    """Our carrier id where the name (or else the shipping service) tells it; else the name as
+    written, so an unknown carrier is still shown and a universal tracker can be offered."""
+    name = _header_safe("carrier", text)
+    if len(name) > SHIPPING_TEXT_MAX:
+        raise ValueError(f"carrier is longer than {SHIPPING_TEXT_MAX} characters")
+    if name:
+        return carrier_of(name) or name
+    return carrier_of(_header_safe("shipping_service", service))
+
+
+_TRACKING = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+
+
+def _tracking_number(text: str) -> str | None:
+    """The first tracking number of a list ("A1, B2": a parcel per item), spaces removed
+    ("1Z 999 AA1" is printed in groups). Only letters, digits and ``._/-``: it goes into links."""
+    first = _header_safe("tracking_number", text).replace(";", ",").split(",")[0]
+    value = "".join(first.split())
+    if not value:
+        return None
+    if len(value) > SHIPPING_TEXT_MAX:
+        raise ValueError(f"tracking number is longer than {SHIPPING_TEXT_MAX} characters")
+    if not _TRACKING.fullmatch(value):
+        raise ValueError(
+            f"tracking number {value!r} has characters other than letters, digits and ._/-"
+        )
+    return value
+
+
+def _shipping_service(text: str) -> str | None:
+    """Shown to the buyer only as a hint: a longer name is shortened, not a reason to lose the
+    order."""
+    value = _header_safe("shipping_service", text)
+    if len(value) > SHIPPING_TEXT_MAX:
+        value = value[: SHIPPING_TEXT_MAX - 1].rstrip() + "\u2026"
+    return value or None
 
 
 _SITE = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,}")
@@ -702,7 +832,7 @@ def _site(text: str) -> str | None:
         return None
     value = value.removeprefix("https://").removeprefix("http://").split("/", 1)[0]
     value = value.removeprefix("www.")
-    if not _SITE.fullmatch(value):
+    if len(value) > SHIPPING_TEXT_MAX or not _SITE.fullmatch(value):
         raise ValueError(f"site {text.strip()!r} is not a host name like ebay.de")
     return value
 
@@ -811,18 +941,53 @@ def _not_cancelled(group: Group, column: str, cancelled: Callable[[str], bool]) 
 
 
 def _amazon_order(group: Group) -> Order:
+    """The Order Report (``order-id``, read as ``amazon-order-id``) and the Amazon Fulfilled
+    Shipments report: a row per item (per shipped item), consecutive rows of an order merged."""
     _not_cancelled(group, "order-status", lambda status: status.lower() == "cancelled")
+    channel = _pick(group, "sales-channel")
     return _order(
         order_id=_required(group, "amazon-order-id"),
         marketplace="amazon",
         email=_required(group, "buyer-email"),
         name=_pick(group, "buyer-name", "recipient-name"),
         products=[r.cells.get("product-name", "") for r in group],
-        locale=_AMAZON_LOCALES.get(_pick(group, "sales-channel").lower(), ""),
+        locale=_AMAZON_LOCALES.get(channel.lower(), ""),
         country=normalise_country(_pick(group, "ship-country")),
         ordered_at=_when(group, "purchase-date"),
         shipped_at=_when(group, "shipment-date"),
         delivered_at=_when(group, "delivery-date"),
+        site=_amazon_site(channel),
+        carrier=_pick(group, "carrier"),
+        tracking_number=_pick(group, "tracking-number"),
+        shipping_service=_pick(group, "ship-service-level"),
+        expected_delivery_at=_first_time(group, "estimated-arrival-date", "latest-delivery-date"),
+    )
+
+
+def _amazon_site(channel: str) -> str:
+    """``Amazon.de`` -> ``amazon.de``; ``Non-Amazon`` (multi-channel orders) is no site."""
+    value = channel.strip().lower()
+    return value if value.startswith("amazon.") else ""
+
+
+def _first_time(
+    group: Group, *names: str, parse: Callable[[str], datetime | None] = parse_instant
+) -> datetime | None:
+    """The time in the first of these columns that has one, in any row of the order."""
+    for name in names:
+        if when := _when(group, name, parse):
+            return when
+    return None
+
+
+def _amazon_all_orders(columns: Sequence[str]) -> str | None:
+    if "buyer-email" in columns or "amazon-order-id" not in columns:
+        return None
+    return (
+        "this is Amazon's All Orders report, which has no buyer e-mail address, so no order of "
+        "it could be written to; download the Order Report instead (Seller Central > Orders > "
+        "Order Reports), or for orders Amazon ships, the Amazon Fulfilled Shipments report "
+        "(Reports > Fulfillment > Sales > Amazon Fulfilled Shipments)"
     )
 
 
@@ -837,10 +1002,14 @@ def _shopify_order(group: Group) -> Order:
         country=normalise_country(_pick(group, "shipping country", "billing country")),
         ordered_at=_when(group, "created at"),
         shipped_at=_when(group, "fulfilled at"),
+        shipping_service=_pick(group, "shipping method"),
     )
 
 
 def _ebay_order(group: Group) -> Order:
+    """A multi-item order is a summary row (buyer, totals, no item) and a row per item, all
+    with its Order Number: they are merged, every item kept, each field from the first row
+    that has it (tracking may be on an item's row)."""
     return _order(
         order_id=_required(group, "order number"),
         marketplace="ebay",
@@ -850,7 +1019,31 @@ def _ebay_order(group: Group) -> Order:
         country=_country_by_name(_pick(group, "ship to country", "buyer country")),
         ordered_at=_when(group, "sale date", parse_ebay_date),
         shipped_at=_when(group, "shipped on date", parse_ebay_date),
+        site=_ebay_site(_pick(group, "ebay site")),
+        tracking_number=_pick(group, "tracking number"),
+        shipping_service=_pick(group, "shipping service"),
+        expected_delivery_at=_when(group, "maximum estimated delivery date", parse_ebay_date),
     )
+
+
+_EBAY_MARKETPLACES = {
+    "EBAY_US": "ebay.com", "EBAY_GB": "ebay.co.uk", "EBAY_DE": "ebay.de", "EBAY_AT": "ebay.at",
+    "EBAY_CH": "ebay.ch", "EBAY_FR": "ebay.fr", "EBAY_IT": "ebay.it", "EBAY_ES": "ebay.es",
+    "EBAY_NL": "ebay.nl", "EBAY_BE": "ebay.be", "EBAY_IE": "ebay.ie", "EBAY_PL": "ebay.pl",
+    "EBAY_AU": "ebay.com.au", "EBAY_CA": "ebay.ca", "EBAY_HK": "ebay.com.hk",
+}  # fmt: skip
+"""eBay's marketplace ids (its order reports' ``channelID``) and their sites."""
+
+
+def _ebay_site(text: str) -> str:
+    """A site column is not in every report and its values are not documented: a host name
+    (``ebay.de``) or a marketplace id (``EBAY_DE``) is taken, anything else is left out rather
+    than refusing the order."""
+    value = text.strip()
+    if value.upper() in _EBAY_MARKETPLACES:
+        return _EBAY_MARKETPLACES[value.upper()]
+    host = value.lower().removeprefix("https://").removeprefix("www.").split("/")[0]
+    return host if host.startswith("ebay.") and _SITE.fullmatch(host) else ""
 
 
 def _ebay_footer(record: _Record) -> bool:
@@ -859,6 +1052,82 @@ def _ebay_footer(record: _Record) -> bool:
         not record.cells.get("order number", "").strip()
         and sum(bool(v.strip()) for v in record.cells.values()) <= 1
     )
+
+
+_ALIEXPRESS_DATE = re.compile(
+    r"(\d{4})[/.-](\d{1,2})[/.-](\d{1,2})(?:[ T](\d{1,2}):(\d{2})(?::(\d{2}))?)?"
+)
+
+
+def parse_aliexpress_date(text: str) -> datetime | None:
+    """``2026-03-03 14:05:11`` or ``2026/03/03 14:05`` (as UTC: the export gives no zone), or
+    ISO 8601 with an offset."""
+    value = text.strip()
+    match = _ALIEXPRESS_DATE.fullmatch(value)
+    if match is None:
+        return parse_instant(value)
+    year, month, day, hour, minute, second = (int(part or 0) for part in match.groups())
+    try:
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a valid date") from None
+
+
+_ALIEXPRESS_CLOSED = frozenset({"closed", "order closed", "cancelled", "交易关闭", "订单关闭"})
+
+
+def _aliexpress_order(group: Group) -> Order:
+    _not_cancelled(group, "order status", lambda status: status.lower() in _ALIEXPRESS_CLOSED)
+    return _order(
+        order_id=_required(group, "order id"),
+        marketplace="aliexpress",
+        email=_required(group, "buyer email"),
+        name=_pick(group, "buyer name", "receiver name"),
+        products=[r.cells.get("product name", "") for r in group],
+        country=_country_by_name(_pick(group, "country")),
+        ordered_at=_when(group, "order time", parse_aliexpress_date),
+        shipped_at=_when(group, "shipping time", parse_aliexpress_date),
+        site="aliexpress.com",
+        tracking_number=_pick(group, "tracking number"),
+        shipping_service=_pick(group, "logistics service"),
+    )
+
+
+_ALIEXPRESS_COLUMNS = {
+    "order no.": "order id",
+    "order number": "order id",
+    "订单号": "order id",
+    "订单编号": "order id",
+    "order status": "order status",
+    "订单状态": "order status",
+    "buyer email(if any)": "buyer email",
+    "buyer email (if any)": "buyer email",
+    "buyer e-mail": "buyer email",
+    "买家邮箱": "buyer email",
+    "买家名称": "buyer name",
+    "买家姓名": "buyer name",
+    "buyer": "buyer name",
+    "收货人": "receiver name",
+    "收货人姓名": "receiver name",
+    "country/region": "country",
+    "收货国家": "country",
+    "国家": "country",
+    "product title": "product name",
+    "商品名称": "product name",
+    "产品名称": "product name",
+    "order date": "order time",
+    "下单时间": "order time",
+    "订单创建时间": "order time",
+    "发货时间": "shipping time",
+    "delivery time": "shipping time",
+    "物流单号": "tracking number",
+    "运单号": "tracking number",
+    "logistics number": "tracking number",
+    "物流服务": "logistics service",
+    "物流方式": "logistics service",
+    "shipping method": "logistics service",
+}
+"""AliExpress's other spellings of the columns, English and Chinese (guessed: see the docs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -876,6 +1145,11 @@ class _Layout:
     left as stored when the order is imported again."""
     updated: str | None = None
     """Orders: the column with the feed's own last-updated time of the order, if any."""
+    aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Other names of a column (lower case) -> the name the mapping reads, where a report
+    spells it otherwise (Amazon's Order Report ``order-id``; AliExpress in Chinese)."""
+    refuse: Callable[[Sequence[str]], str | None] | None = None
+    """A file this layout must not take, told by its columns: why, and what to export instead."""
     field_sets: dict[Iterable[str], frozenset[str]] = dataclasses.field(
         default_factory=dict, compare=False, repr=False
     )
@@ -907,6 +1181,11 @@ _AMAZON_FIELDS = {
     "ordered_at": ("purchase-date",),
     "shipped_at": ("shipment-date",),
     "delivered_at": ("delivery-date",),
+    "site": ("sales-channel",),
+    "carrier": ("carrier",),
+    "tracking_number": ("tracking-number",),
+    "shipping_service": ("ship-service-level",),
+    "expected_delivery_at": ("estimated-arrival-date", "latest-delivery-date"),
 }
 _SHOPIFY_FIELDS = {
     "buyer_name": ("shipping name", "billing name"),
@@ -914,6 +1193,7 @@ _SHOPIFY_FIELDS = {
     "country": ("shipping country", "billing country"),
     "ordered_at": ("created at",),
     "shipped_at": ("fulfilled at",),
+    "shipping_service": ("shipping method",),
 }
 _EBAY_FIELDS = {
     "buyer_name": ("buyer name", "ship to name"),
@@ -921,6 +1201,20 @@ _EBAY_FIELDS = {
     "country": ("ship to country", "buyer country"),
     "ordered_at": ("sale date",),
     "shipped_at": ("shipped on date",),
+    "site": ("ebay site",),
+    "tracking_number": ("tracking number",),
+    "shipping_service": ("shipping service",),
+    "expected_delivery_at": ("maximum estimated delivery date",),
+}
+_ALIEXPRESS_FIELDS = {
+    "buyer_name": ("buyer name", "receiver name"),
+    "products": ("product name",),
+    "country": ("country",),
+    "ordered_at": ("order time",),
+    "shipped_at": ("shipping time",),
+    "site": ("order id",),  # always aliexpress.com
+    "tracking_number": ("tracking number",),
+    "shipping_service": ("logistics service",),
 }
 
 _ORDER_LAYOUTS = {
@@ -937,6 +1231,8 @@ _ORDER_LAYOUTS = {
         quoted=False,
         fields=_AMAZON_FIELDS,
         updated="last-updated-date",
+        aliases={"order-id": "amazon-order-id"},
+        refuse=_amazon_all_orders,
     ),
     Format.SHOPIFY: _Layout(("name", "email"), _shopify_order, "name", fields=_SHOPIFY_FIELDS),
     Format.EBAY: _Layout(
@@ -946,6 +1242,18 @@ _ORDER_LAYOUTS = {
         "order number",
         _ebay_footer,
         fields=_EBAY_FIELDS,
+        aliases={
+            "min estimated delivery date": "minimum estimated delivery date",
+            "max estimated delivery date": "maximum estimated delivery date",
+            "site": "ebay site",
+        },
+    ),
+    Format.ALIEXPRESS: _Layout(
+        ("order id", "buyer email"),
+        _aliexpress_order,
+        "order id",
+        fields=_ALIEXPRESS_FIELDS,
+        aliases=_ALIEXPRESS_COLUMNS,
     ),
 }
 
@@ -953,13 +1261,22 @@ _ORDER_LAYOUTS = {
 def _order_row(group: Group, layout: _Layout, order: Order) -> OrderRow:
     if len(group) == 1:  # a row per order: the file's columns (a JSONL object's keys)
         cells = group[0].cells
-        fields = _fields_of(layout, tuple(cells))
+        fields = _with_carrier(_fields_of(layout, tuple(cells)), order)
         updated = _cell_time(cells, layout.updated) if layout.updated else None
         return OrderRow(order, fields, updated)
     fields = _fields_of(layout, frozenset(name for record in group for name in record.cells))
     stamps = [_when([record], layout.updated) for record in group] if layout.updated else []
     updated = max((s for s in stamps if s is not None), default=None)
-    return OrderRow(order, fields, updated)
+    return OrderRow(order, _with_carrier(fields, order), updated)
+
+
+def _with_carrier(fields: frozenset[str], order: Order) -> frozenset[str]:
+    """A carrier read from the shipping service counts as the file's; a service that names
+    none ("Standard") says nothing of the carrier, so it never blanks one a shipments file
+    gave. (A carrier column, even empty, is the file's like any other.)"""
+    if order.carrier is None or "carrier" in fields:
+        return fields
+    return fields | {"carrier"}
 
 
 _FIELD_SETS = 256

@@ -210,3 +210,93 @@ def test_a_fixed_rejects_file_imports_the_values_as_they_were(
     assert order.buyer_email == "-bob@example.com"
     assert order.buyer_name == '=HYPERLINK("http://evil.example")'
     assert order.products == ("+ Lid", "@home")
+
+
+@pytest.mark.parametrize(
+    ("fixture", "fmt", "order_id", "stored"),
+    [
+        (
+            "ebay_orders_report.csv", "ebay", "14-09215-66302",
+            (None, "deutsche-post", "LX123456785DE", "Deutsche Post Warenpost International",
+             "2026-03-11T00:00:00+00:00", ("Silicone baking mat", "Herb scissors, 5 blades")),
+        ),
+        (
+            "shopify_orders_export.csv", "shopify", "#1041",
+            (None, "dhl", None, "DHL Paket", None,
+             ("Bamboo cutting board", "Herb scissors, 5 blades", "Oil dispenser")),
+        ),
+        (
+            "amazon_order_report.txt", "amazon", "028-3349201-5566743",
+            ("amazon.de", None, None, "Standard", "2026-03-07T22:59:59+00:00",
+             ("Edelstahl Knoblauchpresse", "Silikon Backpinsel")),
+        ),
+        (
+            "amazon_fulfilled_shipments.txt", "amazon", "302-7712093-4455120",
+            ("amazon.de", "dhl", "JJD000390007745612345", "Standard",
+             "2026-02-27T20:00:00+00:00", ("Magnetleiste für Messer", "Tee-Ei aus Edelstahl")),
+        ),
+        (
+            "aliexpress_orders.csv", "aliexpress", "8191234567890456",
+            ("aliexpress.com", "cainiao", "LP00987654321098", "Cainiao Super Economy Global", None,
+             ("Tea infuser ball", "Vegetable peeler")),
+        ),
+    ],
+)  # fmt: skip
+def test_a_real_export_stores_site_carrier_tracking_estimate_and_every_item(
+    tmp_path: Path,
+    run_import: Importer,
+    store: Store,
+    fixture: str,
+    fmt: str,
+    order_id: str,
+    stored: tuple[object, ...],
+) -> None:
+    path = tmp_path / fixture
+    shutil.copy(FEEDS / fixture, path)
+    assert run_import("orders", path, "--format", fmt).code in (0, 1)  # 1: some rows rejected
+    order = store.order(order_id)
+    expected = order.expected_delivery_at.isoformat() if order.expected_delivery_at else None
+    assert (
+        order.site, order.carrier, order.tracking_number, order.shipping_service, expected,
+        order.products,
+    ) == stored  # fmt: skip
+    assert order.delivered_at is None, "no export has a delivery date"
+
+
+def test_importing_an_export_again_keeps_a_tracking_number_a_shopify_export_lacks(
+    tmp_path: Path, run_import: Importer, store: Store
+) -> None:
+    """Shopify's export has no tracking column: a tracking number given by a generic file
+    stays when the export is imported again, while the export's own columns are retaken."""
+    shopify = tmp_path / "shopify.csv"
+    shutil.copy(FEEDS / "shopify_orders_export.csv", shopify)
+    run_import("orders", shopify, "--format", "shopify")
+    tracked = _generic(
+        tmp_path / "tracked.csv", "order_id,marketplace,buyer_email,tracking_number",
+        "#1041,shop,sophie.mueller@example.de,00340434161094042557",
+    )  # fmt: skip
+    run_import("orders", tracked)
+    run_import("orders", shopify, "--format", "shopify")
+    order = store.order("#1041")
+    assert (order.tracking_number, order.carrier) == ("00340434161094042557", "dhl")
+
+
+def test_the_amazon_all_orders_report_imports_nothing(
+    tmp_path: Path, run_import: Importer, store: Store
+) -> None:
+    path = tmp_path / "all-orders.txt"
+    shutil.copy(FEEDS / "amazon_all_orders_report.txt", path)
+    with pytest.raises(FeedError, match="Order Report"):
+        run_import("orders", path, "--format", "amazon")
+    assert store.histories() == []
+
+
+def test_the_example_ebay_export_imports_every_order(
+    tmp_path: Path, run_import: Importer, store: Store
+) -> None:
+    example = tmp_path / "ebay-orders.csv"  # a rejects file would go beside it
+    shutil.copy(Path(__file__).parents[2] / "examples" / "ebay-orders.csv", example)
+    done = run_import("orders", example, "--format", "ebay")
+    assert done.code == 0 and ", 0 rejected" in done.out
+    orders = [history.order for history in store.histories()]
+    assert len(orders) >= 36 and all(o.tracking_number for o in orders)

@@ -21,7 +21,9 @@ from worker.feeds import (
     OrderRow,
     RejectedRow,
     RejectsFile,
+    carrier_of,
     normalise_email,
+    parse_aliexpress_date,
     parse_dispute_kind,
     parse_ebay_date,
     parse_instant,
@@ -32,6 +34,7 @@ from worker.feeds import (
 )
 
 FEEDS = Path(__file__).parent.parent / "fixtures" / "feeds"
+EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
 def at(
@@ -136,7 +139,7 @@ def test_tab_separated_txt_is_sniffed(tmp_path: Path) -> None:
 # Marketplace formats ------------------------------------------------------------------------
 
 
-def test_amazon_all_orders_report_merges_items_and_skips_cancelled() -> None:
+def test_amazon_flat_file_with_buyer_columns_merges_items_and_skips_cancelled() -> None:
     good, bad = split(read_orders(FEEDS / "amazon_all_orders.txt", Format.AMAZON))
     first, second = good
     assert first == Order(
@@ -148,6 +151,8 @@ def test_amazon_all_orders_report_merges_items_and_skips_cancelled() -> None:
         locale="de-DE",
         country="DE",
         ordered_at=at(2026, 2, 20, 8, 12, 45),
+        site="amazon.de",
+        shipping_service="Standard",
     )
     assert (second.locale, second.ordered_at) == ("en-GB", at(2026, 2, 22, 19, 30))
     assert second.delivered_at is None
@@ -200,6 +205,7 @@ def test_ebay_report_with_title_lines_footer_and_multi_item_order() -> None:
         country="AT",
         ordered_at=at(2026, 3, 3),
         shipped_at=at(2026, 3, 4),
+        tracking_number="00340434",
     )
     assert multi.products == ("Car phone holder", "Cable organiser")
     assert (multi.country, multi.ordered_at) == ("US", at(2026, 3, 3))
@@ -227,6 +233,267 @@ def test_ebay_dates(text: str, expected: datetime | None) -> None:
 def test_bad_ebay_dates(text: str) -> None:
     with pytest.raises(ValueError, match="date"):
         parse_ebay_date(text)
+
+
+# Real exports' shipping columns --------------------------------------------------------------
+
+
+def test_ebay_orders_report_gives_tracking_service_carrier_and_ebays_latest_estimate() -> None:
+    """A German buyer (no locale column: the country is what the language rules get)."""
+    orders = orders_by_id(FEEDS / "ebay_orders_report.csv", Format.EBAY)
+    assert orders["12-08831-47710"] == Order(
+        order_id="12-08831-47710",
+        marketplace="ebay",
+        buyer_email="jonas.weber@example.de",
+        buyer_name="Jonas Weber",
+        products=("Edelstahl Knoblauchpresse",),
+        country="DE",
+        ordered_at=at(2026, 3, 2),
+        shipped_at=at(2026, 3, 3),
+        carrier="dhl",
+        tracking_number="00340434161094042557",
+        shipping_service="DHL Paket",
+        expected_delivery_at=at(2026, 3, 5),  # Maximum Estimated Delivery Date, not the minimum
+    )
+    taiwan = orders["21-10442-90817"]
+    assert (taiwan.country, taiwan.buyer_name, taiwan.locale) == ("TW", "陳怡君", None)
+    assert (taiwan.carrier, taiwan.expected_delivery_at) == ("dhl-express", None)
+    assert orders["17-11203-55419"].shipped_at is None, "sold, not yet shipped"
+
+
+def test_ebay_multi_item_order_summary_and_item_rows_are_one_order_with_every_item() -> None:
+    good, bad = split(read_orders(FEEDS / "ebay_orders_report.csv", Format.EBAY))
+    assert bad == [] and len(good) == 4, "footer lines skipped, item rows merged"
+    multi = next(o for o in good if o.order_id == "14-09215-66302")
+    assert multi.products == ("Silicone baking mat", "Herb scissors, 5 blades")
+    assert multi.tracking_number == "LX123456785DE", "on the item rows, not the summary row"
+    assert (multi.carrier, multi.country) == ("deutsche-post", "FR")
+
+
+def test_ebay_report_rows_know_they_have_shipping_columns_but_no_delivery_date() -> None:
+    rows, _ = split(read_order_rows(FEEDS / "ebay_orders_report.csv", Format.EBAY))
+    fields = rows[0].fields
+    assert {"carrier", "tracking_number", "shipping_service", "expected_delivery_at"} <= fields
+    assert "delivered_at" not in fields and "site" not in fields and "locale" not in fields
+
+
+def test_the_example_ebay_export_imports_whole() -> None:
+    good, bad = split(read_orders(EXAMPLES / "ebay-orders.csv", Format.EBAY))
+    assert bad == [] and len(good) >= 36
+    assert {o.country for o in good} == {"DE", "FR", "ES", "IT", "JP", "TW", "US", "GB", "AT"}
+    assert all(o.delivered_at is None and o.shipped_at is not None for o in good)
+    shipped = sorted(o.shipped_at for o in good if o.shipped_at is not None)
+    assert (shipped[0], shipped[-1]) == (at(2026, 2, 14), at(2026, 3, 19))
+    assert sum(len(o.products) > 1 for o in good) >= 3
+    anna = [o for o in good if o.buyer_email == "anna.schmidt@example.de"]
+    assert len(anna) == 3 and len({o.ordered_at for o in anna}) == 1, "three orders, one day"
+
+
+def test_shopify_export_shipping_method_gives_service_and_carrier_and_no_tracking() -> None:
+    good, bad = split(read_order_rows(FEEDS / "shopify_orders_export.csv", Format.SHOPIFY))
+    first, japan = (row.order for row in good)
+    assert first.products == ("Bamboo cutting board", "Herb scissors, 5 blades", "Oil dispenser")
+    assert (first.shipping_service, first.carrier, first.country) == ("DHL Paket", "dhl", "DE")
+    assert (japan.carrier, japan.shipped_at) == ("japan-post", at(2026, 3, 4, 14, 30))
+    assert "tracking_number" not in good[0].fields, "the orders export has no tracking column"
+    assert [(r.line, "cancelled" in r.reason) for r in bad] == [(6, True)]
+
+
+def test_amazon_order_report_reads_order_id_site_and_latest_delivery_date() -> None:
+    good, bad = split(read_order_rows(FEEDS / "amazon_order_report.txt", Format.AMAZON))
+    germany, japan = (row.order for row in good)
+    assert germany.order_id == "028-3349201-5566743"
+    assert germany.products == ("Edelstahl Knoblauchpresse", "Silikon Backpinsel")
+    assert (germany.site, germany.locale) == ("amazon.de", "de-DE")
+    assert germany.expected_delivery_at == at(2026, 3, 7, 22, 59, 59), "latest-delivery-date"
+    assert (germany.shipping_service, germany.carrier, germany.shipped_at) == (
+        "Standard",
+        None,
+        None,
+    )
+    assert (japan.site, japan.expected_delivery_at) == ("amazon.co.jp", at(2026, 3, 6, 14, 59, 59))
+    assert {"site", "expected_delivery_at"} <= good[0].fields
+    assert "tracking_number" not in good[0].fields
+    assert [(r.line, r.reason) for r in bad] == [(5, "buyer-email is empty")]
+
+
+def test_amazon_fulfilled_shipments_gives_carrier_tracking_and_estimated_arrival() -> None:
+    orders = orders_by_id(FEEDS / "amazon_fulfilled_shipments.txt", Format.AMAZON)
+    germany = orders["302-7712093-4455120"]
+    assert germany.products == ("Magnetleiste für Messer", "Tee-Ei aus Edelstahl")
+    assert (germany.carrier, germany.tracking_number) == ("dhl", "JJD000390007745612345")
+    assert germany.shipped_at == at(2026, 2, 25, 16, 20, 11)
+    assert germany.expected_delivery_at == at(2026, 2, 27, 20)
+    assert orders["204-5566778-9900112"].carrier == "royal-mail"
+    assert orders["113-2233445-6677889"].carrier == "amazon-logistics", "AMZN_US"
+
+
+def test_amazon_all_orders_report_is_refused_naming_what_to_export() -> None:
+    path = FEEDS / "amazon_all_orders_report.txt"
+    with pytest.raises(FeedError) as caught:
+        list(read_orders(path, Format.AMAZON))
+    assert caught.value.where == f"{path}:1"
+    assert "All Orders report" in caught.value.detail and "no buyer e-mail" in caught.value.detail
+    assert "Order Report" in caught.value.detail and "Fulfilled Shipments" in caught.value.detail
+
+
+def test_aliexpress_export_in_english_merges_items_and_skips_closed_orders() -> None:
+    good, bad = split(read_orders(FEEDS / "aliexpress_orders.csv", Format.ALIEXPRESS))
+    first, spain = good
+    assert first == Order(
+        order_id="8191234567890123",
+        marketplace="aliexpress",
+        buyer_email="emily.carter@example.com",
+        buyer_name="Emily Carter",
+        products=("Silicone spatula set",),
+        country="US",
+        ordered_at=at(2026, 3, 1, 10, 12, 33),
+        shipped_at=at(2026, 3, 2, 9),
+        site="aliexpress.com",
+        carrier="cainiao",
+        tracking_number="LP00123456789012",
+        shipping_service="AliExpress Standard Shipping",
+    )
+    assert spain.products == ("Tea infuser ball", "Vegetable peeler")
+    assert (spain.country, spain.ordered_at) == ("ES", at(2026, 3, 2, 21, 40))
+    assert [(r.line, "cancelled" in r.reason) for r in bad] == [(5, True)]
+
+
+def test_aliexpress_export_with_chinese_headers() -> None:
+    [order] = orders_by_id(FEEDS / "aliexpress_orders_zh.csv", Format.ALIEXPRESS).values()
+    assert (order.order_id, order.country, order.products) == (
+        "8192000011112222",
+        "DE",
+        ("不锈钢压蒜器",),
+    )
+    assert (order.carrier, order.tracking_number) == ("yanwen", "UG123456789YP")
+
+
+@pytest.mark.parametrize(
+    ("service", "carrier"),
+    [
+        ("DHL Paket", "dhl"),
+        ("DE_DHLPaket", "dhl"),
+        ("DHL Express Worldwide", "dhl-express"),
+        ("Deutsche Post Warenpost", "deutsche-post"),
+        ("USPS Priority Mail", "usps"),
+        ("Royal Mail Tracked 48", "royal-mail"),
+        ("Parcelforce 48", "parcelforce"),
+        ("Colissimo", "colissimo"),
+        ("Chronopost", "chronopost"),
+        ("China Post Registered Air Mail", "china-post"),
+        ("Cainiao", "cainiao"),
+        ("AliExpress Standard Shipping", "cainiao"),
+        ("Japan Post EMS", "japan-post"),
+        ("Yamato", "yamato"),
+        ("SF Express", "sf-express"),
+        ("燕文专线追踪小包", "yanwen"),
+        ("Österreichische Post", "austrian-post"),
+        ("Evri", "hermes"),
+        ("UPS Standard", "ups"),
+        ("AMZN_UK", "amazon-logistics"),
+        ("Standard", None),
+        ("Economy Shipping from outside US", None),
+        ("Groups of four", None),
+    ],
+)
+def test_the_carrier_is_known_from_the_shipping_service(service: str, carrier: str | None) -> None:
+    assert carrier_of(service) == carrier
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("Germany", "DE"),
+        ("Deutschland", "DE"),
+        ("Allemagne", "DE"),
+        ("德国", "DE"),
+        ("Taiwan", "TW"),
+        ("台灣", "TW"),
+        ("日本", "JP"),
+        ("Österreich", "AT"),
+        ("United Kingdom", "GB"),
+        ("Korea, Republic of", "KR"),
+    ],
+)
+def test_country_names_in_the_markets_languages(tmp_path: Path, name: str, code: str) -> None:
+    path = tmp_path / "report.csv"
+    path.write_text(f'Order Number,Buyer Email,Ship To Country\n1,a@example.com,"{name}"\n')
+    assert orders_by_id(path, Format.EBAY)["1"].country == code
+
+
+def _ebay_file(tmp_path: Path, **cells: str) -> Path:
+    header = ["Order Number", "Buyer Email", *cells]
+    path = tmp_path / "report.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerow(["1", "a@example.com", *cells.values()])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("cells", "reason"),
+    [
+        ({"Tracking Number": "AB123\nBcc: x@example.com"}, "line break or control character"),
+        ({"Tracking Number": "X" * 65}, "longer than 64"),
+        ({"Tracking Number": "<script>"}, "other than letters, digits"),
+        ({"Shipping Service": "DHL\x1b[31m"}, "control character"),
+        ({"Maximum Estimated Delivery Date": "soon"}, "maximum estimated delivery date"),
+    ],
+)
+def test_hostile_shipping_cells_refuse_the_row_naming_its_line(
+    tmp_path: Path, cells: dict[str, str], reason: str
+) -> None:
+    good, bad = split(read_orders(_ebay_file(tmp_path, **cells), Format.EBAY))
+    assert good == [] and bad[0].line == 2 and reason in bad[0].reason
+
+
+def test_shipping_cells_are_tidied_not_refused(tmp_path: Path) -> None:
+    path = _ebay_file(
+        tmp_path,
+        **{"Tracking Number": " 1Z 999 AA1 0123 4567 84, 1Z999AA2 ", "Shipping Service": "S" * 80},
+    )
+    [order] = orders_by_id(path, Format.EBAY).values()
+    assert order.tracking_number == "1Z999AA10123456784", "the first of a list, spaces gone"
+    assert order.shipping_service is not None and len(order.shipping_service) == 64
+
+
+def test_a_service_that_names_no_carrier_leaves_the_stored_carrier_alone(tmp_path: Path) -> None:
+    path = tmp_path / "report.csv"
+    path.write_text(
+        "Order Number,Buyer Email,Shipping Service\n"
+        "1,a@example.com,DHL Paket\n2,b@example.com,SpeedPAK Standard\n"
+    )
+    dhl, speedpak = split(read_order_rows(path, Format.EBAY))[0]
+    assert "carrier" in dhl.fields and dhl.order.carrier == "dhl"
+    assert "carrier" not in speedpak.fields, "a re-import must not blank a known carrier"
+    assert "shipping_service" in speedpak.fields
+
+
+def test_a_carrier_column_names_the_carrier_even_when_unknown(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text(
+        "order_id,marketplace,buyer_email,carrier,shipping_service\n"
+        "1,shop,a@example.com,DHL,Paket\n2,shop,b@example.com,Kangaroo Couriers,\n"
+        "3,shop,c@example.com,,Royal Mail 1st Class\n"
+    )
+    orders = orders_by_id(path)
+    assert [orders[k].carrier for k in "123"] == ["dhl", "Kangaroo Couriers", "royal-mail"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-03-03 14:05:11", at(2026, 3, 3, 14, 5, 11)),
+        ("2026/03/03 14:05", at(2026, 3, 3, 14, 5)),
+        ("2026.3.3", at(2026, 3, 3)),
+        ("2026-03-03T14:05:00+08:00", at(2026, 3, 3, 6, 5)),
+        ("", None),
+    ],
+)
+def test_aliexpress_dates(text: str, expected: datetime | None) -> None:
+    assert parse_aliexpress_date(text) == expected
 
 
 # File-level errors --------------------------------------------------------------------------
