@@ -47,6 +47,7 @@ from worker.render import (
     Renderer,
     RenderJob,
     TemplateRunner,
+    expected_window,
     message_context,
     sample_context,
 )
@@ -481,6 +482,9 @@ class Daemon:
             self.settings.seller,
             _latest_review(due.history),
             locale or self.settings.default_locale,
+            tracking=self.settings.tracking,
+            ship_from_country=None,  # the integrator wires the seller's country
+            delivery_window=expected_window(order),
         )
         return (self._step(due.decision.campaign, due.decision.step).template, locale, context)
 

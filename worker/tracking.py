@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 MAX_NUMBER_LENGTH = 40
 """Longer than any carrier's number (UPS 18, FedEx 34 with its barcode prefix)."""
 MAX_PATTERN_LENGTH = 500
-_NUMBER = re.compile(r"[A-Za-z0-9-]{4,%d}" % MAX_NUMBER_LENGTH)
+_NUMBER = re.compile(rf"[A-Za-z0-9-]{{4,{MAX_NUMBER_LENGTH}}}")
 _S10 = re.compile(r"([A-Z]{2})(\d{8})(\d)([A-Z]{2})")
 _S10_WEIGHTS = (8, 6, 4, 2, 3, 5, 9, 7)
 _COUNTRY = re.compile(r"[A-Z]{2}")
