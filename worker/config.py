@@ -356,8 +356,7 @@ class TrackingSettings(_Strict):
 
     @property
     def local_post_patterns(self) -> dict[str, str]:
-        posts = {c: tracking.CARRIERS[cid] for c, cid in tracking.LOCAL_POSTS.items()}
-        return {**posts, **self.local_posts}
+        return {**tracking.local_post_defaults(), **self.local_posts}
 
 
 def _pattern(where: str, pattern: str) -> None:

@@ -368,15 +368,21 @@ def local_tracking_url(
     source = (ship_from or origin).strip().upper()
     if not _COUNTRY.fullmatch(destination) or destination == source:
         return None
-    posts = settings.local_post_patterns if settings is not None else _default_local_posts()
+    posts = settings.local_post_patterns if settings is not None else local_post_defaults()
     pattern = posts.get(destination)
     if pattern is None:
         return None
     return fill(pattern, number.strip().replace(" ", "").upper(), destination)
 
 
-def _default_local_posts() -> dict[str, str]:
-    return {country: CARRIERS[cid] for country, cid in LOCAL_POSTS.items()}
+def local_post_defaults() -> dict[str, str]:
+    """Buyer's country -> the built-in pattern of their national post's tracking page."""
+    pages = {country: CARRIERS[cid] for country, cid in LOCAL_POSTS.items()}
+    # A German buyer knows DHL's German page, which shows the inbound parcel in German.
+    pages["DE"] = (
+        "https://www.dhl.de/de/privatkunden/pakete-empfangen/verfolgen.html?piececode={number}"
+    )
+    return pages
 
 
 def pattern_problem(pattern: str) -> str | None:
