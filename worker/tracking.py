@@ -14,6 +14,7 @@ buyer's own post at the border, whose site tracks it in the buyer's language;
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 import unicodedata
@@ -31,6 +32,7 @@ _NUMBER = re.compile(rf"[A-Za-z0-9-]{{4,{MAX_NUMBER_LENGTH}}}")
 _S10 = re.compile(r"([A-Z]{2})(\d{8})(\d)([A-Z]{2})")
 _S10_WEIGHTS = (8, 6, 4, 2, 3, 5, 9, 7)
 _COUNTRY = re.compile(r"[A-Z]{2}")
+_PLAIN_NAME = re.compile(r"[^\W_][\w &'()+-]{0,59}")
 CARRIER_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 PLACEHOLDERS = frozenset({"number", "country"})
 
@@ -245,17 +247,16 @@ def carrier_key(text: str) -> str:
     return "".join(c for c in folded if c.isalnum())
 
 
-def _alias_table(extra: Mapping[str, str]) -> dict[str, str]:
+@functools.lru_cache(maxsize=8)
+def _alias_table(extra: frozenset[tuple[str, str]]) -> dict[str, str]:
+    """Folded name -> id: the ids, the brands, the built-in aliases, then ``extra``."""
     table: dict[str, str] = {}
     for cid, name in NAMES.items():
         table[carrier_key(cid)] = cid
         table[carrier_key(name)] = cid
-    for alias, cid in (*ALIASES.items(), *extra.items()):
+    for alias, cid in (*ALIASES.items(), *sorted(extra)):
         table[carrier_key(alias)] = cid
     return table
-
-
-_DEFAULT_ALIASES = _alias_table({})
 
 
 def carrier_id(text: str | None, settings: TrackingSettings | None = None) -> str | None:
@@ -269,22 +270,25 @@ def carrier_id(text: str | None, settings: TrackingSettings | None = None) -> st
         for cid in settings.carriers:
             if carrier_key(cid) == key:
                 return cid
-        table = _alias_table(settings.aliases) if settings.aliases else _DEFAULT_ALIASES
-    else:
-        table = _DEFAULT_ALIASES
-    return table.get(key)
+        return _alias_table(frozenset(settings.aliases.items())).get(key)
+    return _alias_table(frozenset()).get(key)
 
 
 def carrier_name(text: str | None, settings: TrackingSettings | None = None) -> str | None:
     """What to call the carrier in a message: its brand for a known one, else the export's
-    own words (one line, at most 60 characters), else None."""
+    own words if they are plainly a name, else None.
+
+    A plain name is letters, digits, spaces and ``&'()+-``, at most 60 characters: no
+    dots, slashes, colons or ``@``, so a mail client cannot turn it into a link or an
+    address (``www.evil.example``), and no line break can reach a log or a header.
+    """
     if not text:
         return None
     cid = carrier_id(text, settings)
     if cid is not None and cid in NAMES:
         return NAMES[cid]
-    shown = " ".join("".join(c for c in text if c.isprintable()).split())[:60]
-    return shown or None
+    shown = " ".join(text.split())
+    return shown if _PLAIN_NAME.fullmatch(shown) else None
 
 
 def clean_number(number: str | None) -> str | None:

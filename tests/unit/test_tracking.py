@@ -276,7 +276,26 @@ def test_numbers_lose_their_spaces_and_keep_their_dashes() -> None:
 def test_carrier_names_are_brands_or_the_exports_own_words_on_one_line() -> None:
     assert carrier_name("DHL Paket") == "DHL"
     assert carrier_name("日本郵便") == "Japan Post"
-    assert carrier_name("Acme\r\nBcc: x@example.com  Couriers") == "AcmeBcc: x@example.com Couriers"
-    assert carrier_name("Z" * 200) == "Z" * 60
-    assert carrier_name("") is None
-    assert carrier_name("\x00\x01") is None
+    assert carrier_name("  Acme   Couriers ") == "Acme Couriers"
+    assert carrier_name("Tōkyō Kyūbin (Express)") == "Tōkyō Kyūbin (Express)"
+    assert carrier_name("宅配便") == "宅配便"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Acme\r\nBcc: x@example.com",
+        "Track at www.evil.example",
+        "https://evil.example",
+        "evil.example",
+        "mail me: a@b.example",
+        "<b>Acme</b>",
+        "Z" * 61,
+        "-- Acme",
+        "",
+        "\x00\x01",
+        "Acme\u202eCouriers",
+    ],
+)
+def test_carrier_names_that_could_become_links_or_markup_are_not_shown(text: str) -> None:
+    assert carrier_name(text) is None
