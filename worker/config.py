@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from worker import tracking
 from worker.delivery import (
     DEFAULT_CROSS_BORDER,
     DEFAULT_DOMESTIC,
@@ -419,6 +420,84 @@ class DeliverySettings(_Strict):
         )
 
 
+class TrackingSettings(_Strict):
+    """Tracking links in messages (see docs/tracking.md). Entries here are added to, or
+    replace, the defaults in worker/tracking.py; a pattern is an https URL with
+    ``{number}`` and optionally ``{country}`` (the buyer's, lower case)."""
+
+    carriers: dict[str, str] = Field(
+        {}, description="Carrier id -> tracking page pattern, over the built-in ones."
+    )
+    aliases: dict[str, str] = Field(
+        {}, description="How your exports name a carrier -> its id (case, spaces ignored)."
+    )
+    local_posts: dict[str, str] = Field(
+        {},
+        description="Buyer's country (DE) -> their national post's tracking page, for "
+        "cross-border parcels with a UPU S10 number.",
+    )
+    fallback: str | None = Field(
+        tracking.UNIVERSAL_TRACKER,
+        description="Universal tracker for carriers without a pattern; null for no link.",
+    )
+
+    @field_validator("carriers")
+    @classmethod
+    def _carriers(cls, value: dict[str, str]) -> dict[str, str]:
+        for cid, pattern in value.items():
+            if not tracking.CARRIER_ID.fullmatch(cid):
+                raise ValueError(f"{cid!r} is not a carrier id: lower-case letters, digits, -")
+            _pattern(f"carriers.{cid}", pattern)
+        return value
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, value: dict[str, str]) -> dict[str, str]:
+        for alias, cid in value.items():
+            if not tracking.carrier_key(alias) or len(alias) > 200:
+                raise ValueError(f"aliases: {alias!r} has no letters or digits to match on")
+            if not tracking.CARRIER_ID.fullmatch(cid):
+                raise ValueError(f"aliases.{alias}: {cid!r} is not a carrier id")
+        return value
+
+    @field_validator("local_posts")
+    @classmethod
+    def _local_posts(cls, value: dict[str, str]) -> dict[str, str]:
+        for country, pattern in value.items():
+            if not re.fullmatch(r"[A-Z]{2}", country):
+                raise ValueError(f"local_posts: {country!r} is not a country code like DE")
+            _pattern(f"local_posts.{country}", pattern)
+        return value
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback(cls, value: str | None) -> str | None:
+        if value:
+            _pattern("fallback", value)
+        return value or None
+
+    @model_validator(mode="after")
+    def _known_ids(self) -> TrackingSettings:
+        for alias, cid in self.aliases.items():
+            if cid not in self.carrier_patterns:
+                raise ValueError(f"aliases.{alias}: no carrier {cid!r}; add it under carriers")
+        return self
+
+    @property
+    def carrier_patterns(self) -> dict[str, str]:
+        return {**tracking.CARRIERS, **self.carriers}
+
+    @property
+    def local_post_patterns(self) -> dict[str, str]:
+        return {**tracking.local_post_defaults(), **self.local_posts}
+
+
+def _pattern(where: str, pattern: str) -> None:
+    problem = tracking.pattern_problem(pattern)
+    if problem is not None:
+        raise ValueError(f"{where}: {pattern[:80]!r} {problem}")
+
+
 _PLAIN_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=^_`{|}~-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,63}$")
 """What compose writes into From and Reply-To: ASCII ``local@domain``, no quoting tricks."""
 
@@ -486,6 +565,7 @@ class Settings(_Strict):
         "together; a template producing more is stopped as it writes and the message fails.",
     )
     log_format: Literal["auto", "json", "console"] = "auto"
+    tracking: TrackingSettings = TrackingSettings()
 
     _addresses = field_validator("sender")(_address)
 

@@ -28,6 +28,7 @@ from worker.campaign import load_campaigns
 from worker.clock import Clock
 from worker.compose import compose
 from worker.config import Settings
+from worker.delivery import delivery_of, expected_window
 from worker.domain import Campaign, CampaignStep, Review, Send, SuppressionReason, TriggerEvent
 from worker.errors import CampaignError, StoreError, TemplateError, WorkerError
 from worker.ingest import Ingest
@@ -484,6 +485,11 @@ class Daemon:
             self.settings.seller,
             _latest_review(due.history),
             locale or self.settings.default_locale,
+            tracking=self.settings.tracking,
+            ship_from_country=self.policy.transit.ship_from,
+            delivery_window=expected_window(
+                delivery_of(order, due.history.customer.country, self.policy.transit)
+            ),
         )
         return (self._step(due.decision.campaign, due.decision.step).template, locale, context)
 

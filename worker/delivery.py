@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from worker.domain import Order
+from worker.tracking import carrier_id
 
 # The sources, best first. ``describe`` and ``worker plan`` show them.
 EVENT = "event"
@@ -91,7 +92,9 @@ class TransitTable:
         route = f"{origin or '?'}->{dest or '?'}"
         carriers = dict(self.carriers)
         if carrier:
-            for key in (carrier_key(carrier, service), carrier_key(carrier)):
+            # "Deutsche Post DHL", "DHL Paket" and "dhl" are one carrier (worker/tracking.py).
+            canonical = carrier_id(carrier) or carrier_key(carrier)
+            for key in (carrier_key(canonical, service), canonical):
                 if key in carriers:
                     return carriers[key], f"{route} {key}"
         routes = dict(self.routes)
@@ -120,6 +123,8 @@ class Delivery:
     """event, feed, marketplace, estimated; returned or exception when there is no time."""
     detail: str = ""
     """For an estimate, the route and transit time: ``CN->DE post, 12d``."""
+    transit: timedelta | None = None
+    """For an estimate, the transit time it added to the shipped time."""
 
     def describe(self) -> str:
         """``delivered ~2026-03-14 (estimated: CN->DE post, 12d)``: what ``worker plan``
@@ -171,4 +176,18 @@ def delivery_of(
         return None
     country = order.country or customer_country
     time, rule = transit.transit(country, order.carrier, order.shipping_service)
-    return Delivery(order.shipped_at + time, ESTIMATED, f"{rule}, {_days(time)}")
+    return Delivery(order.shipped_at + time, ESTIMATED, f"{rule}, {_days(time)}", time)
+
+
+def expected_window(delivery: Delivery | None) -> tuple[date, date] | None:
+    """The days a message may tell the buyer to expect the parcel: the marketplace's latest
+    date as one day; our estimate as the last quarter of its transit time, since the table's
+    times lean long. None when it arrived (an event or the feed says so) or nothing is known."""
+    if delivery is None or delivery.at is None:
+        return None
+    end = delivery.at.date()
+    if delivery.source == MARKETPLACE:
+        return (end, end)
+    if delivery.source == ESTIMATED and delivery.transit is not None:
+        return ((delivery.at - delivery.transit / 4).date(), end)
+    return None

@@ -18,17 +18,20 @@ import traceback
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+import babel
 import jinja2
+from babel.dates import format_interval
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
-from worker.config import SellerSettings, Settings
+from worker import tracking as tracking_links
+from worker.config import SellerSettings, Settings, TrackingSettings
 from worker.domain import Order, Review
 from worker.errors import ConfigError, TemplateError, WorkerError
 
@@ -68,6 +71,16 @@ class OrderView:
     product: str
     products: list[str] = field(default_factory=list)
     review_url: str | None = None
+    carrier: str | None = None
+    """The carrier's name as buyers know it (``DHL``, ``Japan Post``), when known."""
+    tracking_number: str | None = None
+    """Only a number a link could carry (letters, digits, '-'); anything else is None."""
+    tracking_url: str | None = None
+    local_tracking_url: str | None = None
+    """The buyer's own national post's tracking page, for a cross-border S10 parcel; None
+    when it would be the same page as ``tracking_url``."""
+    delivery_window: str | None = None
+    """When the parcel is expected, in the message's language (``14-18 March``)."""
 
     @property
     def items(self) -> list[str]:
@@ -115,15 +128,23 @@ def _subtag(part: str) -> str:
 
 
 def locale_chain(tag: str | None, default: str) -> list[str]:
-    """Most specific first, then the default: ``de-AT`` -> ``["de-AT", "de", "en"]``."""
+    """Most specific first, then the default: ``de-AT`` -> ``["de-AT", "de", "en"]``;
+    ``zh-TW`` -> ``["zh-TW", "zh-Hant-TW", "zh-Hant", "zh", "en"]``."""
     chain: list[str] = []
     for candidate in (normalise_locale(tag), normalise_locale(default) or default):
         parts = candidate.split("-") if candidate else []
+        if len(parts) >= 2 and parts[0] == "zh" and parts[1] in _TRADITIONAL_REGIONS:
+            chain.append(candidate or "")  # zh-TW, then zh-Hant-TW, zh-Hant, zh
+            parts = ["zh", "Hant", *parts[1:]]
         for size in range(len(parts), 0, -1):
             prefix = "-".join(parts[:size])
             if prefix not in chain:
                 chain.append(prefix)
     return chain
+
+
+_TRADITIONAL_REGIONS = frozenset({"TW", "HK", "MO"})
+"""Where Chinese is written in Traditional characters: ``zh-TW`` reads ``zh-Hant.jinja``."""
 
 
 class Renderer:
@@ -732,10 +753,39 @@ def _web_url(url: str | None) -> str | None:
     return None
 
 
+def format_delivery_window(start: date, end: date, locale: str | None) -> str:
+    """``14-18 March`` in the buyer's language, in CLDR's own interval format (German puts
+    the dots, Japanese the day suffixes); one date when both ends are the same day."""
+    try:
+        parsed = babel.Locale.parse(normalise_locale(locale) or "en", sep="-")
+    except (ValueError, babel.UnknownLocaleError):
+        parsed = babel.Locale.parse("en")
+    start, end = min(start, end), max(start, end)
+    skeleton = "MMMMd" if start.year == end.year else "yMMMMd"
+    return str(format_interval(start, end, skeleton, locale=parsed))
+
+
 def message_context(
-    order: Order, seller: SellerSettings, review: Review | None, locale: str
+    order: Order,
+    seller: SellerSettings,
+    review: Review | None,
+    locale: str,
+    *,
+    tracking: TrackingSettings | None = None,
+    ship_from_country: str | None = None,
+    delivery_window: tuple[date, date] | None = None,
 ) -> dict[str, Any]:
-    """The variables every template gets (see the template format spec)."""
+    """The variables every template gets (see the template format spec).
+
+    The tracking fields are filled from the order's carrier and number; links are built
+    only from a number that passes :func:`worker.tracking.clean_number`.
+    """
+    number = tracking_links.clean_number(order.tracking_number)
+    url = tracking_links.tracking_url(order.carrier, number, tracking, country=order.country)
+    local = tracking_links.local_tracking_url(number, order.country, ship_from_country, tracking)
+    window = (
+        format_delivery_window(*delivery_window, locale) if delivery_window is not None else None
+    )
     return {
         "buyer": BuyerView(name=order.buyer_name.strip()),
         "order": OrderView(
@@ -744,6 +794,11 @@ def message_context(
             product=order.products[0] if order.products else "",
             products=list(order.products),
             review_url=_web_url(order.review_url),
+            carrier=tracking_links.carrier_name(order.carrier, tracking),
+            tracking_number=number,
+            tracking_url=url,
+            local_tracking_url=local if local != url else None,
+            delivery_window=window,
         ),
         "review": ReviewView(rating=review.rating) if review is not None else None,
         "seller": SellerView(name=seller.name, signature=seller.signature),
@@ -752,7 +807,9 @@ def message_context(
 
 
 def sample_context(seller: SellerSettings, locale: str) -> dict[str, Any]:
-    """A realistic order for start-up checks; it has a 5-star review so review_thanks renders."""
+    """A realistic order for start-up checks: a 5-star review so review_thanks renders, and
+    a cross-border tracked parcel so shipping notices render every part."""
+    shipped = datetime(2024, 4, 29, 15, 0, tzinfo=UTC)
     order = Order(
         order_id="028-1234567-7654321",
         marketplace="shop",
@@ -760,8 +817,13 @@ def sample_context(seller: SellerSettings, locale: str) -> dict[str, Any]:
         buyer_name="Alex Sample",
         products=("Stainless steel water bottle, 750 ml", "Bottle brush"),
         locale=locale,
+        country="DE",
+        shipped_at=shipped,
         delivered_at=datetime(2024, 5, 6, 10, 0, tzinfo=UTC),
         review_url="https://shop.example/products/water-bottle#reviews",
+        carrier="China Post",
+        tracking_number="RR123456785CN",
     )
     review = Review(order.order_id, rating=5, reviewed_at=datetime(2024, 6, 1, 9, 0, tzinfo=UTC))
-    return message_context(order, seller, review, locale)
+    window = ((shipped + timedelta(days=10)).date(), (shipped + timedelta(days=14)).date())
+    return message_context(order, seller, review, locale, delivery_window=window)

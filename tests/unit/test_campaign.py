@@ -207,7 +207,13 @@ def test_missing_file_is_an_error(tmp_path: Path) -> None:
 
 def test_shipped_campaigns_load_as_documented() -> None:
     campaigns = {c.name: c for c in load_campaigns(SHIPPED)}
-    assert set(campaigns) == {"review-follow-up", "review-thanks"}
+    assert set(campaigns) == {"review-follow-up", "review-thanks", "shipping-notice"}
+    notice = campaigns.pop("shipping-notice")
+    assert not notice.enabled
+    assert notice.marketplaces == {"shop"}
+    assert [(s.template, s.trigger, s.max_lateness) for s in notice.steps] == [
+        ("shipping_notice", Trigger(event=TriggerEvent.SHIPPED), timedelta(days=2))
+    ]
     for campaign in campaigns.values():
         assert campaign.enabled
         assert campaign.marketplaces == {"ebay", "aliexpress", "shop"}

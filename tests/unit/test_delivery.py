@@ -66,7 +66,7 @@ def test_the_marketplaces_estimate_outranks_ours():
 
 def test_without_any_date_the_estimate_is_shipped_plus_the_routes_transit():
     found = delivery_of(ORDER, None, FROM_CN)
-    assert found == Delivery(SHIPPED + 14 * DAY, "estimated", "CN->DE post, 14d")
+    assert found == Delivery(SHIPPED + 14 * DAY, "estimated", "CN->DE post, 14d", 14 * DAY)
     assert found.describe() == "delivered ~2026-03-16 (estimated: CN->DE post, 14d)"
 
 
@@ -77,11 +77,11 @@ def test_nothing_shipped_and_no_date_means_no_delivery():
 def test_the_buyers_country_comes_from_the_order_then_the_customer():
     domestic = TransitTable(ship_from="DE")
     assert delivery_of(ORDER, "FR", domestic) == Delivery(
-        SHIPPED + 4 * DAY, "estimated", "DE->DE post, 4d"
+        SHIPPED + 4 * DAY, "estimated", "DE->DE post, 4d", 4 * DAY
     )
     no_country = replace(ORDER, country=None)
     assert delivery_of(no_country, "FR", domestic) == Delivery(
-        SHIPPED + 7 * DAY, "estimated", "DE->FR post, 7d"
+        SHIPPED + 7 * DAY, "estimated", "DE->FR post, 7d", 7 * DAY
     )
 
 
@@ -129,11 +129,18 @@ def test_a_carrier_and_its_service_outrank_the_route():
     assert table.transit("DE", "China Post", "ePacket") == (12 * DAY, "CN->DE post")
 
 
+def test_a_carrier_is_matched_by_any_name_the_exports_give_it():
+    table = TransitTable(ship_from="DE", carriers=(("deutsche-post", 2 * DAY),))
+    for name in ("Deutsche Post", "deutsche post", "DEUTSCHE-POST"):
+        assert table.transit("DE", name) == (2 * DAY, "DE->DE deutsche-post"), name
+    assert table.transit("DE", "Hermes") == (4 * DAY, "DE->DE post")
+
+
 def test_an_order_with_a_known_carrier_service_is_estimated_by_it():
     table = replace(FROM_CN, carriers=(("japan-post-ems", 6 * DAY),))
     order = replace(ORDER, carrier="Japan Post", shipping_service="EMS")
     found = delivery_of(order, None, table)
-    assert found == Delivery(SHIPPED + 6 * DAY, "estimated", "CN->DE japan-post-ems, 6d")
+    assert found == Delivery(SHIPPED + 6 * DAY, "estimated", "CN->DE japan-post-ems, 6d", 6 * DAY)
 
 
 @pytest.mark.parametrize(
@@ -179,7 +186,9 @@ def test_describe_says_the_source(source: str, text: str):
 
 
 def test_the_issues_own_example():
-    delivery = Delivery(datetime(2026, 3, 14, tzinfo=UTC), "estimated", "CN->DE post, 12d")
+    delivery = Delivery(
+        datetime(2026, 3, 14, tzinfo=UTC), "estimated", "CN->DE post, 12d", 12 * DAY
+    )
     assert delivery.describe() == "delivered ~2026-03-14 (estimated: CN->DE post, 12d)"
 
 

@@ -40,7 +40,7 @@ def test_a_shipped_order_without_a_delivery_date_is_planned_from_the_estimate():
     check_in = steps["check-in"]
     assert check_in.verdict is Verdict.WAIT and check_in.reason == "awaiting_delivered"
     assert check_in.at == ESTIMATE  # look again once it is (estimated) delivered
-    assert check_in.delivery == Delivery(ESTIMATE, "estimated", "CN->DE post, 12d")
+    assert check_in.delivery == Delivery(ESTIMATE, "estimated", "CN->DE post, 12d", 12 * DAY)
 
     due = decide(history(), ESTIMATE + 7 * DAY)["check-in"]
     assert (due.verdict, due.at) == (Verdict.DUE, ESTIMATE + 7 * DAY)
@@ -52,7 +52,7 @@ def test_the_customers_country_is_used_when_the_order_has_none():
     h = history()
     far = replace(h, customer=replace(h.customer, country="US"))
     assert decide(far, SHIPPED)["check-in"].delivery == Delivery(
-        SHIPPED + 14 * DAY, "estimated", "CN->US post, 14d"
+        SHIPPED + 14 * DAY, "estimated", "CN->US post, 14d", 14 * DAY
     )
 
 
