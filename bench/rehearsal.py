@@ -1,11 +1,16 @@
 """The 90-day rehearsal: a seeded shop's season replayed through the real command line.
 
 A new user's first question is "what would this send, and would it ever misbehave?". This
-script answers it the way they would find out: a fresh work directory, generated feeds
-imported with ``worker import``, the bundled ``worker sink`` as the SMTP server and one
-``worker run --once --now T`` per simulated half-day. It then reads the Maildir and the
-database and checks the promises (exactly once, no mail during a dispute, the campaign
-timeline) for every order. Exit status 0 only if every check holds.
+script answers it the way they would find out: a fresh work directory, the feeds a seller
+has (eBay orders as Seller Hub's Orders report, the other marketplaces as the generic file;
+no delivery date anywhere), imported with ``worker import``; the carrier's delivery events
+imported with ``worker import shipments`` every few days as they happen, the rest of the
+orders counted from the estimated delivery (shipped + transit time for the route); the
+bundled ``worker sink`` as the SMTP server and one ``worker run --once --now T`` per simulated
+half-day. It then reads the Maildir and the database and checks the promises (exactly once,
+no mail during a dispute, at most one message per buyer per 3 days, the campaign timeline
+counted from the right delivery time) for every order. Exit status 0 only if every check
+holds.
 
     .venv/bin/python bench/rehearsal.py --orders 1000 --disputes 50 --reviews 100 --days 90
 
@@ -58,9 +63,32 @@ CHECK_IN, REQUEST, REMINDER, THANK_YOU = (
     "review-reminder",
     "thank-you",
 )
-CHECK_IN_ROOM = timedelta(days=10)
-REMINDER_ROOM = timedelta(days=15 + 4)  # the 10-15 day delay, then a weekend and a pass
+BUYER_CAP = timedelta(days=3)
+CHECK_IN_ROOM = timedelta(days=7 + 10 + 1)  # the delay, its max_lateness, a pass
+REMINDER_ROOM = timedelta(days=15 + 5 + 1)  # the 10-15 day delay, its max_lateness, a pass
 THANKS_ROOM = timedelta(days=2)
+
+SHIP_FROM = "DE"
+"""The seller's country (the ``delivery.ship_from`` setting written to the config)."""
+SAME_REGION = frozenset({"AT", "FR", "ES", "IT"})
+TRANSIT = {"domestic": timedelta(days=4), "same_region": timedelta(days=7)}
+CROSS_BORDER = timedelta(days=14)
+"""The documented default transit times (docs/delivery.md), written out here on purpose: the
+rehearsal's expectations must not be computed by the code it checks."""
+EVENT_SHARE = 0.7
+"""Orders whose carrier reports the delivery; the others are counted from the estimate."""
+EVENTS_EVERY = timedelta(days=3)
+"""How often the seller imports the carrier's delivery events (those that happened since)."""
+COUNTRY_NAMES = {
+    "GB": "United Kingdom", "US": "United States", "DE": "Germany", "AT": "Austria",
+    "FR": "France", "ES": "Spain", "IT": "Italy", "JP": "Japan", "CN": "China",
+}  # fmt: skip
+"""The eBay Orders report names countries in English."""
+SERVICES = (
+    ("DHL Paket", "dhl", "00340434{:012d}"),
+    ("Deutsche Post Warenpost International", "deutsche-post", "LX{:09d}DE"),
+    ("Hermes Paket", "hermes", "H10{:017d}"),
+)
 
 LOCALES = (
     ("en", "GB", "co.uk", ["Oliver Smith", "Amelia Jones", "Harry Taylor"]),
@@ -103,13 +131,33 @@ class Buyer:
     country: str
 
 
+def transit_to(country: str) -> timedelta:
+    if country == SHIP_FROM:
+        return TRANSIT["domestic"]
+    return TRANSIT["same_region"] if country in SAME_REGION else CROSS_BORDER
+
+
 @dataclass(frozen=True, slots=True)
 class Order:
     order_id: str
     marketplace: str
     buyer: Buyer
-    product: str
-    delivered_at: datetime
+    products: tuple[str, ...]
+    shipped_at: datetime
+    """As the export gives it: eBay's Orders report says the day only (midnight UTC)."""
+    arrived_at: datetime
+    """When the parcel really arrived."""
+    reported: bool
+    """The carrier's delivery event for it reaches the seller (the shipments file)."""
+    service: int
+
+    @property
+    def delivered_at(self) -> datetime:
+        """What the worker must count the delivered steps from: the reported delivery, else
+        the estimate (shipped + the route's transit time)."""
+        if self.reported:
+            return self.arrived_at
+        return self.shipped_at + transit_to(self.buyer.country)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +218,10 @@ def _order_id(rng: Random, marketplace: str, number: int) -> str:
 
 
 def make_orders(rng: Random, count: int, days: int) -> list[Order]:
-    """~5% Amazon (which the shipped campaigns ignore), ~10% from a returning buyer."""
+    """~5% Amazon (which the shipped campaigns ignore), ~10% from a returning buyer, a few
+    orders of several items. Parcels arrive between half the route's transit time and two
+    days after it, so the estimate is never far off and a reported delivery reaches the
+    seller before the check-in the estimate would have sent."""
     buyers: list[Buyer] = []
     orders = []
     for number in range(count):
@@ -180,14 +231,23 @@ def make_orders(rng: Random, count: int, days: int) -> list[Order]:
             buyer = _new_buyer(rng, len(buyers))
             buyers.append(buyer)
         marketplace = rng.choices(["ebay", "aliexpress", "shop", "amazon"], [32, 32, 31, 5])[0]
-        delivered = START + timedelta(minutes=rng.randrange(days * 24 * 60))
+        day = START + timedelta(days=rng.randrange(days))
+        shipped = day if marketplace == "ebay" else _quiet_time(rng, day)
+        transit = transit_to(buyer.country)
+        low = max(timedelta(days=1), transit / 2)
+        span = transit + timedelta(days=2) - low
+        arrived = shipped + low + timedelta(minutes=rng.randrange(int(span.total_seconds() // 60)))
+        items = rng.sample(PRODUCTS, rng.choices([1, 2, 3], [85, 10, 5])[0])
         orders.append(
             Order(
                 _order_id(rng, marketplace, number),
                 marketplace,
                 buyer,
-                rng.choice(PRODUCTS),
-                delivered,
+                tuple(items),
+                shipped,
+                _quiet_time(rng, arrived),
+                rng.random() < EVENT_SHARE,
+                rng.randrange(len(SERVICES)),
             )
         )
     return sorted(orders, key=lambda o: o.delivered_at)
@@ -233,28 +293,121 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[str]])
     return path
 
 
+EBAY_HEADER = (
+    "Sales Record Number,Order Number,Buyer Username,Buyer Name,Buyer Email,Buyer Note,Buyer "
+    "Address 1,Buyer Address 2,Buyer City,Buyer State,Buyer Zip,Buyer Country,Buyer Tax "
+    "Identifier Name,Buyer Tax Identifier Value,Ship To Name,Ship To Phone,Ship To Address "
+    "1,Ship To Address 2,Ship To City,Ship To State,Ship To Zip,Ship To Country,Item "
+    "Number,Item Title,Custom Label,Sold Via Promoted Listings,Quantity,Sold For,Shipping And"
+    " Handling,Item Location,Item Zip Code,Item Country,eBay Collect And Remit Tax Rate,eBay "
+    "Collect And Remit Tax Type,eBay Reference Name,eBay Reference Value,Tax Status,Seller "
+    "Collected Tax,eBay Collected Tax,Electronic Waste Recycling Fee,Mattress Recycling "
+    "Fee,Battery Recycling Fee,White Goods Disposal Tax,Tire Recycling Fee,Additional "
+    "Fee,Lumber Fee,Prepaid Wireless Fee,Road Improvement And Food Delivery Fee,eBay "
+    "Collected Charges,Total Price,eBay Collected Tax and Fees Included in Total,Payment "
+    "Method,Sale Date,Paid On Date,Ship By Date,Minimum Estimated Delivery Date,Maximum "
+    "Estimated Delivery Date,Shipped On Date,Feedback Left,Feedback Received,My Item "
+    "Note,PayPal Transaction ID,Shipping Service,Tracking Number,Transaction ID,Variation "
+    "Details,Global Shipping Program,Global Shipping Reference ID,Click And Collect,Click And"
+    " Collect Reference Number,eBay Plus,Authenticity Verification Program,Authenticity "
+    "Verification Status,Authenticity Verification Outcome Reason,PSA Vault Program,Vault "
+    "Fulfillment Type,eBay Fulfillment Program,Tax City,Tax State,Tax Zip,Tax Country,eBay "
+    "International Shipping"
+).split(",")
+"""Seller Hub's Orders report, as downloaded (docs/order-feeds.md)."""
+
+
+def _ebay_day(moment: datetime) -> str:
+    return moment.strftime("%b-%d-%y")  # Mar-03-26
+
+
+def _ebay_rows(order: Order, record: int) -> Iterator[list[str]]:
+    """An order's rows in the Orders report: one row for a single item; for several, a
+    summary row with the buyer and shipping, then a row per item."""
+    cells = dict.fromkeys(EBAY_HEADER, "")
+    name, _carrier, number = SERVICES[order.service]
+    country = COUNTRY_NAMES[order.buyer.country]
+    ordered = order.shipped_at - timedelta(days=2)
+    cells |= {
+        "Sales Record Number": str(record),
+        "Order Number": order.order_id,
+        "Buyer Username": order.buyer.email.split("@")[0],
+        "Buyer Name": order.buyer.name,
+        "Buyer Email": order.buyer.email,
+        "Buyer Country": country,
+        "Ship To Name": order.buyer.name,
+        "Ship To Country": country,
+        "Quantity": str(len(order.products)),
+        "Sale Date": _ebay_day(ordered),
+        "Paid On Date": _ebay_day(ordered),
+        "Shipped On Date": _ebay_day(order.shipped_at),
+        "Shipping Service": name,
+        "Tracking Number": number.format(record),
+    }
+    if len(order.products) == 1:
+        yield [(cells | {"Item Title": order.products[0]})[c] for c in EBAY_HEADER]
+        return
+    yield [cells[c] for c in EBAY_HEADER]
+    for offset, product in enumerate(order.products, 1):
+        item = dict.fromkeys(EBAY_HEADER, "") | {
+            "Sales Record Number": str(record + offset),
+            "Order Number": order.order_id,
+            "Buyer Username": cells["Buyer Username"],
+            "Item Title": product,
+            "Quantity": "1",
+            "Sale Date": cells["Sale Date"],
+            "Shipped On Date": cells["Shipped On Date"],
+            "Tracking Number": cells["Tracking Number"],
+        }
+        yield [item[c] for c in EBAY_HEADER]
+
+
+def write_ebay_report(orders: Sequence[Order], path: Path) -> Path:
+    """eBay's layout to the letter: a blank line before the header and after it, and the
+    download's two trailing lines."""
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out)
+        out.write("\r\n")
+        writer.writerow(EBAY_HEADER)
+        out.write("\r\n")
+        record = 1000
+        for order in orders:
+            writer.writerows(_ebay_rows(order, record))
+            record += len(order.products) + 1
+        out.write("\r\n")
+        writer.writerow([f"{len(orders)} record(s) downloaded"])
+        writer.writerow(["Seller ID : kettle_and_co"])
+    return path
+
+
 def write_feeds(shop: Shop, folder: Path) -> dict[str, Path]:
-    orders = (
+    """The orders a seller exports: no delivery dates. eBay's as its Orders report, the other
+    marketplaces' in the generic file (shipped time, carrier, tracking)."""
+    ebay = [o for o in shop.orders if o.marketplace == "ebay"]
+    others = (
         [
             o.order_id,
             o.marketplace,
             o.buyer.email,
             o.buyer.name,
-            o.product,
+            " | ".join(o.products),
             o.buyer.locale,
             o.buyer.country,
-            (o.delivered_at - timedelta(days=6)).date().isoformat(),
-            (o.delivered_at - timedelta(days=4)).date().isoformat(),
-            _iso(o.delivered_at),
+            _iso(o.shipped_at - timedelta(days=2)),
+            _iso(o.shipped_at),
+            "",
+            SERVICES[o.service][1],
         ]
         for o in shop.orders
+        if o.marketplace != "ebay"
     )
     disputes = (
         [d.order_id, d.kind.value, _iso(d.opened_at), _iso(d.closed_at)] for d in shop.disputes
     )
     reviews = ([r.order_id, str(r.rating), _iso(r.reviewed_at)] for r in shop.reviews)
     return {
-        "orders": _write_csv(folder / "orders.csv", ORDER_HEADER, orders),
+        "orders --format ebay": write_ebay_report(ebay, folder / "ebay-orders-report.csv"),
+        "orders": _write_csv(folder / "orders.csv", [*ORDER_HEADER, "carrier"], others),
         "disputes": _write_csv(
             folder / "disputes.csv", ["order_id", "kind", "opened_at", "closed_at"], disputes
         ),
@@ -262,6 +415,20 @@ def write_feeds(shop: Shop, folder: Path) -> dict[str, Path]:
             folder / "reviews.csv", ["order_id", "rating", "reviewed_at"], reviews
         ),
     }
+
+
+SHIPMENTS_HEADER = ["order_id", "carrier", "tracking_number", "status", "at"]
+
+
+def write_shipments(orders: Iterable[Order], path: Path) -> Path | None:
+    """The carrier's delivery events of ``orders``, as ``worker import shipments`` reads them;
+    None when there are none."""
+    rows = [
+        [o.order_id, SERVICES[o.service][1], "", "delivered", _iso(o.arrived_at)]
+        for o in orders
+        if o.reported
+    ]
+    return _write_csv(path, SHIPMENTS_HEADER, rows) if rows else None
 
 
 # The real command line -------------------------------------------------------------------------
@@ -371,6 +538,8 @@ def write_config(workdir: Path, smtp_port: int, external_database: bool = False)
         f"campaigns_dir: {ROOT / 'campaigns'}\n"
         f"templates_dir: {ROOT / 'templates'}\n"
         f"dispute_cooldown: {COOLDOWN.days}d\n"
+        f"buyer_cap: {BUYER_CAP.days}d\n"
+        f"delivery: {{ship_from: {SHIP_FROM}}}\n"
         "log_format: json\n",
         encoding="utf-8",
     )
@@ -443,8 +612,39 @@ def pass_times(days: int) -> Iterator[datetime]:
             yield START + timedelta(days=day, hours=hour)
 
 
+class CarrierEvents:
+    """The seller's routine: every few days, import the delivery events the carrier reported
+    since the last import (``worker import shipments``), before the pass."""
+
+    def __init__(self, cli: Cli, orders: Sequence[Order]) -> None:
+        self.cli = cli
+        self.orders = sorted((o for o in orders if o.reported), key=lambda o: o.arrived_at)
+        self.imported_to: datetime | None = None
+        self.files = 0
+
+    def before(self, moment: datetime) -> None:
+        if self.imported_to is not None and moment - self.imported_to < EVENTS_EVERY:
+            return
+        since = self.imported_to
+        new = [
+            o
+            for o in self.orders
+            if (since is None or o.arrived_at > since) and o.arrived_at <= moment
+        ]
+        self.imported_to = moment
+        path = write_shipments(new, self.cli.workdir / f"shipments-{moment:%Y%m%d%H}.csv")
+        if path is not None:
+            self.cli.check("import", "shipments", path.name)
+            self.files += 1
+
+
 def run_passes(
-    cli: Cli, times: Sequence[datetime], maildir: Path, log: Path, workers: int = 1
+    cli: Cli,
+    times: Sequence[datetime],
+    maildir: Path,
+    log: Path,
+    workers: int = 1,
+    events: CarrierEvents | None = None,
 ) -> Passes:
     """``workers`` concurrent ``worker run --once`` per time; files new in the Maildir once
     they have all exited belong to that pass."""
@@ -452,6 +652,8 @@ def run_passes(
     passes = Passes()
     with log.open("w", encoding="utf-8") as out:
         for number, moment in enumerate(times, 1):
+            if events is not None:
+                events.before(moment)
             started = time.monotonic()
             if workers == 1:
                 each = [cli.run("run", "--once", "--now", _iso(moment))]
@@ -548,7 +750,50 @@ def check_check_ins(world: World) -> Check:
             problems.append(
                 f"{order.order_id} delivered {_iso(order.delivered_at)}: check-in {_times(sent)}"
             )
-    return Check("undisputed orders delivered 10+ days before the end: one check-in", problems)
+    return Check(
+        f"undisputed orders delivered {CHECK_IN_ROOM.days}+ days before the end: one check-in",
+        problems,
+    )
+
+
+TIMELINE = {
+    CHECK_IN: (timedelta(days=7), timedelta(days=10)),
+    REQUEST: (timedelta(days=35), timedelta(days=7)),
+}
+"""Step -> (delay after delivery, max_lateness), as campaigns/review-follow-up.yaml says."""
+
+
+def check_timeline(world: World) -> Check:
+    """Counted from the right delivery time: the carrier's event where it reached the seller,
+    else the estimate; never before it, nor later than the step's max_lateness allows (plus
+    the weekend and the pass that may follow)."""
+    slack = timedelta(days=3)
+    problems = []
+    for order in world.followed_up():
+        for step, (delay, lateness) in TIMELINE.items():
+            for mail in world.of_step(order.order_id, FOLLOW_UP, step):
+                due = order.delivered_at + delay
+                if not due <= mail.at <= due + lateness + slack:
+                    source = "reported" if order.reported else "estimated"
+                    problems.append(
+                        f"{order.order_id} delivered {_iso(order.delivered_at)} ({source}): "
+                        f"{step} at {_iso(mail.at)}"
+                    )
+    return Check("check-ins and requests counted from the event, else the estimate", problems)
+
+
+def check_buyer_cap(world: World) -> Check:
+    last: dict[str, Mail] = {}
+    problems = []
+    for mail in world.mails:  # in time order
+        before = last.get(mail.recipient)
+        if before is not None and mail.at - before.at < BUYER_CAP:
+            problems.append(
+                f"{mail.recipient}: {before.order_id} {before.step} at {_iso(before.at)}, "
+                f"then {mail.order_id} {mail.step} at {_iso(mail.at)}"
+            )
+        last[mail.recipient] = mail
+    return Check(f"at most one message per buyer per {BUYER_CAP.days} days", problems)
 
 
 def check_reminders(world: World) -> Check:
@@ -663,6 +908,8 @@ def run_checks(world: World, summary: Counter[tuple[str, str, str]]) -> list[Che
     return [
         check_exactly_once(world),
         check_check_ins(world),
+        check_timeline(world),
+        check_buyer_cap(world),
         check_reminders(world),
         check_reviewed(world),
         check_thanks(world),
@@ -680,9 +927,10 @@ def parse_skips(text: str) -> Counter[tuple[str, str]]:
     """``worker sends --state skipped`` rows -> (step, reason without its detail) counts."""
     counts: Counter[tuple[str, str]] = Counter()
     for line in text.splitlines()[1:]:
-        parts = line.split(maxsplit=5)
-        if len(parts) == 6:
-            counts[(parts[2], parts[5].split(":")[0])] += 1
+        # id, state, order, campaign/step, due date, due time, reason
+        parts = line.split(maxsplit=6)
+        if len(parts) == 7:
+            counts[(parts[3], parts[6].split(":")[0])] += 1
     return counts
 
 
@@ -722,6 +970,14 @@ def _figure_lines(f: Figures) -> Iterator[str]:
         + ", ".join(f"{k} {v}" for k, v in sorted(markets.items()))
         + f") from {buyers} buyers; disputes: {len(shop.disputes)} ({still_open} never closed); "
         f"reviews: {len(shop.reviews)}"
+    )
+    reported = sum(1 for o in shop.orders if o.reported)
+    several = sum(1 for o in shop.orders if len(o.products) > 1)
+    yield (
+        f"feeds: eBay Orders report ({markets['ebay']} orders) and the generic file, no "
+        f"delivery dates; {several} orders of several items; delivery reported by the carrier "
+        f"for {reported} orders (worker import shipments every {EVENTS_EVERY.days} days), "
+        f"estimated for {len(shop.orders) - reported}"
     )
     yield (
         f"passes: {len(passes.times)}, {_iso(passes.times[0])} .. {_iso(passes.times[-1])} "
@@ -815,8 +1071,8 @@ def prepare(args: argparse.Namespace, workdir: Path, shop: Shop) -> tuple[Cli, i
     cli, port = Cli(workdir, args.database_url), free_port()
     write_config(workdir, port, external_database=args.database_url is not None)
     cli.check("db", "upgrade")
-    for kind, path in write_feeds(shop, workdir).items():
-        cli.check("import", kind, path.name)
+    for what, path in write_feeds(shop, workdir).items():
+        cli.check("import", *what.split(), path.name)
     return cli, port
 
 
@@ -837,7 +1093,8 @@ def rehearse(args: argparse.Namespace) -> int:
     setup_s = time.monotonic() - began
     try:
         sink.wait_listening(timeout_s=30)
-        passes = run_passes(cli, times, maildir, workdir / "passes.log", args.workers)
+        events = CarrierEvents(cli, shop.orders)
+        passes = run_passes(cli, times, maildir, workdir / "passes.log", args.workers, events)
     finally:
         sink_code = sink.stop()
     mails = read_mails(maildir, passes.sent_by)

@@ -262,3 +262,18 @@ def test_shipped_steps_have_the_kinds_that_set_their_rank_and_hold() -> None:
     holds = {s.id: s.hold_while_awaiting_answer for c in SHIPPED for s in c.steps}
     assert holds["check-in"] is False
     assert holds["review-request"] is holds["review-reminder"] is True
+
+
+def test_the_thank_you_answers_a_review_at_once_and_holds_the_next_message() -> None:
+    reviewed = DELIVERED + 22 * DAY  # a Tuesday
+    first, second = histories(
+        order("A-1", 1), order("A-2", 2, delivered=DELIVERED + 15 * DAY + HOUR)
+    )
+    first = replace(first, reviews=(Review("A-1", 5, reviewed),))
+    # A-2's check-in (day 22, 11:00) and A-1's thank-you (day 22, 12:00) are due together.
+    first = replace(first, buyer_last_sent=reviewed - DAY)
+    second = replace(second, buyer_last_sent=reviewed - DAY)
+    decided = plan([first, second], ACTIVE, reviewed + 3 * HOUR, POLICY)
+    assert [(d.order_id, d.step) for d in decided.due] == [("A-1", "thank-you")]
+    check_in = next(d for d in decided.decisions if d.order_id == "A-2" and d.step == "check-in")
+    assert check_in.reason == "buyer_cap"
