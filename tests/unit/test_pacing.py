@@ -264,7 +264,8 @@ def test_shipped_steps_have_the_kinds_that_set_their_rank_and_hold() -> None:
     assert holds["review-request"] is holds["review-reminder"] is True
 
 
-def test_the_thank_you_answers_a_review_at_once_and_holds_the_next_message() -> None:
+def test_a_campaign_without_cap_answers_at_once_where_a_capped_step_waits() -> None:
+    """The shipped thank-you (buyer_cap: 0) goes out beside a check-in the cap holds."""
     reviewed = DELIVERED + 22 * DAY  # a Tuesday
     first, second = histories(
         order("A-1", 1), order("A-2", 2, delivered=DELIVERED + 15 * DAY + HOUR)
