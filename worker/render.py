@@ -31,10 +31,11 @@ from markupsafe import Markup
 from worker.config import SellerSettings, Settings
 from worker.domain import Order, Review
 from worker.errors import ConfigError, TemplateError, WorkerError
+from worker.language import locale_chain as locale_chain
+from worker.language import normalise_locale as normalise_locale
 
 BLOCKS = frozenset({"subject", "text", "html"})
 LAYOUT = "layout.html.jinja"
-_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -89,41 +90,6 @@ class ReviewView:
 class SellerView:
     name: str
     signature: str
-
-
-def normalise_locale(tag: str | None) -> str | None:
-    """``de_at``, ``DE-at``, ``de_AT.UTF-8`` -> ``de-AT``; empty or malformed -> None.
-
-    Malformed tags fall back to the default locale rather than failing a send, and can never
-    name a path outside the template folder.
-    """
-    if tag is None:
-        return None
-    core = tag.strip().split(".")[0].split("@")[0].replace("_", "-")
-    if not _TAG.fullmatch(core):
-        return None
-    first, *rest = core.split("-")
-    return "-".join([first.lower(), *(_subtag(part) for part in rest)])
-
-
-def _subtag(part: str) -> str:
-    if len(part) == 4 and part.isalpha():
-        return part.title()
-    if len(part) == 2 and part.isalpha():
-        return part.upper()
-    return part.lower()
-
-
-def locale_chain(tag: str | None, default: str) -> list[str]:
-    """Most specific first, then the default: ``de-AT`` -> ``["de-AT", "de", "en"]``."""
-    chain: list[str] = []
-    for candidate in (normalise_locale(tag), normalise_locale(default) or default):
-        parts = candidate.split("-") if candidate else []
-        for size in range(len(parts), 0, -1):
-            prefix = "-".join(parts[:size])
-            if prefix not in chain:
-                chain.append(prefix)
-    return chain
 
 
 class Renderer:
