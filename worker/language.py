@@ -255,7 +255,7 @@ def _rules(order: Order, customer: Customer | None) -> Iterable[tuple[str, str, 
         country, language = found
         host = _host(order.site) or ""
         yield SITE, host, (*([language] if language else []), *country_languages(country))
-    for country in (order.country, customer.country if customer is not None else None):
-        if code := normalise_country(country):
+    for shipped_to in (order.country, customer.country if customer is not None else None):
+        if code := normalise_country(shipped_to):
             yield COUNTRY, code, country_languages(code)
             break
