@@ -699,9 +699,15 @@ def _web_url(url: str | None) -> str | None:
 
 
 def message_context(
-    order: Order, seller: SellerSettings, review: Review | None, locale: str
+    order: Order,
+    seller: SellerSettings,
+    review: Review | None,
+    locale: str,
+    default_locale: str | None = None,
 ) -> dict[str, Any]:
-    """The variables every template gets (see the template format spec)."""
+    """The variables every template gets (see the template format spec); the seller's name
+    and signature are those of ``locale``, its base language, then ``default_locale``."""
+    name, signature = seller.signed(locale_chain(locale, default_locale or locale))
     return {
         "buyer": BuyerView(name=order.buyer_name.strip()),
         "order": OrderView(
@@ -712,7 +718,7 @@ def message_context(
             review_url=_web_url(order.review_url),
         ),
         "review": ReviewView(rating=review.rating) if review is not None else None,
-        "seller": SellerView(name=seller.name, signature=seller.signature),
+        "seller": SellerView(name=name, signature=signature),
         "locale": locale,
     }
 
