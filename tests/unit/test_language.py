@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from worker.domain import Customer, Order
@@ -14,6 +17,9 @@ from worker.language import (
     normalise_locale,
     site_country,
 )
+from worker.render import Renderer
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SHIPPED = {"de", "en", "es", "fr", "it", "ja", "zh", "zh-Hant"}
 """The shipped templates' locales, with the Traditional Chinese files."""
@@ -204,3 +210,25 @@ def test_shown_as_plan_prints_it() -> None:
 def test_available_file_names_are_normalised() -> None:
     chosen = choose_language(order(country="TW"), None, ["en", "zh_hant"], "en")
     assert chosen == Language("zh-Hant", "country", "TW")
+
+
+@pytest.mark.parametrize("tag", ["zh-Hant", "zh-TW", "zh-HK", "zh_tw", "zh-Hant-HK"])
+def test_renderer_finds_the_zh_hant_file(tag: str, tmp_path: Path) -> None:
+    """Tags reaching the renderer directly (a locale column) use zh-Hant.jinja, not zh.jinja."""
+    folder = tmp_path / "templates" / "greeting"
+    folder.mkdir(parents=True)
+    shutil.copy(ROOT / "templates" / "layout.html.jinja", tmp_path / "templates")
+    for locale, hello in [("en", "Hello"), ("zh", "你好"), ("zh-Hant", "您好")]:
+        (folder / f"{locale}.jinja").write_text(
+            f"{{% block subject %}}{hello}{{% endblock %}}"
+            f"{{% block text %}}{hello}{{% endblock %}}"
+            f"{{% block html %}}<p>{hello}</p>{{% endblock %}}",
+            encoding="utf-8",
+        )
+    rendered = Renderer(tmp_path / "templates", "en").render("greeting", tag, {})
+    assert (rendered.locale, rendered.subject) == ("zh-Hant", "您好")
+    simplified = Renderer(tmp_path / "templates", "en").render("greeting", "zh-CN", {})
+    assert (simplified.locale, simplified.subject) == ("zh", "你好")
+    (folder / "zh-Hant.jinja").unlink()
+    fallback = Renderer(tmp_path / "templates", "en").render("greeting", tag, {})
+    assert (fallback.locale, fallback.subject) == ("en", "Hello"), "never Simplified for zh-TW"
