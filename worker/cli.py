@@ -445,7 +445,7 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
     counts: Counter[str] = Counter()
     print(f"plan at {now.isoformat()}")
     print(f"{'verdict':7} {'order':22} {'campaign/step':36} {'at (UTC)':17} reason")
-    for batch in daemon.plan_batches(now):
+    for batch, histories in daemon.plan_batches_with_histories(now):
         counts.update(d.verdict.value for d in batch.decisions)
         shown = [
             d
@@ -457,9 +457,14 @@ def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
         for d in shown:
             at = d.at.strftime("%Y-%m-%d %H:%M") if d.at and d.at.year < 9999 else "-"
             delivery = f" [{d.delivery.describe()}]" if d.delivery is not None else ""
+            language = ""
+            if d.verdict in (Verdict.DUE, Verdict.WAIT) and d.order_id in histories:
+                language = (
+                    f"  language {daemon.language(histories[d.order_id], d.campaign, d.step)}"
+                )
             print(
                 f"{d.verdict.value:7} {d.order_id:22} {d.campaign + '/' + d.step:36} {at:17} "
-                f"{d.reason}{delivery}"
+                f"{d.reason}{delivery}{language}"
             )
     print("total: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return 0

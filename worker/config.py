@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from email.headerregistry import Address
 from email.utils import parseaddr
@@ -42,6 +42,7 @@ from worker.delivery import (
     carrier_key,
 )
 from worker.errors import ConfigError
+from worker.language import normalise_locale
 
 DEFAULT_CONFIG_PATH = Path("config/worker.yaml")
 SECRETS = frozenset({("smtp", "password"), ("imap", "password"), ("bounces", "secret")})
@@ -277,11 +278,46 @@ class BounceSettings(_Strict):
         return value.strip()
 
 
+class SellerLocale(_Strict):
+    """The seller's name and signature in one language; either may be left out."""
+
+    name: str | None = Field(None, max_length=200)
+    signature: str | None = Field(None, max_length=2000)
+
+    _crlf = field_validator("name", "signature")(lambda v: v if v is None else _no_crlf(v))
+
+
 class SellerSettings(_Strict):
     name: str = "Our shop"
     signature: str = "Customer service"
+    locales: dict[str, SellerLocale] = Field(
+        {},
+        description="Per language (de, zh-Hant, de-AT): the name and signature a buyer "
+        "written to in that language sees; see docs/languages.md.",
+    )
 
     _crlf = field_validator("name", "signature")(_no_crlf)
+
+    @field_validator("locales")
+    @classmethod
+    def _locale_tags(cls, value: dict[str, SellerLocale]) -> dict[str, SellerLocale]:
+        tags: dict[str, SellerLocale] = {}
+        for key, entry in value.items():
+            tag = normalise_locale(key)
+            if tag is None:
+                raise ValueError(f"{key[:40]!r} is not a locale tag like de, de-AT or zh-Hant")
+            if tag in tags:
+                raise ValueError(f"{key!r} is given twice (as {tag})")
+            tags[tag] = entry
+        return tags
+
+    def signed(self, chain: Sequence[str]) -> tuple[str, str]:
+        """Name and signature for the first locale of ``chain`` that sets each (the chosen
+        locale, its base language, the default), else the plain ``name``/``signature``."""
+        entries = [self.locales[tag] for tag in chain if tag in self.locales]
+        name = next((e.name for e in entries if e.name is not None), self.name)
+        signature = next((e.signature for e in entries if e.signature is not None), None)
+        return name, self.signature if signature is None else signature
 
 
 class UnsubscribeSettings(_Strict):

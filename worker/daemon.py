@@ -32,6 +32,7 @@ from worker.delivery import delivery_of, expected_window
 from worker.domain import Campaign, CampaignStep, Review, Send, SuppressionReason, TriggerEvent
 from worker.errors import CampaignError, StoreError, TemplateError, WorkerError
 from worker.ingest import Ingest
+from worker.language import Language, choose_language
 from worker.plan import (
     Decision,
     OrderHistory,
@@ -177,8 +178,17 @@ class Daemon:
     def plan_batches(self, at: datetime) -> Iterator[Plan]:
         """The dry run streamed: every order's decisions at ``at``, a batch of buyers at a
         time, in constant memory. Writes nothing."""
+        for result, _histories in self.plan_batches_with_histories(at):
+            yield result
+
+    def plan_batches_with_histories(
+        self, at: datetime
+    ) -> Iterator[tuple[Plan, dict[str, OrderHistory]]]:
+        """:meth:`plan_batches` with each batch's histories by order id, for ``worker plan``
+        to say more than the decision (the buyer's language)."""
         for histories in self.store.every_history():
-            yield plan(histories, self.campaigns, at, self.policy)
+            by_order = {h.order.order_id: h for h in histories}
+            yield plan(histories, self.campaigns, at, self.policy), by_order
 
     @property
     def ingest(self) -> Ingest | None:
@@ -479,19 +489,28 @@ class Daemon:
 
     def _render_job(self, due: _Due) -> RenderJob:
         order = due.history.order
-        locale = due.history.customer.locale or order.locale
+        template = self._step(due.decision.campaign, due.decision.step).template
+        locale = self.language(due.history, due.decision.campaign, due.decision.step).locale
         context = message_context(
             order,
             self.settings.seller,
             _latest_review(due.history),
-            locale or self.settings.default_locale,
+            locale,
+            self.settings.default_locale,
             tracking=self.settings.tracking,
             ship_from_country=self.policy.transit.ship_from,
             delivery_window=expected_window(
                 delivery_of(order, due.history.customer.country, self.policy.transit)
             ),
         )
-        return (self._step(due.decision.campaign, due.decision.step).template, locale, context)
+        return (template, locale, context)
+
+    def language(self, history: OrderHistory, campaign: str, step: str) -> Language:
+        """The buyer's language for a step's template and the rule that chose it, among the
+        locales that template has files for (docs/languages.md)."""
+        available = self.renderer.locales(self._step(campaign, step).template)
+        default = self.settings.default_locale
+        return choose_language(history.order, history.customer, available, default)
 
     def _step(self, campaign: str, step: str) -> CampaignStep:
         return next(c for c in self.campaigns if c.name == campaign).step(step)

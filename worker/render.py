@@ -34,10 +34,11 @@ from worker import tracking as tracking_links
 from worker.config import SellerSettings, Settings, TrackingSettings
 from worker.domain import Order, Review
 from worker.errors import ConfigError, TemplateError, WorkerError
+from worker.language import locale_chain as locale_chain
+from worker.language import normalise_locale as normalise_locale
 
 BLOCKS = frozenset({"subject", "text", "html"})
 LAYOUT = "layout.html.jinja"
-_TAG = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -102,49 +103,6 @@ class ReviewView:
 class SellerView:
     name: str
     signature: str
-
-
-def normalise_locale(tag: str | None) -> str | None:
-    """``de_at``, ``DE-at``, ``de_AT.UTF-8`` -> ``de-AT``; empty or malformed -> None.
-
-    Malformed tags fall back to the default locale rather than failing a send, and can never
-    name a path outside the template folder.
-    """
-    if tag is None:
-        return None
-    core = tag.strip().split(".")[0].split("@")[0].replace("_", "-")
-    if not _TAG.fullmatch(core):
-        return None
-    first, *rest = core.split("-")
-    return "-".join([first.lower(), *(_subtag(part) for part in rest)])
-
-
-def _subtag(part: str) -> str:
-    if len(part) == 4 and part.isalpha():
-        return part.title()
-    if len(part) == 2 and part.isalpha():
-        return part.upper()
-    return part.lower()
-
-
-def locale_chain(tag: str | None, default: str) -> list[str]:
-    """Most specific first, then the default: ``de-AT`` -> ``["de-AT", "de", "en"]``;
-    ``zh-TW`` -> ``["zh-TW", "zh-Hant-TW", "zh-Hant", "zh", "en"]``."""
-    chain: list[str] = []
-    for candidate in (normalise_locale(tag), normalise_locale(default) or default):
-        parts = candidate.split("-") if candidate else []
-        if len(parts) >= 2 and parts[0] == "zh" and parts[1] in _TRADITIONAL_REGIONS:
-            chain.append(candidate or "")  # zh-TW, then zh-Hant-TW, zh-Hant, zh
-            parts = ["zh", "Hant", *parts[1:]]
-        for size in range(len(parts), 0, -1):
-            prefix = "-".join(parts[:size])
-            if prefix not in chain:
-                chain.append(prefix)
-    return chain
-
-
-_TRADITIONAL_REGIONS = frozenset({"TW", "HK", "MO"})
-"""Where Chinese is written in Traditional characters: ``zh-TW`` reads ``zh-Hant.jinja``."""
 
 
 class Renderer:
@@ -770,16 +728,19 @@ def message_context(
     seller: SellerSettings,
     review: Review | None,
     locale: str,
+    default_locale: str | None = None,
     *,
     tracking: TrackingSettings | None = None,
     ship_from_country: str | None = None,
     delivery_window: tuple[date, date] | None = None,
 ) -> dict[str, Any]:
-    """The variables every template gets (see the template format spec).
+    """The variables every template gets (see the template format spec); the seller's name
+    and signature are those of ``locale``, its base language, then ``default_locale``.
 
     The tracking fields are filled from the order's carrier and number; links are built
     only from a number that passes :func:`worker.tracking.clean_number`.
     """
+    name, signature = seller.signed(locale_chain(locale, default_locale or locale))
     number = tracking_links.clean_number(order.tracking_number)
     url = tracking_links.tracking_url(order.carrier, number, tracking, country=order.country)
     local = tracking_links.local_tracking_url(number, order.country, ship_from_country, tracking)
@@ -801,7 +762,7 @@ def message_context(
             delivery_window=window,
         ),
         "review": ReviewView(rating=review.rating) if review is not None else None,
-        "seller": SellerView(name=seller.name, signature=seller.signature),
+        "seller": SellerView(name=name, signature=signature),
         "locale": locale,
     }
 

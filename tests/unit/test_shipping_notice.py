@@ -194,10 +194,10 @@ def test_traditional_chinese_buyers_get_the_zh_hant_file(tag: str, chosen: str) 
     assert RENDERER.source("shipping_notice", tag).endswith(f"/{chosen}.jinja")
 
 
-def test_locale_chain_reads_zh_tw_as_traditional() -> None:
-    assert locale_chain("zh-TW", "en") == ["zh-TW", "zh-Hant-TW", "zh-Hant", "zh", "en"]
-    assert locale_chain("zh-Hant", "en") == ["zh-Hant", "zh", "en"]
-    assert locale_chain("zh-CN", "en") == ["zh-CN", "zh", "en"]
+def test_locale_chain_reads_zh_tw_as_traditional_and_never_as_simplified() -> None:
+    assert locale_chain("zh-TW", "en") == ["zh-TW", "zh-Hant-TW", "zh-Hant", "en"]
+    assert locale_chain("zh-Hant", "en") == ["zh-Hant", "en"]
+    assert locale_chain("zh-CN", "en") == ["zh-CN", "zh-Hans-CN", "zh-Hans", "zh", "en"]
 
 
 THIN = "\u2009"  # CLDR puts thin spaces around the dash in some languages
