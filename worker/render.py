@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from babel import Locale, UnknownLocaleError
+from babel.core import get_global
+from babel.lists import format_list
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
@@ -115,15 +118,49 @@ def _subtag(part: str) -> str:
 
 
 def locale_chain(tag: str | None, default: str) -> list[str]:
-    """Most specific first, then the default: ``de-AT`` -> ``["de-AT", "de", "en"]``."""
+    """Most specific first, then the default: ``de-AT`` -> ``["de-AT", "de", "en"]``.
+
+    A tag whose script differs from its language's usual one goes to the script's file and
+    never to the bare language's: ``zh-TW`` -> ``["zh-TW", "zh-Hant", "en"]``, because
+    ``zh.jinja`` is Simplified Chinese and a Taiwanese buyer reads Traditional.
+    """
     chain: list[str] = []
     for candidate in (normalise_locale(tag), normalise_locale(default) or default):
-        parts = candidate.split("-") if candidate else []
-        for size in range(len(parts), 0, -1):
-            prefix = "-".join(parts[:size])
+        for prefix in _fallbacks(candidate):
             if prefix not in chain:
                 chain.append(prefix)
     return chain
+
+
+def _fallbacks(tag: str | None) -> list[str]:
+    if not tag:
+        return []
+    parts = tag.split("-")
+    prefixes = ["-".join(parts[:size]) for size in range(len(parts), 0, -1)]
+    language = parts[0]
+    script = _script(tag)
+    if script is None or script == _script(language):
+        return prefixes
+    with_script = f"{language}-{script}"
+    kept = [p for p in prefixes if script in p.split("-")]
+    if with_script not in kept:
+        kept.append(with_script)
+    return [*[p for p in prefixes if p not in kept and p != language], *kept]
+
+
+def _script(tag: str) -> str | None:
+    """The script a tag is written in: its own script subtag, or CLDR's likely one."""
+    parts = tag.split("-")
+    for part in parts[1:]:
+        if len(part) == 4 and part.isalpha():
+            return part
+    likely: Mapping[str, str] = get_global("likely_subtags")
+    key = "_".join(parts[:2]) if len(parts) > 1 else parts[0]
+    found = likely.get(key) or likely.get(parts[0])
+    if not found:
+        return None
+    subtags = found.split("_")
+    return subtags[1] if len(subtags) > 2 and len(subtags[1]) == 4 else None
 
 
 class Renderer:
@@ -669,13 +706,71 @@ def _limit_memory(max_bytes: int) -> None:
 
 
 def _environment(loader: jinja2.BaseLoader, *, autoescape: bool) -> SandboxedEnvironment:
-    return SandboxedEnvironment(
+    env = SandboxedEnvironment(
         loader=loader,
         autoescape=autoescape,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    add_filters(env)
+    return env
+
+
+def add_filters(env: jinja2.Environment) -> None:
+    """The filters the template format documents (tests that render templates use it too)."""
+    env.filters["item_list"] = item_list
+
+
+@jinja2.pass_context
+def item_list(
+    context: jinja2.runtime.Context,
+    items: Iterable[object],
+    many: str | None = None,
+    none: str = "",
+    *,
+    limit: int = 3,
+    quotes: Sequence[str] = ("", ""),
+    width: int | None = None,
+    style: str = "standard",
+    locale: str | None = None,
+) -> str:
+    """An order's items as the template's language lists them: ``A, B und C`` in de.
+
+    More than ``limit`` items give ``many`` with ``{n}`` replaced by the count ("your {n}
+    items"), since a list of nine names reads as a packing slip; no items give ``none``.
+    ``quotes`` wrap each name (``("„", "“")``); ``width`` shares that many characters among
+    the names, each cut with "…", so a subject stays one short line. ``style`` is a babel
+    list style ("unit-narrow" joins Japanese 「A」「B」 with nothing between). The result is
+    plain text: the HTML part escapes it like any other value.
+    """
+    names = [" ".join(str(item).split()) for item in items]
+    if not names:
+        return str(none)
+    if many is not None and len(names) > limit:
+        return str(many).replace("{n}", str(len(names)))
+    if width is not None:
+        each = max(width // len(names), 8)
+        names = [n if len(n) <= each else n[: each - 1].rstrip() + "…" for n in names]
+    opening, closing = (str(quotes[0]), str(quotes[1])) if len(quotes) == 2 else ("", "")
+    quoted = [f"{opening}{n}{closing}" for n in names]
+    tag = locale or context.get("locale") or "en"
+    try:
+        return format_list(quoted, style=style, locale=_list_locale(str(tag)))  # type: ignore[arg-type]
+    except (KeyError, ValueError) as exc:
+        # A ValueError, so the TemplateError built from it names the template's line.
+        raise ValueError(f"item_list: babel has no list style {style!r} for {tag!r}") from exc
+
+
+def _list_locale(tag: str) -> Locale:
+    """The babel locale for a template's locale tag; an unknown one lists the English way."""
+    core = normalise_locale(tag) or "en"
+    for candidate in (core, core.split("-")[0], "en"):
+        try:
+            return Locale.parse(candidate, sep="-")
+        except (UnknownLocaleError, ValueError):
+            continue
+    return Locale("en")
 
 
 def _checked_name(template: str) -> str:
