@@ -750,8 +750,7 @@ def item_list(
     if many is not None and len(names) > limit:
         return str(many).replace("{n}", str(len(names)))
     if width is not None:
-        each = max(width // len(names), 8)
-        names = [n if len(n) <= each else n[: each - 1].rstrip() + "…" for n in names]
+        names = _shortened(names, width)
     opening, closing = (str(quotes[0]), str(quotes[1])) if len(quotes) == 2 else ("", "")
     quoted = [f"{opening}{n}{closing}" for n in names]
     tag = locale or context.get("locale") or "en"
@@ -760,6 +759,21 @@ def item_list(
     except (KeyError, ValueError) as exc:
         # A ValueError, so the TemplateError built from it names the template's line.
         raise ValueError(f"item_list: babel has no list style {style!r} for {tag!r}") from exc
+
+
+def _shortened(names: list[str], width: int) -> list[str]:
+    """Cut names to share ``width`` characters: short names stay whole and leave their
+    unused share to the long ones; none is cut below 8."""
+    limits = [0] * len(names)
+    budget, left = width, len(names)
+    for index in sorted(range(len(names)), key=lambda i: len(names[i])):
+        limits[index] = max(budget // left, 8)
+        budget -= min(len(names[index]), limits[index])
+        left -= 1
+    return [
+        name if len(name) <= limit else name[: limit - 1].rstrip() + "…"
+        for name, limit in zip(names, limits, strict=True)
+    ]
 
 
 def _list_locale(tag: str) -> Locale:
