@@ -744,7 +744,7 @@ def item_list(
     list style ("unit-narrow" joins Japanese 「A」「B」 with nothing between). The result is
     plain text: the HTML part escapes it like any other value.
     """
-    names = [" ".join(str(item).split()) for item in items]
+    names = [str(item) for item in items]
     if not names:
         return str(none)
     if many is not None and len(names) > limit:
