@@ -142,7 +142,7 @@ async def test_shipped_templates_render_identically(runner: TemplateRunner) -> N
 
 
 async def test_concurrent_renders_each_get_their_own_message(runner: TemplateRunner) -> None:
-    locales = ["en", "de", "fr", "es", "it", "ja", "zh"] * 3
+    locales = ["en", "de", "fr", "es", "it", "ja", "zh", "zh-Hant"] * 3
     got = await asyncio.gather(*(runner.render("check_in", loc, context(loc)) for loc in locales))
     assert [m.locale for m in got] == locales
 
