@@ -744,7 +744,8 @@ def item_list(
     list style ("unit-narrow" joins Japanese 「A」「B」 with nothing between). The result is
     plain text: the HTML part escapes it like any other value.
     """
-    names = [str(item) for item in items]
+    # A single name (``order.product|item_list``) is one item, not a list of letters.
+    names = [items] if isinstance(items, str) else [str(item) for item in items]
     if not names:
         return str(none)
     if many is not None and len(names) > limit:

@@ -193,6 +193,13 @@ def test_item_list_counts_past_the_limit_and_names_none_for_an_empty_order() -> 
     assert filtered('{{ items|item_list("{n}", limit=1) }}', items=NAMES[:2]) == "2"
 
 
+def test_item_list_takes_a_single_name_as_one_item() -> None:
+    env = SandboxedEnvironment(undefined=jinja2.StrictUndefined)
+    add_filters(env)
+
+    assert env.from_string("{{ 'Teapot'|item_list }}").render(locale="en") == "Teapot"
+
+
 def test_item_list_quotes_each_name_and_can_join_with_nothing() -> None:
     source = '{{ items|item_list(quotes=("「", "」"), style="unit-narrow") }}'
 
