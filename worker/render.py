@@ -133,6 +133,7 @@ def locale_chain(tag: str | None, default: str) -> list[str]:
 
 
 def _fallbacks(tag: str | None) -> list[str]:
+    """``tag`` and its shorter forms, leaving out any written in another script."""
     if not tag:
         return []
     parts = tag.split("-")
