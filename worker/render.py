@@ -26,7 +26,9 @@ from typing import Any
 
 import babel
 import jinja2
+from babel import Locale, UnknownLocaleError
 from babel.dates import format_interval
+from babel.lists import format_list
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 
@@ -648,13 +650,86 @@ def _limit_memory(max_bytes: int) -> None:
 
 
 def _environment(loader: jinja2.BaseLoader, *, autoescape: bool) -> SandboxedEnvironment:
-    return SandboxedEnvironment(
+    env = SandboxedEnvironment(
         loader=loader,
         autoescape=autoescape,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    add_filters(env)
+    return env
+
+
+def add_filters(env: jinja2.Environment) -> None:
+    """The filters the template format documents (tests that render templates use it too)."""
+    env.filters["item_list"] = item_list
+
+
+@jinja2.pass_context
+def item_list(
+    context: jinja2.runtime.Context,
+    items: Iterable[object],
+    many: str | None = None,
+    none: str = "",
+    *,
+    limit: int = 3,
+    quotes: Sequence[str] = ("", ""),
+    width: int | None = None,
+    style: str = "standard",
+    locale: str | None = None,
+) -> str:
+    """An order's items as the template's language lists them: ``A, B und C`` in de.
+
+    More than ``limit`` items give ``many`` with ``{n}`` replaced by the count ("your {n}
+    items"), since a list of nine names reads as a packing slip; no items give ``none``.
+    ``quotes`` wrap each name (``("„", "“")``); ``width`` shares that many characters among
+    the names, each cut with "…", so a subject stays one short line. ``style`` is a babel
+    list style ("unit-narrow" joins Japanese 「A」「B」 with nothing between). The result is
+    plain text: the HTML part escapes it like any other value.
+    """
+    # A single name (``order.product|item_list``) is one item, not a list of letters.
+    names = [items] if isinstance(items, str) else [str(item) for item in items]
+    if not names:
+        return str(none)
+    if many is not None and len(names) > limit:
+        return str(many).replace("{n}", str(len(names)))
+    if width is not None:
+        names = _shortened(names, width)
+    opening, closing = (str(quotes[0]), str(quotes[1])) if len(quotes) == 2 else ("", "")
+    quoted = [f"{opening}{n}{closing}" for n in names]
+    tag = locale or context.get("locale") or "en"
+    try:
+        return format_list(quoted, style=style, locale=_list_locale(str(tag)))  # type: ignore[arg-type]
+    except (KeyError, ValueError) as exc:
+        # A ValueError, so the TemplateError built from it names the template's line.
+        raise ValueError(f"item_list: babel has no list style {style!r} for {tag!r}") from exc
+
+
+def _shortened(names: list[str], width: int) -> list[str]:
+    """Cut names to share ``width`` characters: short names stay whole and leave their
+    unused share to the long ones; none is cut below 8."""
+    limits = [0] * len(names)
+    budget, left = width, len(names)
+    for index in sorted(range(len(names)), key=lambda i: len(names[i])):
+        limits[index] = max(budget // left, 8)
+        budget -= min(len(names[index]), limits[index])
+        left -= 1
+    return [
+        name if len(name) <= limit else name[: limit - 1].rstrip() + "…"
+        for name, limit in zip(names, limits, strict=True)
+    ]
+
+
+def _list_locale(tag: str) -> Locale:
+    """The babel locale for a template's locale tag; an unknown one lists the English way."""
+    core = normalise_locale(tag) or "en"
+    for candidate in (core, core.split("-")[0], "en"):
+        try:
+            return Locale.parse(candidate, sep="-")
+        except (UnknownLocaleError, ValueError):
+            continue
+    return Locale("en")
 
 
 def _checked_name(template: str) -> str:

@@ -132,7 +132,7 @@ async def test_shipped_templates_render_identically(runner: TemplateRunner) -> N
     budgeted = Renderer(runner.templates_dir, max_bytes=MAX_BYTES)
     templates = ["check_in", "review_request", "review_reminder", "review_thanks"]
     locales: list[str | None] = [*plain.locales("check_in"), None, "de-AT", "pt-BR"]
-    assert len(locales) == 10
+    assert len(locales) == 11  # eight locale files (zh and zh-Hant), the fallback, two regions
     for template in templates:
         for locale in locales:
             values = context(locale or "en")
@@ -142,7 +142,7 @@ async def test_shipped_templates_render_identically(runner: TemplateRunner) -> N
 
 
 async def test_concurrent_renders_each_get_their_own_message(runner: TemplateRunner) -> None:
-    locales = ["en", "de", "fr", "es", "it", "ja", "zh"] * 3
+    locales = ["en", "de", "fr", "es", "it", "ja", "zh", "zh-Hant"] * 3
     got = await asyncio.gather(*(runner.render("check_in", loc, context(loc)) for loc in locales))
     assert [m.locale for m in got] == locales
 

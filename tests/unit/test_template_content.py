@@ -1,8 +1,8 @@
 """The shipped templates say what the sellers' handbooks prescribe, in every locale.
 
 Rendered with plain Jinja2 configured as the format spec says (sandboxed, StrictUndefined,
-trim/lstrip blocks; subject and text without autoescape, html with it), so these checks hold
-whatever worker.render does around them.
+trim/lstrip blocks; subject and text without autoescape, html with it, plus the documented
+filters), so these checks hold whatever worker.render does around them.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ import pytest
 from jinja2 import FileSystemLoader, StrictUndefined, Template, meta
 from jinja2.sandbox import SandboxedEnvironment
 
+from worker.render import BuyerView, OrderView, ReviewView, SellerView, add_filters
+
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 TEMPLATES = ("check_in", "review_request", "review_reminder", "review_thanks")
-LOCALES = ("en", "de", "fr", "es", "it", "ja", "zh")
+LOCALES = ("en", "de", "fr", "es", "it", "ja", "zh", "zh-Hant")
 CONTEXT_NAMES = {"buyer", "order", "review", "seller", "locale"}
 PRODUCT = "Kaffeemühle Pro 2"
 REVIEW_URL = "https://shop.example/p/42/reviews"
@@ -34,6 +36,7 @@ FORBIDDEN = {
     "it": ("recensione positiva", "5 stelle", "cinque stelle", "recensione favorevole"),
     "ja": ("高評価", "星5", "★5", "五つ星", "良いレビュー"),
     "zh": ("好评", "五星", "5星", "满分"),
+    "zh-Hant": ("好評", "五星", "5星", "滿分"),
 }
 # The word each locale tells the buyer to reply with to stop the messages.
 UNSUBSCRIBE_WORD = {
@@ -44,6 +47,7 @@ UNSUBSCRIBE_WORD = {
     "it": "cancellami",
     "ja": "配信停止",
     "zh": "退订",
+    "zh-Hant": "取消訂閱",
 }
 # check_in comes before any review talk; this word must not appear in it.
 REVIEW_WORD = {
@@ -54,18 +58,21 @@ REVIEW_WORD = {
     "it": "recensione",
     "ja": "レビュー",
     "zh": "评价",
+    "zh-Hant": "評價",
 }
 FILES = [(t, loc) for t in TEMPLATES for loc in LOCALES]
 
 
 def _env(*, autoescape: bool) -> SandboxedEnvironment:
-    return SandboxedEnvironment(
+    env = SandboxedEnvironment(
         loader=FileSystemLoader(TEMPLATES_DIR),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=autoescape,
     )
+    add_filters(env)
+    return env
 
 
 PLAIN = _env(autoescape=False)
@@ -81,16 +88,16 @@ def _context(
     product: str = PRODUCT,
 ) -> dict[str, Any]:
     return {
-        "buyer": {"name": name},
-        "order": {
-            "number": "302-1234567-7654321",
-            "marketplace": "shop",
-            "product": product,
-            "products": [product, "Filter"],
-            "review_url": review_url,
-        },
-        "review": {"rating": rating},
-        "seller": {"name": SELLER, "signature": SIGNATURE},
+        "buyer": BuyerView(name=name),
+        "order": OrderView(
+            number="302-1234567-7654321",
+            marketplace="shop",
+            product=product,
+            products=[product, "Filter"],
+            review_url=review_url,
+        ),
+        "review": ReviewView(rating=rating),
+        "seller": SellerView(name=SELLER, signature=SIGNATURE),
         "locale": locale,
     }
 
