@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tests.conftest import ROOT, settings_for
 from tests.dovecot import Dovecot, User
+from tests.messages import plain_mail
 from worker.clock import FixedClock
 from worker.config import Settings
 from worker.daemon import Daemon, load_checked_campaigns
@@ -60,29 +61,6 @@ def _daemon(settings: Settings, store: Store, clock: FixedClock) -> Daemon:
     return Daemon(settings, store, campaigns, renderer, clock, ingest=ingest)
 
 
-def _mail(
-    sender: str,
-    subject: str,
-    body: str,
-    *,
-    message_id: str,
-    in_reply_to: str | None = None,
-    to: str = "Kettle & Co service <help@shop.example>",
-) -> bytes:
-    lines = [
-        f"From: {sender}",
-        f"To: {to}",
-        f"Subject: {subject}",
-        f"Message-ID: {message_id}",
-        "Date: Mon, 06 Apr 2026 09:00:00 +0000",
-        "MIME-Version: 1.0",
-        "Content-Type: text/plain; charset=utf-8",
-    ]
-    if in_reply_to:
-        lines += [f"In-Reply-To: {in_reply_to}", f"References: {in_reply_to}"]
-    return ("\r\n".join(lines) + "\r\n\r\n" + body.replace("\n", "\r\n") + "\r\n").encode()
-
-
 def _sent_message_id(store: Store, order_id: str, step: str) -> str:
     row = next(s for s in store.sends() if s.order_id == order_id and s.step == step)
     assert row.state is SendState.SENT and row.message_id
@@ -99,7 +77,7 @@ async def test_a_reply_to_our_check_in_threads_to_the_order(
     check_in = _sent_message_id(store, ANN.order_id, "check-in")
 
     clock.advance(DAY)
-    reply = _mail(
+    reply = plain_mail(
         "Ann Smith <Ann@Buyer.Example>",
         "Re: How is your kettle?",
         "It works well, thank you!\n\n> How is your kettle? Did it arrive safely?",
@@ -138,7 +116,7 @@ async def test_our_own_check_in_coming_back_unmarked_opens_no_dispute(
     assert "damaged" in ours
 
     clock.advance(DAY)
-    echo = _mail(
+    echo = plain_mail(
         "Ann Smith <ann@buyer.example>", "부재중", f"부재중입니다.\n\n{ours}", message_id="<e1@b>"
     )
     dovecot.append(mailbox_user, "INBOX", echo, when=clock.now())
@@ -161,7 +139,7 @@ async def test_a_complaint_between_two_passes_stops_the_review_request_due_in_th
 
     clock.advance(27 * DAY + timedelta(hours=1))  # day 34: nothing due yet
     assert (await daemon.run_once()).outcomes["sent"] == 0
-    complaint = _mail(
+    complaint = plain_mail(
         "ann@buyer.example",
         "Re: How is your kettle?",
         "The lid arrived broken and the kettle leaks. I want a refund.",
@@ -221,7 +199,9 @@ def _dies_storing(store: Store, monkeypatch: pytest.MonkeyPatch, n: int) -> None
 async def _twelve_questions(store: Store, server: Dovecot, user: User) -> None:
     store.upsert_orders([ANN], DELIVERED)
     for n in range(12):
-        raw = _mail("ann@buyer.example", f"question {n}", f"Is {n} ok?", message_id=f"<q{n}@b>")
+        raw = plain_mail(
+            "ann@buyer.example", f"question {n}", f"Is {n} ok?", message_id=f"<q{n}@b>"
+        )
         server.append(user, "INBOX", raw, when=DELIVERED + n * timedelta(minutes=1))
 
 
@@ -351,12 +331,12 @@ async def test_a_reply_to_a_message_of_the_same_batch_threads_to_its_order(
     store: Store, sink: Sink, dovecot: Dovecot, mailbox_user: User
 ) -> None:
     store.upsert_orders([ANN], DELIVERED)
-    question = _mail("ann@buyer.example", "Lid", "Is the lid glass?", message_id="<a1@buyer>")
-    colleague = _mail(
+    question = plain_mail("ann@buyer.example", "Lid", "Is the lid glass?", message_id="<a1@buyer>")
+    colleague = plain_mail(
         "bob@colleague.example", "Re: Lid", "Ann asked me to add: the box was open.",
         message_id="<b1@colleague>", in_reply_to="<a1@buyer>",
     )  # fmt: skip
-    again = _mail("ann@buyer.example", "Lid", "Is the lid glass?", message_id="<a1@buyer>")
+    again = plain_mail("ann@buyer.example", "Lid", "Is the lid glass?", message_id="<a1@buyer>")
     for raw in (question, colleague, again):
         dovecot.append(mailbox_user, "INBOX", raw, when=DELIVERED + DAY)
     settings = _settings(store, sink, dovecot, mailbox_user)
@@ -380,14 +360,14 @@ async def test_a_uidvalidity_change_rescans_without_duplicates(
     user = private_dovecot.add_user("seller", "pw")
     store.upsert_orders([ANN], DELIVERED)
     for n in range(3):
-        raw = _mail("ann@buyer.example", f"note {n}", "hello", message_id=f"<n{n}@b>")
+        raw = plain_mail("ann@buyer.example", f"note {n}", "hello", message_id=f"<n{n}@b>")
         private_dovecot.append(user, "INBOX", raw, when=DELIVERED)
     settings = _settings(store, sink, private_dovecot, user)
     ingest = Ingest(settings, store, load_rules(settings.inbox.rules_file), FixedClock(DELIVERED))
     assert (await ingest.run_once()).total == 3
 
     private_dovecot.change_uidvalidity(user, "INBOX")
-    raw = _mail("ann@buyer.example", "note 3", "hello again", message_id="<n3@b>")
+    raw = plain_mail("ann@buyer.example", "note 3", "hello again", message_id="<n3@b>")
     private_dovecot.append(user, "INBOX", raw, when=DELIVERED)
     report = await ingest.run_once()
 
@@ -499,7 +479,7 @@ async def test_the_sellers_answer_in_sent_ends_the_wait_and_sent_copies_are_kept
     )
 
     clock.advance(DAY)
-    question = _mail(
+    question = plain_mail(
         "ann@buyer.example", "Re: How is your kettle?", "How do I descale it?",
         message_id="<q@buyer.example>", in_reply_to=check_in,
     )  # fmt: skip
@@ -510,7 +490,7 @@ async def test_the_sellers_answer_in_sent_ends_the_wait_and_sent_copies_are_kept
     waiting = store.awaiting(clock.now() - settings.inbox.awaiting_after)
     assert [w.order_id for w in waiting] == [ANN.order_id], "the campaign mail is no answer"
 
-    answer = _mail(
+    answer = plain_mail(
         "Anna <help@shop.example>", "Re: How is your kettle?", "Use citric acid, 2 spoons.",
         message_id="<a@shop.example>", in_reply_to="<q@buyer.example>", to="ann@buyer.example",
     )  # fmt: skip
@@ -525,7 +505,7 @@ async def test_mail_nobody_can_thread_waits_for_an_agent(
     store: Store, sink: Sink, dovecot: Dovecot, mailbox_user: User
 ) -> None:
     store.upsert_orders([ANN], DELIVERED)
-    stranger = _mail(
+    stranger = plain_mail(
         "someone@else.example", "Order SHOP-1001?", "Is this the kettle shop?", message_id="<s@e>"
     )
     dovecot.append(mailbox_user, "INBOX", stranger)
@@ -550,7 +530,7 @@ async def test_the_running_daemon_reads_new_mail_as_it_arrives(
     running = asyncio.create_task(daemon.run(stop))
     try:
         await _until(lambda: daemon.ingest is not None and daemon.ingest.last_read_at is not None)
-        complaint = _mail(
+        complaint = plain_mail(
             "ann@buyer.example", "Where is my parcel?", "My order has not arrived yet.",
             message_id="<late@buyer.example>",
         )  # fmt: skip
@@ -588,7 +568,7 @@ async def test_a_reply_without_headers_threads_by_the_reply_token(
     reply_to = sent["Reply-To"].addresses[0].addr_spec
     assert reply_to.startswith("help+") and reply_to.endswith("@shop.example")
 
-    forwarded = _mail(
+    forwarded = plain_mail(
         "ann.smith@work.example", "Fwd: kettle", "Writing from work: all fine.",
         message_id="<w@work.example>", to=reply_to,
     )  # fmt: skip
@@ -605,8 +585,8 @@ async def test_old_mail_in_a_newly_connected_mailbox_reopens_no_complaint(
     store.upsert_orders([ANN], DELIVERED)
     clock = FixedClock(DELIVERED + 100 * DAY)
     old = DELIVERED + 5 * DAY
-    complaint = _mail("ann@buyer.example", "Broken", "It arrived broken.", message_id="<o1@b>")
-    leave = _mail("ann@buyer.example", "unsubscribe", "", message_id="<o2@b>")
+    complaint = plain_mail("ann@buyer.example", "Broken", "It arrived broken.", message_id="<o1@b>")
+    leave = plain_mail("ann@buyer.example", "unsubscribe", "", message_id="<o2@b>")
     dovecot.append(mailbox_user, "INBOX", complaint, when=old)
     dovecot.append(mailbox_user, "INBOX", leave, when=old + DAY)
     settings = _settings(store, sink, dovecot, mailbox_user)

@@ -1,0 +1,130 @@
+"""Real-shaped exports without a delivery column, as sellers download them (eBay's Orders
+report, Shopify's orders export, Amazon's Order Report, AliExpress's order export), through
+the feed reader, the store, the daemon on an injected clock and a real SMTP sink: check-in,
+request and reminder go out counted from each order's estimated delivery, and a delivery
+event imported later moves the steps not yet sent."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, settings_for
+from worker.clock import FixedClock
+from worker.config import Settings
+from worker.daemon import Daemon, load_checked_campaigns, policy_from
+from worker.delivery import delivery_of
+from worker.domain import Order
+from worker.feeds import Format, read_orders
+from worker.render import Renderer
+from worker.shipments import Shipment, read_shipments
+from worker.sink import Sink
+from worker.store import Store
+
+FEEDS = ROOT / "tests" / "fixtures" / "feeds"
+DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
+
+EXPORTS = [
+    # fixture, format, an order in it, where its delivery time comes from
+    ("ebay_orders_report.csv", Format.EBAY, "21-10442-90817", "estimated: CN->TW post, 7d"),
+    ("shopify_orders_export.csv", Format.SHOPIFY, "#1042", "estimated: CN->JP post, 7d"),
+    ("amazon_order_report.txt", Format.AMAZON, "028-3349201-5566743", "marketplace estimate"),
+    ("aliexpress_orders.csv", Format.ALIEXPRESS, "8191234567890456", "estimated: CN->ES post, 14d"),
+]
+
+
+def _settings(store: Store, sink: Sink, tmp_path: Path) -> Settings:
+    """The shipped follow-up, for every marketplace (Amazon's own campaign is another
+    issue's), from a seller in China."""
+    campaigns = tmp_path / "campaigns"
+    campaigns.mkdir()
+    text = (ROOT / "campaigns" / "review-follow-up.yaml").read_text(encoding="utf-8")
+    everywhere = text.replace(
+        "marketplaces: [ebay, aliexpress, shop]", "marketplaces: [amazon, ebay, aliexpress, shop]"
+    )
+    assert everywhere != text
+    (campaigns / "review-follow-up.yaml").write_text(everywhere, encoding="utf-8")
+    return settings_for(
+        store, sink.port, campaigns_dir=str(campaigns), delivery={"ship_from": "CN"}
+    )
+
+
+def _import(store: Store, tmp_path: Path, fixture: str, fmt: Format) -> list[Order]:
+    path = tmp_path / fixture
+    shutil.copy(FEEDS / fixture, path)
+    orders = [o for o in read_orders(path, fmt) if isinstance(o, Order)]
+    store.upsert_orders(orders, datetime(2026, 3, 1, tzinfo=UTC))
+    return orders
+
+
+async def _passes(daemon: Daemon, clock: FixedClock, sink: Sink, order_id: str, until: datetime):
+    """A pass every 6 hours up to ``until``: each step of the order, when it arrived."""
+    arrived: dict[str, datetime] = {}
+    while clock.now() < until:
+        before = len(sink.received)
+        report = await daemon.run_pass()
+        assert report.ok, report.summary()
+        for message in sink.received[before:]:
+            if message["X-Worker-Order"] == order_id:
+                arrived[str(message["X-Worker-Step"])] = clock.now()
+        clock.advance(6 * HOUR)
+    return arrived
+
+
+@pytest.mark.parametrize(("fixture", "fmt", "order_id", "source"), EXPORTS)
+async def test_an_export_without_delivery_dates_gets_every_step_from_the_estimate(
+    store: Store, sink: Sink, tmp_path: Path, fixture: str, fmt: Format, order_id: str, source: str
+) -> None:
+    settings = _settings(store, sink, tmp_path)
+    orders = {o.order_id: o for o in _import(store, tmp_path, fixture, fmt)}
+    assert all(o.delivered_at is None for o in orders.values()), "no export has a delivery date"
+    policy = policy_from(settings)
+    delivery = delivery_of(store.order(order_id), None, policy.transit)
+    assert delivery is not None and delivery.at is not None
+    assert source in delivery.describe()
+
+    renderer = Renderer(settings.templates_dir, settings.default_locale)
+    clock = FixedClock(datetime(2026, 3, 1, tzinfo=UTC))
+    daemon = Daemon(settings, store, load_checked_campaigns(settings, renderer), renderer, clock)
+    arrived = await _passes(daemon, clock, sink, order_id, delivery.at + 70 * DAY)
+
+    delivered = delivery.at
+    assert set(arrived) == {"check-in", "review-request", "review-reminder"}, arrived
+    # Due on the day, sent in the buyer's send window (a weekend and a pass may come first).
+    assert delivered + 7 * DAY <= arrived["check-in"] <= delivered + 10 * DAY
+    assert delivered + 35 * DAY <= arrived["review-request"] <= delivered + 38 * DAY
+    gap = arrived["review-reminder"] - arrived["review-request"]
+    assert 10 * DAY <= gap <= 18 * DAY
+
+
+@pytest.mark.parametrize(("fixture", "fmt", "order_id", "source"), EXPORTS)
+async def test_a_delivery_event_imported_later_moves_the_steps_not_yet_sent(
+    store: Store, sink: Sink, tmp_path: Path, fixture: str, fmt: Format, order_id: str, source: str
+) -> None:
+    settings = _settings(store, sink, tmp_path)
+    _import(store, tmp_path, fixture, fmt)
+    policy = policy_from(settings)
+    estimate = delivery_of(store.order(order_id), None, policy.transit)
+    assert estimate is not None and estimate.at is not None
+    renderer = Renderer(settings.templates_dir, settings.default_locale)
+    clock = FixedClock(datetime(2026, 3, 1, tzinfo=UTC))
+    daemon = Daemon(settings, store, load_checked_campaigns(settings, renderer), renderer, clock)
+    assert await _passes(daemon, clock, sink, order_id, estimate.at) == {}
+
+    # The carrier reports the parcel delivered four days after the estimate.
+    late = estimate.at + 4 * DAY
+    shipments = tmp_path / "shipments.csv"
+    shipments.write_text(
+        f"order_id,status,at\n{order_id},delivered,{late.isoformat()}\n", encoding="utf-8"
+    )
+    store.upsert_shipments([s for s in read_shipments(shipments) if isinstance(s, Shipment)], late)
+    event = delivery_of(store.order(order_id), None, policy.transit)
+    assert event is not None and (event.at, event.source) == (late, "event")
+
+    arrived = await _passes(daemon, clock, sink, order_id, late + 40 * DAY)
+    assert late + 7 * DAY <= arrived["check-in"] <= late + 10 * DAY, "not the estimate's day"
+    assert late + 35 * DAY <= arrived["review-request"] <= late + 38 * DAY
