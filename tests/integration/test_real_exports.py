@@ -29,12 +29,15 @@ DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
 
 EXPORTS = [
-    # fixture, format, an order in it, where its delivery time comes from
-    ("ebay_orders_report.csv", Format.EBAY, "21-10442-90817", "estimated: CN->TW post, 7d"),
-    ("shopify_orders_export.csv", Format.SHOPIFY, "#1042", "estimated: CN->JP post, 7d"),
-    ("amazon_order_report.txt", Format.AMAZON, "028-3349201-5566743", "marketplace estimate"),
-    ("aliexpress_orders.csv", Format.ALIEXPRESS, "8191234567890456", "estimated: CN->ES post, 14d"),
-]
+    # fixture, format, an order in it, where its delivery time comes from, its language
+    ("ebay_orders_report.csv", Format.EBAY, "21-10442-90817", "estimated: CN->TW post, 7d",
+     "zh-Hant"),
+    ("shopify_orders_export.csv", Format.SHOPIFY, "#1042", "estimated: CN->JP post, 7d", "ja"),
+    ("amazon_order_report.txt", Format.AMAZON, "028-3349201-5566743", "marketplace estimate",
+     "de"),
+    ("aliexpress_orders.csv", Format.ALIEXPRESS, "8191234567890456",
+     "estimated: CN->ES post, 14d", "es"),
+]  # fmt: skip
 
 
 def _settings(store: Store, sink: Sink, tmp_path: Path) -> Settings:
@@ -61,8 +64,16 @@ def _import(store: Store, tmp_path: Path, fixture: str, fmt: Format) -> list[Ord
     return orders
 
 
-async def _passes(daemon: Daemon, clock: FixedClock, sink: Sink, order_id: str, until: datetime):
-    """A pass every 6 hours up to ``until``: each step of the order, when it arrived."""
+async def _passes(
+    daemon: Daemon,
+    clock: FixedClock,
+    sink: Sink,
+    order_id: str,
+    until: datetime,
+    languages: set[str] | None = None,
+) -> dict[str, datetime]:
+    """A pass every 6 hours up to ``until``: each step of the order, when it arrived; the
+    languages its messages were written in go to ``languages``."""
     arrived: dict[str, datetime] = {}
     while clock.now() < until:
         before = len(sink.received)
@@ -71,13 +82,22 @@ async def _passes(daemon: Daemon, clock: FixedClock, sink: Sink, order_id: str, 
         for message in sink.received[before:]:
             if message["X-Worker-Order"] == order_id:
                 arrived[str(message["X-Worker-Step"])] = clock.now()
+                if languages is not None:
+                    languages.add(str(message["Content-Language"]))
         clock.advance(6 * HOUR)
     return arrived
 
 
-@pytest.mark.parametrize(("fixture", "fmt", "order_id", "source"), EXPORTS)
+@pytest.mark.parametrize(("fixture", "fmt", "order_id", "source", "language"), EXPORTS)
 async def test_an_export_without_delivery_dates_gets_every_step_from_the_estimate(
-    store: Store, sink: Sink, tmp_path: Path, fixture: str, fmt: Format, order_id: str, source: str
+    store: Store,
+    sink: Sink,
+    tmp_path: Path,
+    fixture: str,
+    fmt: Format,
+    order_id: str,
+    source: str,
+    language: str,
 ) -> None:
     settings = _settings(store, sink, tmp_path)
     orders = {o.order_id: o for o in _import(store, tmp_path, fixture, fmt)}
@@ -90,8 +110,10 @@ async def test_an_export_without_delivery_dates_gets_every_step_from_the_estimat
     renderer = Renderer(settings.templates_dir, settings.default_locale)
     clock = FixedClock(datetime(2026, 3, 1, tzinfo=UTC))
     daemon = Daemon(settings, store, load_checked_campaigns(settings, renderer), renderer, clock)
-    arrived = await _passes(daemon, clock, sink, order_id, delivery.at + 70 * DAY)
+    languages: set[str] = set()
+    arrived = await _passes(daemon, clock, sink, order_id, delivery.at + 70 * DAY, languages)
 
+    assert languages == {language}, "no locale column: the site or the country chose it"
     delivered = delivery.at
     assert set(arrived) == {"check-in", "review-request", "review-reminder"}, arrived
     # Due on the day, sent in the buyer's send window (a weekend and a pass may come first).
@@ -101,9 +123,9 @@ async def test_an_export_without_delivery_dates_gets_every_step_from_the_estimat
     assert 10 * DAY <= gap <= 18 * DAY
 
 
-@pytest.mark.parametrize(("fixture", "fmt", "order_id", "source"), EXPORTS)
+@pytest.mark.parametrize(("fixture", "fmt", "order_id"), [e[:3] for e in EXPORTS])
 async def test_a_delivery_event_imported_later_moves_the_steps_not_yet_sent(
-    store: Store, sink: Sink, tmp_path: Path, fixture: str, fmt: Format, order_id: str, source: str
+    store: Store, sink: Sink, tmp_path: Path, fixture: str, fmt: Format, order_id: str
 ) -> None:
     settings = _settings(store, sink, tmp_path)
     _import(store, tmp_path, fixture, fmt)
@@ -128,3 +150,26 @@ async def test_a_delivery_event_imported_later_moves_the_steps_not_yet_sent(
     arrived = await _passes(daemon, clock, sink, order_id, late + 40 * DAY)
     assert late + 7 * DAY <= arrived["check-in"] <= late + 10 * DAY, "not the estimate's day"
     assert late + 35 * DAY <= arrived["review-request"] <= late + 38 * DAY
+
+
+def test_a_german_ebay_buyer_gets_german_and_a_taiwanese_one_traditional_chinese(
+    store: Store, sink: Sink, tmp_path: Path
+) -> None:
+    """eBay's Orders report has no locale column: the buyer's country decides, and the
+    daemon says so (the rule ``worker plan`` prints)."""
+    settings = _settings(store, sink, tmp_path)
+    _import(store, tmp_path, "ebay_orders_report.csv", Format.EBAY)
+    renderer = Renderer(settings.templates_dir, settings.default_locale)
+    daemon = Daemon(
+        settings,
+        store,
+        load_checked_campaigns(settings, renderer),
+        renderer,
+        FixedClock(datetime(2026, 3, 1, tzinfo=UTC)),
+    )
+    histories = {h.order.order_id: h for h in store.histories()}
+    chosen = {
+        order_id: str(daemon.language(histories[order_id], "review-follow-up", "check-in"))
+        for order_id in ("12-08831-47710", "21-10442-90817")
+    }
+    assert chosen == {"12-08831-47710": "de (country DE)", "21-10442-90817": "zh-Hant (country TW)"}
