@@ -163,6 +163,9 @@ class Daemon:
         self._relay_down_passes = 0
         self._wake = asyncio.Event()
         self._plan_inputs = plan_inputs_digest(self.campaigns, self.policy)
+        self._locales: dict[str, list[str]] = {}
+        """Each template's locale files, read once: templates are checked at start-up and a
+        changed one takes a restart, as campaigns do."""
 
     def plan(self, at: datetime | None = None) -> Plan:
         """A dry run: what would be sent at ``at`` and why the rest would not, for every
@@ -508,7 +511,10 @@ class Daemon:
     def language(self, history: OrderHistory, campaign: str, step: str) -> Language:
         """The buyer's language for a step's template and the rule that chose it, among the
         locales that template has files for (docs/languages.md)."""
-        available = self.renderer.locales(self._step(campaign, step).template)
+        template = self._step(campaign, step).template
+        available = self._locales.get(template)
+        if available is None:
+            available = self._locales[template] = self.renderer.locales(template)
         default = self.settings.default_locale
         return choose_language(history.order, history.customer, available, default)
 
