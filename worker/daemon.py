@@ -727,13 +727,19 @@ def _latest_review(history: OrderHistory) -> Review | None:
 
 
 def _fields(decision: Decision) -> dict[str, object]:
-    return {
+    """A decision as log fields; a delivered step says which delivery time it counted from
+    (``delivered ~2026-03-14 (estimated: CN->DE post, 12d)``), so each send's log line
+    records the source."""
+    fields: dict[str, object] = {
         "order": decision.order_id,
         "campaign": decision.campaign,
         "step": decision.step,
         "reason": decision.reason,
         "at": decision.at.isoformat() if decision.at else None,
     }
+    if decision.delivery is not None:
+        fields["delivery"] = decision.delivery.describe()
+    return fields
 
 
 async def run_until_stopped(daemon: Daemon, stop: asyncio.Event, shutdown_timeout_s: float) -> None:
