@@ -4,7 +4,8 @@ Pure: ``wanted()`` says what to look up for a message, the store answers with
 ``Candidates``, and ``match()`` decides. The order of the rules is the order of confidence:
 our signed return path (a report about one of our sends), our own Message-IDs (as we sent
 them or as a relay rewrote them), an earlier message of the conversation, the reply token,
-an order number written by that order's buyer or an authenticated marketplace, and last the
+an order number written by that order's buyer or an authenticated marketplace, a tracking
+number named by an authenticated carrier's delivery notice, and last the
 buyer's address when it has exactly one recent order. A subject alone never threads a
 message, and neither does a From header no one vouched for.
 """
@@ -46,6 +47,8 @@ class Wanted:
     recipient."""
     authenticated: bool = False
     """The sender's domain is proven: an order number it names is believed."""
+    tracking_numbers: tuple[str, ...] = ()
+    """Looked up only for an authenticated carrier's notice (compact, upper-case)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,8 @@ class Candidates:
     orders_by_message_id: Mapping[str, str] = field(default_factory=dict)
     orders_by_token: Mapping[str, str] = field(default_factory=dict)
     orders_by_number: Mapping[str, Order] = field(default_factory=dict)
+    orders_by_tracking: Mapping[str, Order] = field(default_factory=dict)
+    """Compact, upper-case tracking number -> the first order (by id) holding it."""
     orders_of_counterpart: tuple[Order, ...] = ()
 
 
@@ -92,6 +97,9 @@ def wanted(
         order_numbers=verdict.order_numbers,
         counterpart=counterpart(message, verdict),
         authenticated=authenticated,
+        tracking_numbers=verdict.tracking_numbers
+        if authenticated and verdict.kind is MessageKind.DELIVERED
+        else (),
     )
 
 
@@ -148,6 +156,9 @@ def match(
         if order is not None and (trusted or order.buyer_email == want.counterpart):
             how = "authenticated marketplace" if trusted else "from the order's buyer"
             return Threaded(Match(order.order_id, MatchMethod.ORDER_NUMBER, f"{number} ({how})"))
+    for number in want.tracking_numbers:  # only an authenticated carrier's have any
+        if order := found.orders_by_tracking.get(number):
+            return Threaded(Match(order.order_id, MatchMethod.TRACKING_NUMBER, number))
     recent_orders = [o for o in found.orders_of_counterpart if _recent(o, now, recent)]
     if want.counterpart and len(recent_orders) == 1:
         only = recent_orders[0]
