@@ -503,6 +503,14 @@ class Ingest:
             )
         if recorded.disputes_closed:
             log.info("dispute.closed", count=recorded.disputes_closed, **where)
+        if recorded.delivered:
+            parcel = item.reactions.delivered
+            log.info(
+                "parcel.delivered",
+                orders=list(recorded.delivered),
+                at=parcel.at.isoformat() if parcel else None,
+                **where,
+            )
         for added in recorded.suppressed:
             log.warning(
                 "suppression.added",

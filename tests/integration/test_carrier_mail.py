@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
 
+from structlog.testing import capture_logs
+
 from tests.conftest import ROOT, settings_for
 from tests.dovecot import Dovecot, User
 from worker.clock import FixedClock
@@ -118,8 +120,11 @@ async def test_an_authenticated_carrier_notice_sets_the_delivery_event(
     raw = _dhl(MIA_NUMBER, written=written, proven=True, tag="a")
     dovecot.append(mailbox_user, "INBOX", raw, when=NOW - 2 * HOUR)
 
-    await _ingest(settings, store).run_once()
+    with capture_logs() as logs:
+        await _ingest(settings, store).run_once()
 
+    [told] = [e for e in logs if e["event"] == "parcel.delivered"]
+    assert (told["orders"], told["at"]) == ([MIA.order_id, MIA_TOO.order_id], written.isoformat())
     for order_id in (MIA.order_id, MIA_TOO.order_id):  # one parcel, both orders
         order = store.order(order_id)
         assert order.delivery_event_at == written
