@@ -2,12 +2,13 @@
 
 Pure: ``wanted()`` says what to look up for a message, the store answers with
 ``Candidates``, and ``match()`` decides. The order of the rules is the order of confidence:
-our signed return path (a report about one of our sends), our own Message-IDs (as we sent
-them or as a relay rewrote them), an earlier message of the conversation, the reply token,
-an order number written by that order's buyer or an authenticated marketplace, a tracking
-number named by an authenticated carrier's delivery notice, and last the
-buyer's address when it has exactly one recent order. A subject alone never threads a
-message, and neither does a From header no one vouched for.
+a tracking number named by an authenticated carrier's delivery notice (which is about that
+parcel, whatever else it holds), our signed return path (a report about one of our sends),
+our own Message-IDs (as we sent them or as a relay rewrote them), an earlier message of the
+conversation, the reply token, an order number written by that order's buyer or an
+authenticated marketplace, and last the buyer's address when it has exactly one recent
+order. A subject alone never threads a message, and neither does a From header no one
+vouched for.
 """
 
 from __future__ import annotations
@@ -134,7 +135,13 @@ def match(
     now: datetime,
     recent: timedelta,
 ) -> Threaded:
-    """The first rule that ties the message to an order; ``Threaded(None)`` if none does."""
+    """The first rule that ties the message to an order; ``Threaded(None)`` if none does.
+
+    An authenticated carrier's notice is about the parcel it names, whatever else it holds:
+    its tracking numbers are tried first (only such a notice has any)."""
+    for number in want.tracking_numbers:
+        if order := found.orders_by_tracking.get(number):
+            return Threaded(Match(order.order_id, MatchMethod.TRACKING_NUMBER, number))
     for send_id in want.return_path_sends:
         if ref := found.sends_by_id.get(send_id):
             return Threaded(Match(ref.order_id, MatchMethod.RETURN_PATH, f"send {send_id}"), ref)
@@ -156,9 +163,6 @@ def match(
         if order is not None and (trusted or order.buyer_email == want.counterpart):
             how = "authenticated marketplace" if trusted else "from the order's buyer"
             return Threaded(Match(order.order_id, MatchMethod.ORDER_NUMBER, f"{number} ({how})"))
-    for number in want.tracking_numbers:  # only an authenticated carrier's have any
-        if order := found.orders_by_tracking.get(number):
-            return Threaded(Match(order.order_id, MatchMethod.TRACKING_NUMBER, number))
     recent_orders = [o for o in found.orders_of_counterpart if _recent(o, now, recent)]
     if want.counterpart and len(recent_orders) == 1:
         only = recent_orders[0]
