@@ -50,14 +50,15 @@ _PARSER_COLUMNS = 128
 """What the reply parser is shown: its patterns backtrack within a line (cubic on a long
 one), so lines are cut, and the lines past these are read by ``quote_starts`` only."""
 _PIECE_CHARS = 20
+"""A line this long found anywhere in our mail is ours, as a client re-wrapped it."""
 MAX_TRACKING_NUMBERS = 32
 """What may be tracking numbers, kept per carrier notice; each is looked up in the store."""
 _MIN_TRACKING_CHARS = 8
 """Shorter runs of letters and digits are dates, times and house numbers, not parcels."""
-_TRACKING_RUN = re2.compile(r"[A-Za-z0-9-]*[0-9][A-Za-z0-9-]*(?: [A-Za-z0-9-]*[0-9][A-Za-z0-9-]*)*")
+_TRACKING_WORD = r"[A-Za-z0-9-]*[0-9][A-Za-z0-9-]*"
+_TRACKING_RUN = re2.compile(f"{_TRACKING_WORD}(?: {_TRACKING_WORD})*")
 """Words with a digit, single spaces between them: a number alone (``1Z999AA10123456784``)
 or printed in groups (``00340 43416 1234 5678 90``)."""
-"""A line this long found anywhere in our mail is ours, as a client re-wrapped it."""
 
 
 @dataclass(frozen=True, slots=True)
