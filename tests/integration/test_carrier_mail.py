@@ -93,11 +93,15 @@ def _dhl(number: str, *, written: datetime, proven: bool, tag: str) -> bytes:
     return message.as_bytes()
 
 
-def _delivery_sources(settings: Settings, store: Store) -> dict[str, str]:
-    """What ``worker plan`` shows for each order's delivered-triggered steps."""
+def _daemon(settings: Settings, store: Store) -> Daemon:
     renderer = Renderer(settings.templates_dir, settings.default_locale)
     campaigns = load_checked_campaigns(settings, renderer)
-    daemon = Daemon(settings, store, campaigns, renderer, FixedClock(NOW), signer=SIGNER)
+    return Daemon(settings, store, campaigns, renderer, FixedClock(NOW), signer=SIGNER)
+
+
+def _delivery_sources(settings: Settings, store: Store) -> dict[str, str]:
+    """What ``worker plan`` shows for each order's delivered-triggered steps."""
+    daemon = _daemon(settings, store)
     return {
         d.order_id: d.delivery.source
         for plan, _ in daemon.plan_batches_with_histories(NOW)
@@ -116,6 +120,9 @@ async def test_an_authenticated_carrier_notice_sets_the_delivery_event(
     store.upsert_orders([MIA, MIA_TOO, LEO], NOW - 8 * DAY)
     settings = _settings(store, sink, dovecot, mailbox_user)
     assert set(_delivery_sources(settings, store).values()) == {"estimated"}
+    await _daemon(settings, store).run_pass()  # planned: Mia's next look is days away
+    asleep = store.next_due(MIA.buyer_email)
+    assert asleep is not None and asleep > NOW
     written = NOW - 3 * HOUR
     raw = _dhl(MIA_NUMBER, written=written, proven=True, tag="a")
     dovecot.append(mailbox_user, "INBOX", raw, when=NOW - 2 * HOUR)
@@ -130,6 +137,8 @@ async def test_an_authenticated_carrier_notice_sets_the_delivery_event(
         assert order.delivery_event_at == written
         assert (order.shipment_status, order.shipment_status_at) == ("delivered", written)
     assert store.order(LEO.order_id).delivery_event_at is None
+    woken = store.next_due(MIA.buyer_email)
+    assert woken is not None and woken < NOW, "the delivery wakes the buyer for the next pass"
     sources = _delivery_sources(settings, store)
     assert sources[MIA.order_id] == sources[MIA_TOO.order_id] == "event"
     assert sources[LEO.order_id] == "estimated"
