@@ -8,9 +8,12 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
+from pathlib import Path
 
+import dkim
 from structlog.testing import capture_logs
 
+from tests.certificates import make_dkim_key
 from tests.conftest import ROOT, settings_for
 from tests.dovecot import Dovecot, User
 from worker.clock import FixedClock
@@ -18,6 +21,7 @@ from worker.config import Settings
 from worker.daemon import Daemon, load_checked_campaigns
 from worker.domain import MatchMethod, MessageKind, Order
 from worker.ingest import Ingest
+from worker.origin import DnsLookup
 from worker.render import Renderer
 from worker.return_path import Signer
 from worker.rules import load_rules
@@ -67,9 +71,9 @@ def _no_keys(name: bytes, timeout: float = 5) -> bytes | None:
     return None
 
 
-def _ingest(settings: Settings, store: Store) -> Ingest:
+def _ingest(settings: Settings, store: Store, dns: DnsLookup = _no_keys) -> Ingest:
     rules = load_rules(settings.inbox.rules_file)
-    return Ingest(settings, store, rules, FixedClock(NOW), signer=SIGNER, dkim_dns=_no_keys)
+    return Ingest(settings, store, rules, FixedClock(NOW), signer=SIGNER, dkim_dns=dns)
 
 
 def _dhl(number: str, *, written: datetime, proven: bool, tag: str) -> bytes:
@@ -196,3 +200,23 @@ async def test_a_notice_dated_in_the_future_counts_from_its_arrival(
 
     assert store.order(MIA.order_id).delivery_event_at == arrived
     assert store.order(reused.order_id).delivery_event_at is None
+
+
+async def test_without_a_trusted_header_the_carriers_dkim_signature_proves_it(
+    store: Store, sink: Sink, dovecot: Dovecot, mailbox_user: User, tmp_path: Path
+) -> None:
+    store.upsert_orders([MIA], NOW - 8 * DAY)
+    pem, record = make_dkim_key(tmp_path)
+    raw = _dhl(MIA_NUMBER, written=NOW - 3 * HOUR, proven=False, tag="dkim")
+    signed = dkim.sign(raw, b"s1", b"dhl.de", pem, include_headers=[b"from", b"subject", b"date"])
+    dovecot.append(mailbox_user, "INBOX", bytes(signed) + raw, when=NOW - 2 * HOUR)
+    settings = _settings(store, sink, dovecot, mailbox_user)
+
+    def dns(name: bytes, timeout: float = 5) -> bytes | None:
+        return record if name == b"s1._domainkey.dhl.de." else None
+
+    await _ingest(settings, store, dns).run_once()
+
+    assert store.order(MIA.order_id).delivery_event_at == NOW - 3 * HOUR
+    row = _row(store, MIA_NUMBER)
+    assert "dkim verified d=dhl.de" in row.authentication and not row.withheld
