@@ -2,7 +2,8 @@
 
 Pure: the verdict depends only on the message, the rules file and the mail we sent, so every
 case is a fixture in a table. The order of the checks is the precedence in
-``docs/mail-rules.md``: the seller's own mail, bounces, automatic replies, bulk mail,
+``docs/mail-rules.md``: the seller's own mail, bounces, automatic replies, carriers'
+delivery notices, bulk mail,
 unsubscribes, marketplace notifications, complaints, and everything else is a buyer's reply.
 Complaints are looked for only in the buyer's own words, never in quoted or forwarded text
 nor in lines of our own mail, since our check-in mail asks about damage.
@@ -29,11 +30,13 @@ from worker.inbound import InboundMessage
 from worker.rules import (
     ComplaintKeyword,
     HeaderRule,
+    Keyword,
     MailRules,
     MarketplaceRule,
     Pattern,
     normalise,
 )
+from worker.tracking import MAX_NUMBER_LENGTH, clean_number
 
 SUBJECT_CHARS = 4 * 1024
 TEXT_CHARS = 64 * 1024
@@ -48,6 +51,14 @@ _PARSER_COLUMNS = 128
 one), so lines are cut, and the lines past these are read by ``quote_starts`` only."""
 _PIECE_CHARS = 20
 """A line this long found anywhere in our mail is ours, as a client re-wrapped it."""
+MAX_TRACKING_NUMBERS = 32
+"""What may be tracking numbers, kept per carrier notice; each is looked up in the store."""
+_MIN_TRACKING_CHARS = 8
+"""Shorter runs of letters and digits are dates, times and house numbers, not parcels."""
+_TRACKING_WORD = r"[A-Za-z0-9-]*[0-9][A-Za-z0-9-]*"
+_TRACKING_RUN = re2.compile(f"{_TRACKING_WORD}(?: {_TRACKING_WORD})*")
+"""Words with a digit, single spaces between them: a number alone (``1Z999AA10123456784``)
+or printed in groups (``00340 43416 1234 5678 90``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +315,9 @@ def classify(
     if bounce is not None:
         found = bounce.order_numbers or rules.order_numbers_in(f"{mail.subject}\n{mail.text}")
         return dataclasses.replace(bounce, order_numbers=found)
+    delivered = _delivered(mail, rules)
+    if delivered is not None and _auto_reply(mail, rules) is None:
+        return delivered
     rule = _marketplace_rule(rules, mail)
     machine = _machine_made(mail, rules, rule, seller_addresses)
     if machine is not None:
@@ -449,8 +463,7 @@ def _machine_made(
     """Automatic replies, then bulk mail, then automatic notifications. Marketplaces send
     with list and Auto-Submitted headers too, so a matching marketplace rule wins over the
     last two; a real automatic reply wins over everything, list headers or not."""
-    auto = (a for a in rules.auto_reply_headers if not a.notification)
-    found = _header(mail.message, auto, MessageKind.AUTO_REPLY) or _auto_subject(mail, rules)
+    found = _auto_reply(mail, rules)
     if found is not None or rule is not None:
         return found
     own_list = _own_list(mail.message, sellers)
@@ -459,6 +472,66 @@ def _machine_made(
     return _header(mail.message, bulk, MessageKind.BULK) or _header(
         mail.message, notices, MessageKind.AUTO_REPLY
     )
+
+
+def _auto_reply(mail: _Mail, rules: MailRules) -> Classification | None:
+    """A real automatic reply: its headers (not a notification's) or its subject."""
+    auto = (a for a in rules.auto_reply_headers if not a.notification)
+    return _header(mail.message, auto, MessageKind.AUTO_REPLY) or _auto_subject(mail, rules)
+
+
+def _delivered(mail: _Mail, rules: MailRules) -> Classification | None:
+    """A carrier's sender saying, not negated, that a parcel was delivered. A buyer saying
+    the same words is not a carrier: the sender decides first. Whether the sender is who
+    it says is for ``worker.origin`` to prove before the notice acts."""
+    if not rules.delivered_phrases:
+        return None
+    carrier = rules.carrier_of(mail.sender)
+    if carrier is None:
+        return None
+    found = _delivered_phrase(rules, (mail.subject, mail.text))
+    if found is None:
+        return None
+    keyword, said = found
+    numbers = tracking_numbers_in(f"{mail.subject}\n{mail.text}")
+    evidence = (
+        f"carrier={carrier} phrase={keyword.language}:{said} "
+        f"tracking={numbers[0] if numbers else 'none'}"
+    )
+    return Classification(
+        MessageKind.DELIVERED, evidence, carrier=carrier, tracking_numbers=numbers
+    )
+
+
+def _delivered_phrase(rules: MailRules, texts: tuple[str, ...]) -> tuple[Keyword, str] | None:
+    flat = [" ".join(t.split()) for t in texts]
+    for keyword in rules.delivered_phrases:
+        for text in flat:
+            for found in keyword.pattern.finditer(text):
+                start, end = found.span(1)
+                if not rules.negated(text, start, end):
+                    return keyword, text[start:end].lower()[:_EVIDENCE_CHARS]
+    return None
+
+
+def tracking_numbers_in(text: str) -> tuple[str, ...]:
+    """What may be tracking numbers in a carrier's text, compact and upper-case as
+    ``worker.tracking.clean_number`` makes them, first seen first, at most
+    ``MAX_TRACKING_NUMBERS``. Each run of words with digits counts whole (a number printed
+    in groups) and word by word (a number next to a date)."""
+    found: dict[str, None] = {}
+    for run in _TRACKING_RUN.finditer(text[:TEXT_CHARS]):
+        words = run.group(0).split(" ")
+        joined = (
+            [run.group(0)] if 1 < len(words) and len(run.group(0)) <= 2 * MAX_NUMBER_LENGTH else []
+        )
+        for candidate in (*joined, *words):
+            number = clean_number(candidate)
+            if number is not None and len(number) >= _MIN_TRACKING_CHARS:
+                found[number.upper()] = None
+                if len(found) == MAX_TRACKING_NUMBERS:
+                    return tuple(found)
+    return tuple(found)
 
 
 def _header(

@@ -788,6 +788,10 @@ def _verdict_fields(
     }
     if reason in (SuppressionReason.HARD_BOUNCE, SuppressionReason.SPAM_COMPLAINT):
         fields["needs"] = "our return-path token or Message-ID"
+    if verdict.kind is MessageKind.DELIVERED:
+        fields["carrier"] = verdict.carrier
+        fields["tracking_numbers"] = list(verdict.tracking_numbers)
+        fields["needs"] = "the carrier's authenticated From domain and a number an order holds"
     return fields
 
 

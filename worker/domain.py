@@ -281,6 +281,9 @@ class MessageKind(StrEnum):
     """An ARF (RFC 5965) feedback-loop report: a recipient marked our message as spam."""
     AUTO_REPLY = "auto_reply"
     """Out-of-office and other automatic answers: recorded, never a buyer's reply."""
+    DELIVERED = "delivered"
+    """A carrier says a parcel was delivered: sets the delivery event of the order holding
+    its tracking number, when the carrier's From domain is authenticated."""
     BULK = "bulk"
     """Mailing-list and bulk mail (newsletters, notifications) that no buyer wrote by hand:
     stored, never a buyer's reply, never a complaint."""
@@ -337,6 +340,10 @@ class Classification:
     """Sent by a known marketplace relay on the buyer's behalf, not by the buyer."""
     order_numbers: tuple[str, ...] = ()
     """Order numbers found in the subject or body, in order of appearance."""
+    carrier: str | None = None
+    """For a carrier's notice: the carrier id (``worker.tracking``) whose sender it matched."""
+    tracking_numbers: tuple[str, ...] = ()
+    """For a carrier's notice: what may be tracking numbers in it, compact and upper-case."""
 
 
 class MatchMethod(StrEnum):
@@ -354,6 +361,8 @@ class MatchMethod(StrEnum):
     """The message was addressed to ``reply+TOKEN@...`` that we set as Reply-To."""
     ORDER_NUMBER = "order_number"
     """An order number in the subject or body, from the order's buyer or a marketplace relay."""
+    TRACKING_NUMBER = "tracking_number"
+    """An authenticated carrier's notice names the tracking number the order holds."""
     BUYER_ADDRESS = "buyer_address"
     """The sender is the buyer of exactly one recent order."""
     MANUAL = "manual"

@@ -52,7 +52,7 @@ log = logs.get("worker.ingest")
 A = TypeVar("A")
 R = TypeVar("R")
 
-_RELAXING = frozenset({MessageKind.DISPUTE_CLOSED, MessageKind.REVIEW})
+_RELAXING = frozenset({MessageKind.DISPUTE_CLOSED, MessageKind.REVIEW, MessageKind.DELIVERED})
 _OUR_SEND = frozenset(
     {MatchMethod.RETURN_PATH, MatchMethod.SEND_MESSAGE_ID, MatchMethod.RELAY_MESSAGE_ID}
 )
@@ -289,12 +289,11 @@ class Ingest:
         items = []
         for fetched, reading, threaded in zip(batch, readings, threads, strict=True):
             message, verdict, origin = reading.message, reading.verdict, reading.origin
-            reactions = react(
-                verdict, threaded.match, self._standing(message, origin, threaded, buyers)
-            )
             # A server clock ahead of ours must not date a complaint after the mail it should
             # stop.
             at = min(fetched.internal_date, now)
+            standing = self._standing(message, origin, threaded, buyers, at)
+            reactions = react(verdict, threaded.match, standing)
             if now - at > self.settings.inbox.act_within:
                 reactions = reactions.only_suppressions()
             received = Received(self.name, folder, uidvalidity, fetched.uid, at)
@@ -310,13 +309,27 @@ class Ingest:
         return buyers
 
     def _standing(
-        self, message: InboundMessage, origin: Origin, threaded: Threaded, buyers: dict[str, str]
+        self,
+        message: InboundMessage,
+        origin: Origin,
+        threaded: Threaded,
+        buyers: dict[str, str],
+        received_at: datetime,
     ) -> Standing:
+        """``written_at``: the message's Date, never after it arrived (a sender's clock, or
+        a forger, may say the future)."""
         matched, send = threaded.match, threaded.send
         buyer = buyers[matched.order_id] if matched else None
         tied = send is not None and matched is not None and matched.method in _OUR_SEND
+        written = message.date
+        if written is None or written.tzinfo is None or written > received_at:
+            written = received_at
         return Standing(
-            message.sender, origin, buyer=buyer, sent_to=send.recipient if tied and send else None
+            message.sender,
+            origin,
+            buyer=buyer,
+            sent_to=send.recipient if tied and send else None,
+            written_at=written,
         )
 
     def _store(self, items: list[Inbound], now: datetime) -> list[tuple[Inbound, Recorded]]:
@@ -490,6 +503,14 @@ class Ingest:
             )
         if recorded.disputes_closed:
             log.info("dispute.closed", count=recorded.disputes_closed, **where)
+        if recorded.delivered:
+            parcel = item.reactions.delivered
+            log.info(
+                "parcel.delivered",
+                orders=list(recorded.delivered),
+                at=parcel.at.isoformat() if parcel else None,
+                **where,
+            )
         for added in recorded.suppressed:
             log.warning(
                 "suppression.added",

@@ -16,6 +16,9 @@ message may do"):
   sender's own orders, or on an order whose mail the sender provably holds (our
   Message-ID or reply token), or for an authenticated marketplace.
 - An unsubscribe suppresses the sender's own address.
+- A carrier's delivery notice sets a delivery event only with the carrier's authenticated
+  From domain, on the order holding the tracking number it names: a forged one would send
+  the buyer's mail early.
 
 Anything a message asked for but may not do is ``withheld``, with the reason, for agents.
 """
@@ -23,6 +26,7 @@ Anything a message asked for but may not do is ``withheld``, with the reason, fo
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from worker.domain import (
     Classification,
@@ -62,6 +66,14 @@ class CloseDisputes:
 
 
 @dataclass(frozen=True, slots=True)
+class Delivered:
+    """A carrier's delivery of the parcel with this number (compact, upper-case), at ``at``."""
+
+    tracking_number: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Reactions:
     open_dispute: DisputeKind | None = None
     dispute_source: str = "mailbox"
@@ -75,6 +87,8 @@ class Reactions:
     hold_buyer: str | None = None
     """A complaint that threads to none of the sender's orders still pauses the sender's
     mail: a dispute is opened on their latest order, for an agent to check."""
+    delivered: Delivered | None = None
+    """Set the delivery event of the orders holding this tracking number."""
     withheld: str = ""
     """What the message asked for and may not do, and why."""
 
@@ -95,6 +109,8 @@ class Standing:
     """The matched order's buyer address, when the message was threaded."""
     sent_to: str | None = None
     """For a report tied to one of our sends: the address that send went to."""
+    written_at: datetime | None = None
+    """When the message says it was written (its Date), never after it arrived."""
 
     def speaks_for(self, matched: Match | None) -> bool:
         """The sender may tighten or mark replied the matched order."""
@@ -117,6 +133,8 @@ def react(verdict: Classification, matched: Match | None, standing: Standing) ->
         return _relaxing(verdict, matched, standing)
     if kind in (MessageKind.COMPLAINT, MessageKind.DISPUTE_OPENED):
         return _tightening(verdict, matched, standing)
+    if kind is MessageKind.DELIVERED:
+        return _delivered(verdict, matched, standing)
     if kind is MessageKind.REPLY and matched is not None:
         if standing.speaks_for(matched):
             return Reactions(reply=True)
@@ -187,6 +205,24 @@ def _tightening(verdict: Classification, matched: Match | None, standing: Standi
         return Reactions(withheld="a complaint without a sender address: acts on no order")
     withheld = _not_theirs(standing, "opening a dispute") if matched is not None else ""
     return Reactions(open_dispute=kind, hold_buyer=standing.sender, withheld=withheld)
+
+
+def _delivered(verdict: Classification, matched: Match | None, standing: Standing) -> Reactions:
+    """Only the authenticated carrier, naming a tracking number an order holds; the time is
+    the message's own (a carrier writes the day it delivers)."""
+    if not standing.origin.vouches_for(standing.sender):
+        return Reactions(
+            withheld=f"delivery withheld: not authenticated as {_domain(standing.sender)} "
+            f"({standing.origin.evidence})"
+        )
+    if matched is None or matched.method is not MatchMethod.TRACKING_NUMBER:
+        named = ", ".join(verdict.tracking_numbers[:3]) or "none"
+        return Reactions(
+            withheld=f"delivery withheld: no order holds a tracking number it names ({named})"
+        )
+    if standing.written_at is None:
+        return Reactions(withheld="delivery withheld: the message has no time")
+    return Reactions(delivered=Delivered(matched.detail, standing.written_at))
 
 
 def _not_theirs(standing: Standing, what: str) -> str:

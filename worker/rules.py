@@ -35,6 +35,7 @@ from pydantic import (
 
 from worker.domain import DisputeKind, MessageKind
 from worker.errors import RulesError
+from worker.tracking import CARRIERS
 
 # re2's compiled pattern: generic in its stubs only, so pydantic sees the plain class.
 if TYPE_CHECKING:
@@ -242,6 +243,19 @@ class _Unsubscribe(_Strict):
     phrases: dict[Language, tuple[Regex, ...]] = {}
 
 
+class _CarrierMail(_Strict):
+    senders: dict[str, tuple[Regex, ...]] = {}
+    """Carrier id (``worker.tracking.CARRIERS``) -> patterns of its senders' addresses."""
+    delivered: dict[Language, tuple[KeywordRegex, ...]] = {}
+
+    @model_validator(mode="after")
+    def _known_carriers(self) -> _CarrierMail:
+        unknown = sorted(set(self.senders) - set(CARRIERS))
+        if unknown:
+            raise ValueError(f"unknown carrier ids {unknown}: use those of worker/tracking.py")
+        return self
+
+
 class _RulesFile(_Strict):
     order_numbers: tuple[OrderNumberRule, ...] = ()
     relays: dict[str, tuple[Regex, ...]] = {}
@@ -255,6 +269,7 @@ class _RulesFile(_Strict):
     complaint_priority: tuple[DisputeKind, ...] = ()
     complaints: dict[Language, dict[DisputeKind, tuple[KeywordRegex, ...]]] = {}
     negations: dict[Language, Negation] = {}
+    carrier_mail: _CarrierMail = _CarrierMail()
 
     @model_validator(mode="after")
     def _unique_ids(self) -> _RulesFile:
@@ -306,6 +321,14 @@ class MailRules:
     negation_before: Pattern | None
     """Every language's ``before`` negations as one pattern, anchored at the window's end."""
     negation_after: Pattern | None
+    carrier_senders: tuple[tuple[str, Pattern], ...] = ()
+    """(carrier id, sender pattern), in the file's order."""
+    delivered_phrases: tuple[Keyword, ...] = ()
+    """A carrier's words for "your parcel was delivered"; group 1 is the phrase."""
+
+    def carrier_of(self, sender: str) -> str | None:
+        """The carrier whose sender pattern matches this address, if any."""
+        return next((cid for cid, p in self.carrier_senders if p.search(sender)), None)
 
     def order_numbers_in(self, text: str) -> tuple[str, ...]:
         """Every order number in the text, first pattern first, without repeats."""
@@ -387,6 +410,10 @@ def _build(data: _RulesFile, source: str) -> MailRules:
         complaints=_complaint_keywords(data),
         negation_before=_any_of([p for n in negations for p in n.before], before=True),
         negation_after=_any_of([p for n in negations for p in n.after], before=False),
+        carrier_senders=tuple(
+            (cid, p) for cid, patterns in data.carrier_mail.senders.items() for p in patterns
+        ),
+        delivered_phrases=_keywords(data.carrier_mail.delivered),
     )
 
 

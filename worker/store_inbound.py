@@ -31,7 +31,13 @@ from worker.inbound import InboundMessage, Received
 from worker.origin import Origin
 from worker.react import CloseDisputes, Reactions, Standing, Suppress, react
 from worker.store_database import _Database, retried_on_conflict
-from worker.store_orders import _close_disputes, _insert_ignoring_duplicate, _suppress
+from worker.store_orders import (
+    _close_disputes,
+    _deliver,
+    _insert_ignoring_duplicate,
+    _suppress,
+    compact_tracking_number,
+)
 from worker.store_rows import _order_from
 from worker.thread import Candidates, SendRef, Threaded, Wanted
 
@@ -70,6 +76,8 @@ class Recorded:
     dispute_order: str | None = None
     disputes_closed: int = 0
     suppressed: tuple[Suppress, ...] = ()
+    delivered: tuple[str, ...] = ()
+    """Orders whose delivery event a carrier's notice set."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +186,7 @@ class InboundMixin(_Database):
                     )
                 },
                 orders_of_counterpart=of_counterpart,
+                orders_by_tracking=_orders_by_tracking(c, want.tracking_numbers),
             )
 
     def candidates_for(self, wants: Sequence[Wanted]) -> list[Candidates]:
@@ -211,6 +220,7 @@ class InboundMixin(_Database):
             of_counterpart: dict[str, list[Order]] = {}
             for found in _orders_in(c, order.c.buyer_email, counterparts):
                 of_counterpart.setdefault(found.buyer_email, []).append(found)
+            by_tracking = _orders_by_tracking(c, _union(w.tracking_numbers for w in wants))
         return [
             Candidates(
                 sends_by_id=sends_by_id,
@@ -219,6 +229,9 @@ class InboundMixin(_Database):
                 orders_by_message_id=orders_by_message_id,
                 orders_by_token=orders_by_token,
                 orders_by_number=orders_by_number,
+                orders_by_tracking={
+                    n: by_tracking[n] for n in w.tracking_numbers if n in by_tracking
+                },
                 orders_of_counterpart=tuple(of_counterpart.get(w.counterpart, ()))
                 if w.counterpart
                 else (),
@@ -365,7 +378,13 @@ class InboundMixin(_Database):
                 _soft_bounce_limit(tx, reactions.soft_bounce, at, soft_bounces, not_yet)
             )
         added = tuple(s for s in suppressions if _suppress(tx, s, at))
-        return Recorded(row_id, False, dispute, order_id if dispute else None, closed, added)
+        delivered: tuple[str, ...] = ()
+        if order_id is not None and reactions.delivered is not None:
+            parcel = reactions.delivered
+            delivered = _deliver(tx, parcel.tracking_number, parcel.at, at)
+        return Recorded(
+            row_id, False, dispute, order_id if dispute else None, closed, added, delivered
+        )
 
     def conversation(self, order_id: str) -> list[ConversationEntry]:
         """Our sends and every message threaded to the order, oldest first."""
@@ -685,6 +704,23 @@ def _mark_replied(tx: Connection, replies: list[dict[str, Any]]) -> None:
             new.append(row)
     if new:
         tx.execute(reply.insert(), new)
+
+
+def _orders_by_tracking(c: Connection, numbers: Sequence[str]) -> dict[str, Order]:
+    """Compact, upper-case tracking number -> the first order (by id) holding it. The stored
+    numbers are compacted to compare, which no index serves: only an authenticated carrier's
+    notice asks, and it names a few numbers."""
+    found: dict[str, Order] = {}
+    compact = compact_tracking_number()
+    for chunk in _chunks(list(numbers)):
+        query = (
+            select(schema.order, compact.label("compact_number"))
+            .where(compact.in_(chunk))
+            .order_by(schema.order.c.order_id)
+        )
+        for row in c.execute(query).mappings():
+            found.setdefault(row["compact_number"], _order_from(row))
+    return found
 
 
 def _orders_where(c: Connection, condition: Any) -> tuple[Order, ...]:

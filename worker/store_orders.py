@@ -180,12 +180,9 @@ class OrdersMixin(_Database):
                         continue
                     parcels[row.order_id] = applied(parcel, row)
                 for key, parcel in parcels.items():
-                    if parcel == stored[key]:
-                        continue
-                    values = {name: getattr(parcel, name) for name in PARCEL_FIELDS}
-                    where = order.c.order_id == key
-                    tx.execute(order.update().where(where).values(**values, updated_at=now))
-                    changed_ids.add(key)
+                    if parcel != stored[key]:
+                        _write_parcel(tx, key, parcel, now)
+                        changed_ids.add(key)
         return UpsertCount(0, len(changed_ids), unknown=unknown, unknown_ids=tuple(unknown_ids))
 
     def open_dispute(
@@ -260,6 +257,37 @@ class OrdersMixin(_Database):
 
 
 # Orders and events, inside a transaction -------------------------------------------------------
+
+
+def _write_parcel(tx: Connection, order_id: str, parcel: Parcel, now: datetime) -> None:
+    order = schema.order
+    values = {name: getattr(parcel, name) for name in PARCEL_FIELDS}
+    tx.execute(order.update().where(order.c.order_id == order_id).values(**values, updated_at=now))
+
+
+def compact_tracking_number() -> Any:
+    """The stored tracking number as :func:`worker.tracking.clean_number` makes one, upper-
+    case: how a carrier's mail names it is compared with it."""
+    return func.upper(func.replace(func.trim(schema.order.c.tracking_number), " ", ""))
+
+
+def _deliver(tx: Connection, tracking_number: str, at: datetime, now: datetime) -> tuple[str, ...]:
+    """A carrier's ``delivered`` for every order holding the number (one parcel may carry
+    several orders), as a shipments row would set it (:func:`worker.shipments.applied`).
+    An order placed after the delivery is not this parcel's: carriers reuse numbers."""
+    order = schema.order
+    columns = [order.c.order_id, order.c.ordered_at, *(order.c[name] for name in PARCEL_FIELDS)]
+    query = select(*columns).where(compact_tracking_number() == tracking_number)
+    changed = []
+    for found in tx.execute(query.order_by(order.c.order_id)).all():
+        if found.ordered_at is not None and found.ordered_at > at:
+            continue
+        stored = Parcel(*found[2:])
+        parcel = applied(stored, Shipment(found.order_id, status="delivered", at=at))
+        if parcel != stored:
+            _write_parcel(tx, found.order_id, parcel, now)
+            changed.append(found.order_id)
+    return tuple(changed)
 
 
 def _close_disputes(tx: Connection, order_id: str, at: datetime, *only: Any) -> int:

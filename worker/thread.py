@@ -2,11 +2,13 @@
 
 Pure: ``wanted()`` says what to look up for a message, the store answers with
 ``Candidates``, and ``match()`` decides. The order of the rules is the order of confidence:
-our signed return path (a report about one of our sends), our own Message-IDs (as we sent
-them or as a relay rewrote them), an earlier message of the conversation, the reply token,
-an order number written by that order's buyer or an authenticated marketplace, and last the
-buyer's address when it has exactly one recent order. A subject alone never threads a
-message, and neither does a From header no one vouched for.
+a tracking number named by an authenticated carrier's delivery notice (which is about that
+parcel, whatever else it holds), our signed return path (a report about one of our sends),
+our own Message-IDs (as we sent them or as a relay rewrote them), an earlier message of the
+conversation, the reply token, an order number written by that order's buyer or an
+authenticated marketplace, and last the buyer's address when it has exactly one recent
+order. A subject alone never threads a message, and neither does a From header no one
+vouched for.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class Wanted:
     recipient."""
     authenticated: bool = False
     """The sender's domain is proven: an order number it names is believed."""
+    tracking_numbers: tuple[str, ...] = ()
+    """Looked up only for an authenticated carrier's notice (compact, upper-case)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,8 @@ class Candidates:
     orders_by_message_id: Mapping[str, str] = field(default_factory=dict)
     orders_by_token: Mapping[str, str] = field(default_factory=dict)
     orders_by_number: Mapping[str, Order] = field(default_factory=dict)
+    orders_by_tracking: Mapping[str, Order] = field(default_factory=dict)
+    """Compact, upper-case tracking number -> the first order (by id) holding it."""
     orders_of_counterpart: tuple[Order, ...] = ()
 
 
@@ -92,6 +98,9 @@ def wanted(
         order_numbers=verdict.order_numbers,
         counterpart=counterpart(message, verdict),
         authenticated=authenticated,
+        tracking_numbers=verdict.tracking_numbers
+        if authenticated and verdict.kind is MessageKind.DELIVERED
+        else (),
     )
 
 
@@ -126,7 +135,13 @@ def match(
     now: datetime,
     recent: timedelta,
 ) -> Threaded:
-    """The first rule that ties the message to an order; ``Threaded(None)`` if none does."""
+    """The first rule that ties the message to an order; ``Threaded(None)`` if none does.
+
+    An authenticated carrier's notice is about the parcel it names, whatever else it holds:
+    its tracking numbers are tried first (only such a notice has any)."""
+    for number in want.tracking_numbers:
+        if order := found.orders_by_tracking.get(number):
+            return Threaded(Match(order.order_id, MatchMethod.TRACKING_NUMBER, number))
     for send_id in want.return_path_sends:
         if ref := found.sends_by_id.get(send_id):
             return Threaded(Match(ref.order_id, MatchMethod.RETURN_PATH, f"send {send_id}"), ref)

@@ -39,6 +39,11 @@ REPLY = (
     "Subject: Danke\nContent-Type: text/plain; charset=utf-8\n\n"
     "Thanks, the kettle works fine.\n"
 )
+DELIVERED = (
+    "From: UPS <mcinfo@ups.com>\nTo: service@shop.example\n"
+    "Subject: UPS Update: Package Delivered\nContent-Type: text/plain; charset=utf-8\n\n"
+    "Your package 1Z 999 AA1 01 2345 6784 has been delivered.\n"
+)
 BROKEN = (
     'From: =?x-unknown?B?!!!?= <>\nContent-Type: multipart/mixed; boundary="never"\n'
     "Content-Transfer-Encoding: base64\n\n\xff\xfe not base64 at all\n"
@@ -115,3 +120,16 @@ def test_classify_reads_standard_input_and_escapes_what_mail_says(tmp_path: Path
     ).stdout
     assert raw.isascii() and b"\x1b" not in raw
     assert json.loads(raw)["evidence"].startswith("dsn_status=5.0.0 text=550 No such user \x1b[2J")
+
+
+def test_classify_names_a_carriers_delivery_and_what_it_needs(tmp_path: Path) -> None:
+    work = _workdir(tmp_path)
+    code, [line] = _classify(work, stdin=DELIVERED.encode())
+    assert code == 0
+    assert (line["kind"], line["carrier"]) == ("delivered", "ups")
+    assert line["tracking_numbers"] == ["1Z999AA10123456784"]
+    assert (
+        line["evidence"] == "carrier=ups phrase=en:has been delivered tracking=1Z999AA10123456784"
+    )
+    assert line["needs"].startswith("the carrier's authenticated From domain")
+    assert line["suppress"] is None
