@@ -7,7 +7,8 @@ import itertools
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -15,6 +16,7 @@ import pytest
 
 from tests.dovecot import Dovecot, DovecotUnavailable, User
 from tests.postgres import Postgres, PostgresUnavailable
+from worker.cli import build_parser
 from worker.config import Settings
 from worker.sink import Sink, SinkOptions
 from worker.store import Store
@@ -161,6 +163,51 @@ def settings_for(store: Store, smtp_port: int, **changes: object) -> Settings:
         **changes,
     }
     return Settings.model_validate(data)
+
+
+# `worker import` as the command line runs it --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Imported:
+    code: int
+    out: str
+    err: str
+
+
+Importer = Callable[..., Imported]
+
+
+@pytest.fixture
+def run_import(
+    store: Store, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Importer:
+    """``worker import ARGS...`` as the command line parses and runs it (WorkerErrors raise).
+
+    The handler leaves the store it opened to the end of the process; here the store is
+    closed when the handler returns, as a process would close its connections on exit.
+    """
+    settings = settings_for(store, 8025)
+    opened: list[Store] = []
+    open_store = Store.open
+
+    def tracked(url: str) -> Store:
+        opened.append(open_store(url))
+        return opened[-1]
+
+    monkeypatch.setattr(Store, "open", tracked)
+
+    def run(*args: str | Path) -> Imported:
+        parsed = build_parser().parse_args(["import", *map(str, args)])
+        try:
+            code = parsed.handler(parsed, settings)
+        finally:
+            while opened:
+                opened.pop().close()
+        out, err = capsys.readouterr()
+        return Imported(code, out, err)
+
+    return run
 
 
 # Dovecot: one throwaway IMAP server for the session, a fresh mailbox per test ---------------

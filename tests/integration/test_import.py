@@ -8,14 +8,11 @@ is as new as that; any other row is as new as its import. An older row changes n
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import settings_for
-from worker.cli import build_parser
+from tests.conftest import Importer
 from worker.errors import FeedError
 from worker.store import Store
 
@@ -24,48 +21,6 @@ AMAZON_HEADER = (
     "amazon-order-id\tpurchase-date\tlast-updated-date\torder-status\tsales-channel\t"
     "product-name\tship-country\tbuyer-email\tbuyer-name\n"
 )
-
-
-@dataclass(frozen=True)
-class Imported:
-    code: int
-    out: str
-    err: str
-
-
-Importer = Callable[..., Imported]
-
-
-@pytest.fixture
-def run_import(
-    store: Store, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Importer:
-    """``worker import ARGS...`` as the command line parses and runs it (WorkerErrors raise).
-
-    The handler leaves the store it opened to the end of the process; here the store is
-    closed when the handler returns, as a process would close its connections on exit.
-    """
-    settings = settings_for(store, 8025)
-    opened: list[Store] = []
-    open_store = Store.open
-
-    def tracked(url: str) -> Store:
-        opened.append(open_store(url))
-        return opened[-1]
-
-    monkeypatch.setattr(Store, "open", tracked)
-
-    def run(*args: str | Path) -> Imported:
-        parsed = build_parser().parse_args(["import", *map(str, args)])
-        try:
-            code = parsed.handler(parsed, settings)
-        finally:
-            while opened:
-                opened.pop().close()
-        out, err = capsys.readouterr()
-        return Imported(code, out, err)
-
-    return run
 
 
 def _amazon(path: Path, last_updated: str, country: str, name: str) -> Path:

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import settings_for
+from tests.conftest import Importer
 from worker import schema, store_orders
-from worker.cli import build_parser
 from worker.store import Store
 
 Run = Callable[..., tuple[int, str, str]]
@@ -33,33 +32,13 @@ def at(text: str) -> datetime:
 
 
 @pytest.fixture
-def run(
-    store: Store,
-    capsys: pytest.CaptureFixture[str],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Run]:
-    """``worker import ARGS...`` as the command line runs it; (exit code, stdout, stderr).
-    The store the handler opens is closed when it returns, as a process would on exit."""
-    settings = settings_for(store, 8025)
-    opened: list[Store] = []
-    open_store = Store.open
-
-    def tracked(url: str) -> Store:
-        opened.append(open_store(url))
-        return opened[-1]
-
-    monkeypatch.setattr(Store, "open", tracked)
+def run(run_import: Importer, tmp_path: Path) -> Iterator[Run]:
+    """``worker import ARGS...`` as the command line runs it, (exit code, stdout, stderr),
+    on a store holding the orders the shipments are about."""
 
     def run(*args: str | Path) -> tuple[int, str, str]:
-        parsed = build_parser().parse_args(["import", *map(str, args)])
-        try:
-            code = parsed.handler(parsed, settings)
-        finally:
-            while opened:
-                opened.pop().close()
-        out, err = capsys.readouterr()
-        return code, out, err
+        done = run_import(*args)
+        return done.code, done.out, done.err
 
     orders = tmp_path / "orders.csv"
     orders.write_text(ORDERS, encoding="utf-8")
