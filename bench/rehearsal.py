@@ -65,7 +65,7 @@ CHECK_IN, REQUEST, REMINDER, THANK_YOU = (
 )
 BUYER_CAP = timedelta(days=3)
 CHECK_IN_ROOM = timedelta(days=7 + 10 + 1)  # the delay, its max_lateness, a pass
-REMINDER_ROOM = timedelta(days=15 + 5 + 1)  # the 10-15 day delay, its max_lateness, a pass
+REMINDER_ROOM = timedelta(days=15 + 10 + 1)  # the 10-15 day delay, its max_lateness, a pass
 THANKS_ROOM = timedelta(days=2)
 
 SHIP_FROM = "DE"
@@ -758,7 +758,7 @@ def check_check_ins(world: World) -> Check:
 
 TIMELINE = {
     CHECK_IN: (timedelta(days=7), timedelta(days=10)),
-    REQUEST: (timedelta(days=35), timedelta(days=7)),
+    REQUEST: (timedelta(days=35), timedelta(days=10)),
 }
 """Step -> (delay after delivery, max_lateness), as campaigns/review-follow-up.yaml says."""
 
