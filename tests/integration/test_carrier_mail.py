@@ -14,8 +14,8 @@ import dkim
 from structlog.testing import capture_logs
 
 from tests.certificates import make_dkim_key
-from tests.conftest import ROOT, settings_for
 from tests.dovecot import Dovecot, User
+from tests.integration.test_proof_of_origin import _settings  # the trusted-server setup
 from worker.clock import FixedClock
 from worker.config import Settings
 from worker.daemon import Daemon, load_checked_campaigns
@@ -55,16 +55,6 @@ def _order(order_id: str, buyer: str, number: str) -> Order:
 MIA = _order("12-34567-89012", "mia@buyer.example", "00340 43416 1234 5678 90")
 MIA_TOO = _order("12-34567-89013", "mia@buyer.example", MIA_NUMBER)  # the same parcel
 LEO = _order("12-34567-89014", "leo@buyer.example", LEO_NUMBER)
-
-
-def _settings(store: Store, sink: Sink, dovecot: Dovecot, user: User) -> Settings:
-    return settings_for(
-        store,
-        sink.port,
-        imap=dovecot.imap_settings(user).model_dump(),
-        inbox={"rules_file": str(ROOT / "config" / "mail-rules.yaml")},
-        authentication={"authserv_ids": [TRUSTED], "verify_dkim": True, "dns_timeout_s": 1},
-    )
 
 
 def _no_keys(name: bytes, timeout: float = 5) -> bytes | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.unit.test_template_content import UNSUBSCRIBE_WORD  # the words messages teach
 from worker.cli import main
 from worker.config import SellerSettings, Settings, TrackingSettings
 from worker.daemon import load_checked_campaigns
@@ -34,17 +35,6 @@ SELLER = SellerSettings(name="Kettle & Co", signature="Anna, customer service")
 NUMBER = "RR123456785CN"
 ITEMS = ("Glass kettle 1.7 l", "Tea strainer", "Descaler", "Cosy", "Mug")
 WINDOW = (date(2026, 3, 14), date(2026, 3, 18))
-# The stop word each language's messages already teach (see test_template_content.py).
-UNSUBSCRIBE_WORD = {
-    "en": "unsubscribe",
-    "de": "Abmelden",
-    "fr": "désabonner",
-    "es": "baja",
-    "it": "cancellami",
-    "ja": "配信停止",
-    "zh": "退订",
-    "zh-Hant": "取消訂閱",
-}
 RENDERER = Renderer(TEMPLATES)
 
 
