@@ -27,7 +27,53 @@ class DisputeKind(StrEnum):
     A_TO_Z = "a_to_z"
     EBAY_CASE = "ebay_case"
     ALIEXPRESS_DISPUTE = "aliexpress_dispute"
+    CLAIM_THREAT = "claim_threat"
+    """The buyer threatens an A-to-z claim, a PayPal or eBay case, or a chargeback."""
     COMPLAINT = "complaint"
+
+
+class Intent(StrEnum):
+    """What a buyer's own words want (``worker.intent``), in the seller's terms.
+
+    The complaint intents pause every campaign for the buyer (they open a dispute of the
+    same kind); ``unsubscribe`` suppresses the address; the rest are tags that tell an agent
+    which mail to answer first."""
+
+    NOT_RECEIVED = "not_received"
+    DAMAGED = "damaged"
+    NOT_AS_DESCRIBED = "not_as_described"
+    WRONG_ITEM = "wrong_item"
+    REFUND = "refund"
+    RETURN = "return"
+    CANCEL = "cancel"
+    """Cancel an order already shipped (before shipping it is ``cancel_before_shipping``)."""
+    CLAIM_THREAT = "claim_threat"
+    UNSUBSCRIBE = "unsubscribe"
+    WHERE_IS_MY_ORDER = "where_is_my_order"
+    """A question before the delivery estimate; after it, with no delivery, ``not_received``."""
+    ADDRESS_CHANGE = "address_change"
+    CANCEL_BEFORE_SHIPPING = "cancel_before_shipping"
+    USAGE_QUESTION = "usage_question"
+    INVOICE_REQUEST = "invoice_request"
+    THANKS = "thanks"
+    OTHER = "other"
+
+    @property
+    def dispute_kind(self) -> DisputeKind | None:
+        """The dispute a complaint intent opens; ``None`` for the others."""
+        return COMPLAINT_INTENTS.get(self)
+
+
+COMPLAINT_INTENTS: dict[Intent, DisputeKind] = {
+    Intent.NOT_RECEIVED: DisputeKind.NOT_RECEIVED,
+    Intent.DAMAGED: DisputeKind.DAMAGED,
+    Intent.NOT_AS_DESCRIBED: DisputeKind.NOT_AS_DESCRIBED,
+    Intent.WRONG_ITEM: DisputeKind.WRONG_ITEM,
+    Intent.REFUND: DisputeKind.REFUND,
+    Intent.RETURN: DisputeKind.RETURN,
+    Intent.CANCEL: DisputeKind.CANCEL,
+    Intent.CLAIM_THREAT: DisputeKind.CLAIM_THREAT,
+}
 
 
 class SuppressionReason(StrEnum):
@@ -116,6 +162,11 @@ class Dispute:
     opened_at: datetime
     closed_at: datetime | None = None
     source: str = "import"
+    needs_review: bool = False
+    """Opened on a reading the intent reader was not sure of: it pauses the buyer like any
+    dispute, and waits in ``worker disputes list --needs-review`` for an agent."""
+    dismissed: bool = False
+    """An agent said it was no complaint: the buyer's mail resumes at once, with no cool-down."""
 
     def open_at(self, moment: datetime) -> bool:
         """Effective from its own timestamps: not open before it was opened."""
@@ -344,6 +395,12 @@ class Classification:
     """For a carrier's notice: the carrier id (``worker.tracking``) whose sender it matched."""
     tracking_numbers: tuple[str, ...] = ()
     """For a carrier's notice: what may be tracking numbers in it, compact and upper-case."""
+    intent: Intent | None = None
+    """For the buyer's own words: what they want (``worker.intent``)."""
+    confidence: float | None = None
+    """How sure the intent reader is of ``intent``, 0 to 1."""
+    needs_review: bool = False
+    """A complaint read with low confidence: the dispute it opens waits for an agent."""
 
 
 class MatchMethod(StrEnum):

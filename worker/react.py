@@ -77,6 +77,8 @@ class Delivered:
 class Reactions:
     open_dispute: DisputeKind | None = None
     dispute_source: str = "mailbox"
+    needs_review: bool = False
+    """The dispute opens marked for an agent to confirm or dismiss (a low-confidence reading)."""
     close_disputes: CloseDisputes | None = None
     review: bool = False
     rating: int | None = None
@@ -200,11 +202,21 @@ def _tightening(verdict: Classification, matched: Match | None, standing: Standi
     if standing.speaks_for(matched):
         notice = not is_complaint and standing.origin.vouches_for(standing.sender)
         source = f"marketplace:{verdict.marketplace}" if notice else "mailbox"
-        return Reactions(open_dispute=kind, dispute_source=source, reply=is_complaint)
+        return Reactions(
+            open_dispute=kind,
+            dispute_source=source,
+            needs_review=verdict.needs_review,
+            reply=is_complaint,
+        )
     if not standing.sender:
         return Reactions(withheld="a complaint without a sender address: acts on no order")
     withheld = _not_theirs(standing, "opening a dispute") if matched is not None else ""
-    return Reactions(open_dispute=kind, hold_buyer=standing.sender, withheld=withheld)
+    return Reactions(
+        open_dispute=kind,
+        needs_review=verdict.needs_review,
+        hold_buyer=standing.sender,
+        withheld=withheld,
+    )
 
 
 def _delivered(verdict: Classification, matched: Match | None, standing: Standing) -> Reactions:
