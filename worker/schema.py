@@ -11,9 +11,11 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -25,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.expression import false
 from sqlalchemy.types import TypeDecorator
 
 from worker.domain import SendState
@@ -127,6 +130,16 @@ dispute = Table(
     Column("closed_at", UtcDateTime),
     Column("source", String(32), nullable=False),
     Column("inbound_message_id", Integer, ForeignKey("inbound_message.id")),
+    Column(
+        "needs_review",
+        Boolean,
+        nullable=False,
+        server_default=false(),
+        comment="opened on an unsure reading of the buyer's mail: an agent confirms or dismisses",
+    ),
+    Column("review", String(16), comment="an agent's word: confirmed, dismissed; NULL: none"),
+    Column("reviewed_at", UtcDateTime),
+    Column("reviewed_by", String(64), comment="the agent who confirmed or dismissed it"),
     UniqueConstraint("order_id", "kind", "opened_at"),
 )
 
@@ -212,6 +225,8 @@ inbound_message = Table(
     Column("parse_errors", Text, nullable=False, server_default="[]", comment="JSON list"),
     Column("kind", String(32), nullable=False),
     Column("evidence", Text, nullable=False, server_default=""),
+    Column("intent", String(32), comment="what the buyer's words want (worker.domain.Intent)"),
+    Column("intent_confidence", Float, comment="how sure the intent reader was, 0 to 1"),
     Column("dispute_kind", String(32)),
     Column("rating", Integer),
     Column("marketplace", String(32)),

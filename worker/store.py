@@ -34,6 +34,7 @@ from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from worker.errors import SchemaOutOfDate, StoreConflict, StoreError
+from worker.store_disputes import DisputeRow, DisputesMixin
 from worker.store_inbound import (
     Awaiting,
     Checkpoint,
@@ -57,6 +58,7 @@ __all__ = [
     "Claim",
     "ConversationEntry",
     "DatabaseFailure",
+    "DisputeRow",
     "DueCursor",
     "InboundRow",
     "Planned",
@@ -197,7 +199,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-class Store(OrdersMixin, PlanningMixin, SendsMixin, InboundMixin, MailboxLeasesMixin):
+class Store(
+    OrdersMixin, PlanningMixin, SendsMixin, InboundMixin, MailboxLeasesMixin, DisputesMixin
+):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 

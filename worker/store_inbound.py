@@ -8,6 +8,7 @@ back quoted.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +21,7 @@ from worker.domain import (
     Bounce,
     Classification,
     DisputeKind,
+    Intent,
     Match,
     MatchMethod,
     MessageKind,
@@ -108,6 +110,9 @@ class ConversationEntry:
     label: str
     """The message kind, or ``campaign/step`` for the worker's sends."""
     detail: str
+    intent: Intent | None = None
+    """What the buyer's words want, as the intent reader read them when the mail came in."""
+    confidence: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +141,8 @@ class InboundRow:
     bounce_recipient: str | None = None
     authentication: str = ""
     withheld: str = ""
+    intent: Intent | None = None
+    confidence: float | None = None
 
 
 class InboundMixin(_Database):
@@ -360,7 +367,16 @@ class InboundMixin(_Database):
         dispute = None
         if order_id is not None and reactions.open_dispute is not None:
             dispute = reactions.open_dispute
-            _open_dispute(tx, order_id, dispute, at, source, row_id, guarded=replies is None)
+            _open_dispute(
+                tx,
+                order_id,
+                dispute,
+                at,
+                source,
+                row_id,
+                needs_review=reactions.needs_review,
+                guarded=replies is None,
+            )
         closed = 0
         if order_id is not None and reactions.close_disputes is not None:
             closed = _close_noticed(tx, order_id, reactions.close_disputes, at)
@@ -806,6 +822,8 @@ def _row(
         "parse_errors": json.dumps(list(message.errors), ensure_ascii=False),
         "kind": verdict.kind.value,
         "evidence": verdict.evidence,
+        "intent": verdict.intent.value if verdict.intent else None,
+        "intent_confidence": _confidence(verdict.confidence),
         "dispute_kind": verdict.dispute_kind.value if verdict.dispute_kind else None,
         "rating": verdict.rating,
         "marketplace": verdict.marketplace,
@@ -819,6 +837,21 @@ def _row(
         "withheld": withheld,
         "ingested_at": now,
     }
+
+
+def _confidence(value: float | None) -> float | None:
+    """Within 0..1, or none: a reader's NaN or infinity must not reach a column or a sort."""
+    if value is None or not math.isfinite(value):
+        return None
+    return min(1.0, max(0.0, float(value)))
+
+
+def _intent_from(value: str | None) -> Intent | None:
+    """A stored tag the running code no longer knows (a later version wrote it) reads as none."""
+    try:
+        return Intent(value) if value else None
+    except ValueError:
+        return None
 
 
 def _put_checkpoint(
@@ -850,12 +883,20 @@ def _open_dispute(
     source: str,
     row_id: int,
     *,
+    needs_review: bool = False,
     guarded: bool = True,
 ) -> None:
     """``guarded=False`` (a batch, which is stored again one by one if any statement fails):
-    one query for both reasons not to insert, no savepoint."""
+    one query for both reasons not to insert, no savepoint. ``needs_review``: the reading was
+    unsure, an agent is to confirm or dismiss it (a sure one already open stays as it is)."""
     of_kind = {"order_id": order_id, "kind": kind.value}
-    row = {**of_kind, "opened_at": at, "source": source, "inbound_message_id": row_id}
+    row = {
+        **of_kind,
+        "opened_at": at,
+        "source": source,
+        "inbound_message_id": row_id,
+        "needs_review": needs_review,
+    }
     if not guarded:
         if tx.execute(_DISPUTE_CLASH, {**of_kind, "opened_at": at}).first() is None:
             tx.execute(_DISPUTE_INSERT, row)
@@ -903,6 +944,8 @@ def _verdict_from(row: RowMapping) -> Classification:
         rating=row["rating"],
         bounce=bounce,
         marketplace=row["marketplace"],
+        intent=_intent_from(row["intent"]),
+        confidence=row["intent_confidence"],
     )
 
 
@@ -921,6 +964,8 @@ def _entry_from_inbound(row: RowMapping) -> ConversationEntry:
         text=row["body_text"],
         label=row["kind"],
         detail=detail,
+        intent=_intent_from(row["intent"]),
+        confidence=row["intent_confidence"],
     )
 
 
@@ -953,4 +998,6 @@ def _inbound_row_from(row: RowMapping) -> InboundRow:
         bounce_recipient=row["bounce_recipient"],
         authentication=row["authentication"],
         withheld=row["withheld"],
+        intent=_intent_from(row["intent"]),
+        confidence=row["intent_confidence"],
     )

@@ -176,12 +176,27 @@ def _dispute_values(item: Dispute) -> dict[str, Any]:
         "opened_at": item.opened_at,
         "closed_at": item.closed_at,
         "source": item.source,
+        "needs_review": item.needs_review,
     }
 
 
+CONFIRMED, DISMISSED = "confirmed", "dismissed"
+"""``dispute.review``: an agent's word on a dispute (NULL: none yet)."""
+
+
 def _dispute_from(row: RowMapping) -> Dispute:
+    """``needs_review`` only while it is open and no agent has answered it; ``dismissed``
+    from the agent's word (``worker.store_disputes``)."""
     return Dispute(
-        row["order_id"], DisputeKind(row["kind"]), row["opened_at"], row["closed_at"], row["source"]
+        row["order_id"],
+        DisputeKind(row["kind"]),
+        row["opened_at"],
+        row["closed_at"],
+        row["source"],
+        needs_review=bool(row["needs_review"])
+        and row["review"] is None
+        and row["closed_at"] is None,
+        dismissed=row["review"] == DISMISSED,
     )
 
 
