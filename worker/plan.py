@@ -430,7 +430,9 @@ def _unless_holds(history: OrderHistory, step: CampaignStep, now: datetime) -> C
 def _dispute_blocks(
     disputes: Iterable[Dispute], now: datetime, cooldown: timedelta
 ) -> list[tuple[datetime, datetime]]:
-    """Intervals in which nothing may go out: open disputes plus the cool-down after each."""
+    """Intervals in which nothing may go out: open disputes plus the cool-down after each.
+    A dismissed one (an agent found no complaint) blocks only while it was open: the buyer
+    was never angry, so their mail resumes at once."""
     blocks = []
     for dispute in disputes:
         if dispute.opened_at > now:
@@ -440,7 +442,10 @@ def _dispute_blocks(
             if dispute.closed_at is not None and dispute.closed_at <= now
             else None
         )
-        blocks.append((dispute.opened_at, _FOREVER if closed is None else closed + cooldown))
+        if closed is None:
+            blocks.append((dispute.opened_at, _FOREVER))
+        else:
+            blocks.append((dispute.opened_at, closed if dispute.dismissed else closed + cooldown))
     return sorted(blocks)
 
 
