@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import getpass
 import json
 import os
 import sys
@@ -32,9 +33,11 @@ from worker.daemon import (
     run_until_stopped,
 )
 from worker.domain import (
+    COMPLAINT_INTENTS,
     Classification,
     Dispute,
     DisputeKind,
+    Intent,
     MessageKind,
     Reply,
     Review,
@@ -60,7 +63,8 @@ from worker.rules import load_rules
 from worker.shipments import read_shipments
 from worker.signals import on_stop
 from worker.sink import RejectRule, SinkOptions, serve
-from worker.store import SoftBounceRule, Store, UpsertCount
+from worker.store import DisputeRow, InboundRow, SoftBounceRule, Store, UpsertCount
+from worker.store_disputes import agent_name
 from worker.store_orders import UNKNOWN_IDS_SHOWN
 from worker.terminal import printable
 
@@ -98,6 +102,37 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not a fraction between 0 and 1")
     return value
+
+
+def _intents(text: str) -> list[Intent]:
+    """``--intent`` values: one intent or a comma list, each a name ``Intent`` knows."""
+    chosen = []
+    for name in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            chosen.append(Intent(name))
+        except ValueError:
+            known = ", ".join(i.value for i in Intent)
+            raise argparse.ArgumentTypeError(
+                f"{printable(name)!r} is not an intent; one of: {known}"
+            ) from None
+    if not chosen:
+        raise argparse.ArgumentTypeError("no intent named")
+    return chosen
+
+
+def _agent(text: str) -> str:
+    try:
+        return agent_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _default_agent() -> str:
+    """Who answers a dispute when ``--by`` does not say: the account running the command."""
+    try:
+        return agent_name(getpass.getuser())
+    except (OSError, KeyError, ValueError):
+        return "agent"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,6 +308,34 @@ def build_parser() -> argparse.ArgumentParser:
     closing.add_argument("--at", type=_instant, help="when it was closed (default now)")
     closing.set_defaults(handler=cmd_dispute_close)
 
+    reviewing = commands.add_parser(
+        "disputes", help="disputes as agents review them: list, confirm or dismiss by id"
+    )
+    reviewing_actions = reviewing.add_subparsers(
+        dest="disputes_action", required=True, metavar="ACTION"
+    )
+    listing = reviewing_actions.add_parser(
+        "list", help="open disputes, oldest first, with the buyer's words that opened them"
+    )
+    listing.add_argument(
+        "--needs-review",
+        action="store_true",
+        help="only those opened on an unsure reading that no agent has answered",
+    )
+    listing.add_argument("--all", action="store_true", help="closed and dismissed ones as well")
+    listing.set_defaults(handler=cmd_disputes_list)
+    for action, helped in (
+        ("confirm", "it is a complaint: keep it open (campaigns stay paused) and off the list"),
+        ("dismiss", "it was no complaint: close it now; the buyer's mail resumes at once"),
+    ):
+        answer = reviewing_actions.add_parser(action, help=helped)
+        answer.add_argument("dispute_id", type=int, metavar="ID", help="as `disputes list` shows")
+        answer.add_argument(
+            "--by", type=_agent, help="the agent answering (default: the account running this)"
+        )
+        answer.add_argument("--at", type=_instant, help="when (default now)")
+        answer.set_defaults(handler=cmd_disputes_answer)
+
     review = commands.add_parser("review", help="record a review by hand")
     review_actions = review.add_subparsers(dest="review_action", required=True, metavar="ACTION")
     adding = review_actions.add_parser("add", help="record that the buyer reviewed the order")
@@ -323,6 +386,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inbox.add_argument(
         "--kind", action="append", type=MessageKind, choices=list(MessageKind), help="only these"
+    )
+    inbox.add_argument(
+        "--intent",
+        action="extend",
+        type=_intents,
+        metavar="NAME[,NAME]",
+        help="only messages the intent reader tagged so (repeatable), e.g. where_is_my_order",
+    )
+    inbox.add_argument(
+        "--urgent",
+        action="store_true",
+        help="complaints first, then where_is_my_order, address_change, cancel_before_shipping, "
+        "then the rest; newest first within each",
     )
     inbox.add_argument("--now", type=_instant, help="judge ages at this ISO 8601 time")
     inbox.set_defaults(handler=cmd_inbox)
@@ -713,6 +789,65 @@ def cmd_dispute_close(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if closed else 1
 
 
+def cmd_disputes_list(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    rows = store.disputes(needs_review=args.needs_review, every=args.all)
+    which = "awaiting review" if args.needs_review else ("in all" if args.all else "open")
+    print(f"{len(rows)} dispute(s) {which}")
+    if rows:
+        print(
+            f"{'id':>5} {'opened (UTC)':16} {'kind':18} {'review':14} {'order':22} buyer / source"
+        )
+    for row in rows:
+        print(
+            f"{row.id:5} {row.opened_at:%Y-%m-%d %H:%M} {row.kind.value:18} "
+            f"{_review_state(row):14} {_shown(row.order_id):22} {_shown(row.buyer)}  "
+            f"{_shown(row.source)}"
+        )
+        if row.words or row.evidence:
+            print(f"      {_opening(row)}")
+    return 0
+
+
+def _review_state(row: DisputeRow) -> str:
+    if row.needs_review:
+        return "NEEDS REVIEW"
+    if row.review is not None:
+        return row.review
+    return "closed" if row.closed_at is not None else "open"
+
+
+def _opening(row: DisputeRow) -> str:
+    """What opened it, for an agent deciding: the buyer's first words, then why they were read
+    so (the intent, how sure, the evidence)."""
+    intent = row.intent.value if row.intent else ""
+    if intent and row.confidence is not None:
+        intent = f"{intent} {row.confidence:.2f}"
+    said = "; ".join(part for part in (intent, _preview(row.evidence, 80)) if part)
+    words = f'"{_preview(row.words, 80)}"' if row.words else ""
+    return " ".join(part for part in (words, f"({said})" if said else "") if part)
+
+
+def cmd_disputes_answer(args: argparse.Namespace, settings: Settings) -> int:
+    store = _open_store(settings)
+    at = args.at or SystemClock().now()
+    by = args.by or _default_agent()
+    if args.disputes_action == "confirm":
+        row = store.confirm_dispute(args.dispute_id, by, at)
+        print(
+            f"dispute {row.id} ({row.kind.value}, order {_shown(row.order_id)}) confirmed by "
+            f"{_shown(by)}: it stays open, campaigns stay paused for {_shown(row.buyer)}"
+        )
+        return 0
+    row = store.dismiss_dispute(args.dispute_id, by, at)
+    print(
+        f"dispute {row.id} ({row.kind.value}, order {_shown(row.order_id)}) dismissed by "
+        f"{_shown(by)} and closed at {at.isoformat()}: mail to {_shown(row.buyer)} resumes at "
+        "once, with no cool-down"
+    )
+    return 0
+
+
 def cmd_review_add(args: argparse.Namespace, settings: Settings) -> int:
     store = _open_store(settings)
     at = args.at or SystemClock().now()
@@ -815,7 +950,13 @@ def cmd_thread(args: argparse.Namespace, settings: Settings) -> int:
     )
     for entry in entries:
         arrow = "<-" if entry.direction == "in" else "->"
-        print(f"{entry.at:%Y-%m-%d %H:%M} {arrow} {_shown(entry.label):20} {_shown(entry.who)}")
+        tag = ""
+        if entry.intent is not None:
+            sure = f" {entry.confidence:.2f}" if entry.confidence is not None else ""
+            tag = f"[{entry.intent.value}{sure}] "
+        print(
+            f"{entry.at:%Y-%m-%d %H:%M} {arrow} {_shown(entry.label):20} {tag}{_shown(entry.who)}"
+        )
         if entry.subject:
             print(f"    subject: {_preview(entry.subject)}")
         if entry.text:
@@ -830,6 +971,8 @@ def cmd_thread(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
     store = _open_store(settings)
     now = args.now or SystemClock().now()
+    if args.awaiting and (args.intent or args.urgent):
+        raise ConfigError("--intent and --urgent choose messages; --awaiting lists conversations")
     if args.awaiting:
         limit = args.older_than or settings.inbox.awaiting_after
         waiting = store.awaiting(now - limit)
@@ -842,13 +985,18 @@ def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
                 f"{_shown(item.buyer)}  {_preview(item.subject, 60)}"
             )
         return 0
-    rows = store.inbound_messages(unmatched=args.unmatched, kinds=args.kind)
-    print(f"{'id':>5} {'received (UTC)':16} {'kind':14} {'order':22} sender / subject")
+    rows = store.inbound_messages(unmatched=args.unmatched, kinds=args.kind, intents=args.intent)
+    if args.urgent:
+        rows = urgent_first(rows)
+    print(
+        f"{'id':>5} {'received (UTC)':16} {'kind':14} {'intent':22} {'order':22} sender / subject"
+    )
     for row in rows:
         order = _shown(row.order_id or "-")
+        intent = row.intent.value if row.intent else "-"
         print(
-            f"{row.id:5} {row.received_at:%Y-%m-%d %H:%M} {row.kind.value:14} {order:22} "
-            f"{_shown(row.sender)}  {_preview(row.subject, 60)}"
+            f"{row.id:5} {row.received_at:%Y-%m-%d %H:%M} {row.kind.value:14} {intent:22} "
+            f"{order:22} {_shown(row.sender)}  {_preview(row.subject, 60)}"
         )
         if args.unmatched or row.parse_errors:
             errors = "; ".join(row.parse_errors[:3])
@@ -857,6 +1005,28 @@ def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
         if row.withheld:
             print(f"      withheld: {_preview(row.withheld, 200)}")
     return 0
+
+
+_URGENT_AFTER_COMPLAINTS = (
+    Intent.WHERE_IS_MY_ORDER,
+    Intent.ADDRESS_CHANGE,
+    Intent.CANCEL_BEFORE_SHIPPING,
+)
+
+
+def urgent_first(rows: Iterable[InboundRow]) -> list[InboundRow]:
+    """What an agent answers first: complaints, then the questions a parcel waits on (where is
+    it, a new address, cancel before it ships), then the rest; newest first within each."""
+
+    def rank(row: InboundRow) -> int:
+        if row.intent in COMPLAINT_INTENTS:
+            return 0
+        if row.intent in _URGENT_AFTER_COMPLAINTS:
+            return 1 + _URGENT_AFTER_COMPLAINTS.index(row.intent)
+        return 1 + len(_URGENT_AFTER_COMPLAINTS)
+
+    newest = sorted(rows, key=lambda r: (r.received_at, r.id), reverse=True)
+    return sorted(newest, key=rank)
 
 
 def cmd_inbox_assign(args: argparse.Namespace, settings: Settings) -> int:

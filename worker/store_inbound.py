@@ -449,7 +449,11 @@ class InboundMixin(_Database):
         return sorted(waiting, key=lambda a: a.since)
 
     def inbound_messages(
-        self, *, unmatched: bool = False, kinds: Iterable[MessageKind] | None = None
+        self,
+        *,
+        unmatched: bool = False,
+        kinds: Iterable[MessageKind] | None = None,
+        intents: Iterable[Intent] | None = None,
     ) -> list[InboundRow]:
         inbound = schema.inbound_message
         query = select(*_READ).order_by(inbound.c.received_at, inbound.c.id)
@@ -457,6 +461,8 @@ class InboundMixin(_Database):
             query = query.where(inbound.c.order_id.is_(None))
         if kinds is not None:
             query = query.where(inbound.c.kind.in_([k.value for k in kinds]))
+        if intents is not None:
+            query = query.where(inbound.c.intent.in_([i.value for i in intents]))
         with self._connect() as c:
             return [_inbound_row_from(r) for r in c.execute(query).mappings()]
 
