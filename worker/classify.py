@@ -24,9 +24,10 @@ from typing import cast
 import quotequail
 import re2
 
-from worker.domain import Classification, MessageKind
+from worker.domain import Classification, Intent, MessageKind
 from worker.dsn import classify_bounce
 from worker.inbound import InboundMessage
+from worker.intent import IntentReader, IntentReading, ReadsIntent
 from worker.rules import (
     ComplaintKeyword,
     HeaderRule,
@@ -50,6 +51,11 @@ _PARSER_COLUMNS = 128
 """What the reply parser is shown: its patterns backtrack within a line (cubic on a long
 one), so lines are cut, and the lines past these are read by ``quote_starts`` only."""
 _PIECE_CHARS = 20
+_HEADER_LINES = 6
+"""A reply header (attribution, or Outlook's and web.de's From/Sent block) is this many lines
+at most: a ``>`` quote further down belongs to something else."""
+_NEXT_HEADER = re.compile(r"^-{5,}|^_{5,}\s*$")
+"""Where an answer below a quote ends: a forward or Outlook separator."""
 """A line this long found anywhere in our mail is ours, as a client re-wrapped it."""
 MAX_TRACKING_NUMBERS = 32
 """What may be tracking numbers, kept per carrier notice; each is looked up in the store."""
@@ -288,12 +294,14 @@ def classify(
     seller_addresses: frozenset[str],
     unsubscribe_addresses: frozenset[str] = frozenset(),
     ours: tuple[str, ...] = (),
+    reader: ReadsIntent | None = None,
 ) -> Classification:
     """The verdict and its evidence; never raises on a broken or hostile message.
 
     ``unsubscribe_addresses`` should hold the List-Unsubscribe mailbox only when it is not
     also where buyers reply, or every reply would count as an unsubscribe. ``ours`` are the
     text bodies we sent this buyer, newest first: their lines are not the buyer's words.
+    ``reader`` reads what the buyer's words want; by default the model in the package.
     """
     mail = _Mail(
         message,
@@ -322,7 +330,7 @@ def classify(
     machine = _machine_made(mail, rules, rule, seller_addresses)
     if machine is not None:
         return dataclasses.replace(machine, order_numbers=rules.order_numbers_in(mail.subject))
-    return _written(mail, rules, rule, unsubscribe_addresses)
+    return _written(mail, rules, rule, unsubscribe_addresses, reader or IntentReader.shipped())
 
 
 def _plain(value: str, limit: int = _HEADER_CHARS) -> str:
@@ -332,27 +340,72 @@ def _plain(value: str, limit: int = _HEADER_CHARS) -> str:
 
 
 def _written(
-    mail: _Mail, rules: MailRules, rule: MarketplaceRule | None, unsubscribe: frozenset[str]
+    mail: _Mail,
+    rules: MailRules,
+    rule: MarketplaceRule | None,
+    unsubscribe: frozenset[str],
+    reader: ReadsIntent,
 ) -> Classification:
-    """Someone wrote it: an unsubscribe, a marketplace notification, a complaint or a reply."""
+    """Someone wrote it: an unsubscribe, a marketplace notification, or the buyer's words,
+    read for what they want."""
     words = _buyer_words(rule, mail, rules)
     numbers = rules.order_numbers_in(f"{mail.subject}\n{words}")
     subject = _without_reply_prefixes(rules, mail.subject)
     request = _unsubscribe(mail.message, rules, subject, words, unsubscribe)
     if request is not None:
-        return Classification(MessageKind.UNSUBSCRIBE, request, order_numbers=numbers)
-    if rule is not None:
-        return _marketplace(rule, rules, mail.subject, mail.text, words)
-    complaint = _complaint(rules, (subject, words))
-    if complaint is not None:
-        keyword, said = complaint
         return Classification(
-            MessageKind.COMPLAINT,
-            f"keyword={keyword.language}:{said}",
-            dispute_kind=keyword.kind,
+            MessageKind.UNSUBSCRIBE,
+            request,
             order_numbers=numbers,
+            intent=Intent.UNSUBSCRIBE,
+            confidence=1.0,
         )
-    return Classification(MessageKind.REPLY, "rule=default", order_numbers=numbers)
+    if rule is not None and not rule.relayed:
+        return _marketplace(rule, rules, mail.subject, mail.text, words)
+    reading = reader.read("" if rule is not None else subject, words)
+    if rule is not None:
+        if reading.intent.dispute_kind is None:
+            return dataclasses.replace(
+                _marketplace(rule, rules, mail.subject, mail.text, words),
+                intent=reading.intent,
+                confidence=reading.confidence,
+            )
+        return _buyer_verdict(reading, numbers, rule=rule, rules=rules, mail=mail)
+    return _buyer_verdict(reading, numbers)
+
+
+def _buyer_verdict(
+    reading: IntentReading,
+    numbers: tuple[str, ...],
+    *,
+    rule: MarketplaceRule | None = None,
+    rules: MailRules | None = None,
+    mail: _Mail | None = None,
+) -> Classification:
+    """What the buyer's words do: a complaint pauses, a sure unsubscribe suppresses, the rest
+    is a reply tagged with its intent. ``rule``: the marketplace that relayed the words."""
+    kind = MessageKind.REPLY
+    if reading.intent.dispute_kind is not None:
+        kind = MessageKind.COMPLAINT
+    elif reading.intent is Intent.UNSUBSCRIBE:
+        kind = MessageKind.UNSUBSCRIBE
+    evidence = reading.evidence
+    marketplace = None
+    if rule is not None and rules is not None and mail is not None:
+        evidence = f"rule={rule.id} {evidence}"
+        marketplace = rule.marketplace
+        numbers = rules.order_numbers_in(f"{mail.subject}\n{mail.text}")
+    return Classification(
+        kind,
+        evidence,
+        dispute_kind=reading.intent.dispute_kind,
+        marketplace=marketplace,
+        relayed=rule is not None,
+        order_numbers=numbers,
+        intent=reading.intent,
+        confidence=reading.confidence,
+        needs_review=reading.needs_review and kind is MessageKind.COMPLAINT,
+    )
 
 
 def own_words(text: str, rules: MailRules, ours: tuple[str, ...] = ()) -> str:
@@ -363,12 +416,30 @@ def own_words(text: str, rules: MailRules, ours: tuple[str, ...] = ()) -> str:
 
 def _own_words(text: str, rules: MailRules, ours: _Ours) -> str:
     cut = min(_parser_quote_start(text), _quote_start(rules, text))
-    lines = (
-        line
-        for line in text[:cut].splitlines()
-        if not line.lstrip().startswith(">") and not ours.echoes(line)
-    )
-    return "\n".join(lines).strip()
+    above = [line for line in text[:cut].splitlines() if not _quoted(line, ours)]
+    below = [line for line in _below_quote(text[cut:]) if not _quoted(line, ours)]
+    return "\n".join([*above, *below]).strip()
+
+
+def _quoted(line: str, ours: _Ours) -> bool:
+    return line.lstrip().startswith(">") or ours.echoes(line)
+
+
+def _below_quote(rest: str) -> list[str]:
+    """A bottom-posted or inline answer: the unmarked lines among and after a ``>`` quote
+    that follows the reply header within ``_HEADER_LINES`` lines. Text after a header with
+    no ``>`` lines (Outlook's, a forward) is someone else's mail, as is all after a
+    signature or a second header."""
+    lines = rest.splitlines()
+    first = next((n for n, line in enumerate(lines) if line.lstrip().startswith(">")), None)
+    if first is None or first > _HEADER_LINES:
+        return []
+    kept = []
+    for line in lines[first:]:
+        if line == "-- " or _NEXT_HEADER.match(line):
+            break
+        kept.append(line)
+    return kept
 
 
 def _parser_quote_start(text: str) -> int:
@@ -606,7 +677,9 @@ def _unsubscribe(
     return None
 
 
-def _complaint(rules: MailRules, texts: tuple[str, ...]) -> tuple[ComplaintKeyword, str] | None:
+def keyword_complaint(
+    rules: MailRules, texts: tuple[str, ...]
+) -> tuple[ComplaintKeyword, str] | None:
     """The first keyword, in priority order, found without a negation next to it."""
     flat = [" ".join(t.split()) for t in texts]
     index = _index(rules).complaints
@@ -626,18 +699,6 @@ def _marketplace(
 ) -> Classification:
     numbers = rules.order_numbers_in(f"{subject}\n{text}")
     evidence = f"rule={rule.id}"
-    if rule.relayed:
-        complaint = _complaint(rules, (words,))
-        if complaint is not None:
-            keyword, said = complaint
-            return Classification(
-                MessageKind.COMPLAINT,
-                f"{evidence} keyword={keyword.language}:{said}",
-                dispute_kind=keyword.kind,
-                marketplace=rule.marketplace,
-                relayed=True,
-                order_numbers=numbers,
-            )
     rating = rule.rating_in(text, rules.rating_words) or rule.rating_in(subject, rules.rating_words)
     return Classification(
         rule.message_kind,

@@ -1,0 +1,139 @@
+"""Train the intent model shipped in ``worker/intent_model.npz``.
+
+Reads the hand-written training sets ``bench/intents/train/<lang>.yaml`` (never the
+development set under ``tests/fixtures/intents``, which only measures), fits a multinomial
+logistic regression over the features of ``worker.intent_model`` with AdaGrad, and writes
+the weights. Deterministic: the same files give the same weights (a fixed shuffling seed,
+zero start, no threads).
+
+    .venv/bin/python bench/train_intents.py              # retrain and write the model
+    .venv/bin/python bench/train_intents.py --folds 5    # cross-validated accuracy only
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import yaml
+
+from worker.domain import Intent
+from worker.intent_model import MODEL_INTENTS, IntentModel, design, training_digest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "bench" / "intents" / "train"
+OUT = ROOT / "worker" / "intent_model.npz"
+EPOCHS = 12
+RATE = 0.4
+L2 = 1e-6
+SEED = 20261204
+PRUNE = 1e-3
+"""Weights smaller than this are dropped from the shipped file; they change no decision."""
+
+
+def training_files(folder: Path = TRAIN) -> list[Path]:
+    return sorted(folder.glob("*.yaml"))
+
+
+def load(files: list[Path]) -> tuple[list[str], list[Intent], list[str]]:
+    texts, labels, langs = [], [], []
+    for path in files:
+        for n, item in enumerate(yaml.safe_load(path.read_text(encoding="utf-8")) or []):
+            try:
+                texts.append(str(item["text"]))
+                labels.append(Intent(item["intent"]))
+            except (KeyError, ValueError, TypeError) as exc:
+                raise SystemExit(f"{path}: item {n}: {exc!r}") from exc
+            langs.append(path.stem)
+    return texts, labels, langs
+
+
+def digest(files: list[Path]) -> str:
+    return training_digest(p.name.encode() + b"\0" + p.read_bytes() for p in files)
+
+
+def fit(texts: list[str], labels: list[Intent], trained_on: str = "") -> IntentModel:
+    intents = MODEL_INTENTS
+    y = np.array([intents.index(label) for label in labels], dtype=np.int64)
+    offsets, flat = design(texts)
+    used, inverse = np.unique(flat, return_inverse=True)
+    classes = len(intents)
+    weights = np.zeros((len(used), classes), dtype=np.float64)
+    squares = np.full_like(weights, 1e-8)
+    bias = np.zeros(classes, dtype=np.float64)
+    bias_squares = np.full(classes, 1e-8)
+    counts = np.bincount(y, minlength=classes).astype(np.float64)
+    balance = np.where(counts > 0, len(y) / (np.count_nonzero(counts) * np.maximum(counts, 1)), 0)
+    rng = np.random.default_rng(SEED)
+    for _ in range(EPOCHS):
+        for i in rng.permutation(len(y)):
+            rows = inverse[offsets[i] : offsets[i + 1]]
+            if rows.size == 0:
+                continue
+            scale = 1.0 / np.sqrt(rows.size)
+            logits = bias + weights[rows].sum(axis=0) * scale
+            logits -= logits.max()
+            p = np.exp(logits)
+            p /= p.sum()
+            p[y[i]] -= 1.0
+            p *= balance[y[i]]
+            grad = scale * p[None, :] + L2 * weights[rows]
+            squares[rows] += grad * grad
+            weights[rows] -= RATE * grad / np.sqrt(squares[rows])
+            bias_squares += p * p
+            bias -= RATE * p / np.sqrt(bias_squares)
+    keep = np.abs(weights).max(axis=1) >= PRUNE
+    return IntentModel(
+        intents,
+        used[keep].astype(np.int64),
+        weights[keep].astype(np.float32),
+        bias.astype(np.float32),
+        trained_on,
+    )
+
+
+def _predict(model: IntentModel, texts: list[str]) -> npt.NDArray[np.int64]:
+    return np.array([int(np.argmax(model.probabilities(t))) for t in texts], dtype=np.int64)
+
+
+def cross_validate(texts: list[str], labels: list[Intent], langs: list[str], folds: int) -> None:
+    rng = np.random.default_rng(SEED)
+    fold_of = rng.integers(0, folds, size=len(texts))
+    right: Counter[str] = Counter()
+    seen: Counter[str] = Counter()
+    for fold in range(folds):
+        train = [i for i in range(len(texts)) if fold_of[i] != fold]
+        test = [i for i in range(len(texts)) if fold_of[i] == fold]
+        model = fit([texts[i] for i in train], [labels[i] for i in train])
+        guessed = _predict(model, [texts[i] for i in test])
+        for i, g in zip(test, guessed, strict=True):
+            seen[langs[i]] += 1
+            right[langs[i]] += model.intents[g] is labels[i]
+    for lang in sorted(seen):
+        print(f"{lang}: {right[lang] / seen[lang]:.3f} of {seen[lang]}")
+    print(f"all: {sum(right.values()) / sum(seen.values()):.3f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folds", type=int, default=0, help="cross-validate instead")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    files = training_files()
+    texts, labels, langs = load(files)
+    print(f"{len(texts)} texts from {len(files)} files: {dict(Counter(langs))}")
+    if args.folds:
+        cross_validate(texts, labels, langs, args.folds)
+        return 0
+    model = fit(texts, labels, digest(files))
+    args.out.write_bytes(model.save())
+    print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KB, {len(model.rows)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
