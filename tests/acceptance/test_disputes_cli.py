@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import update
 
 from tests.acceptance.test_cli import Workdir, _free_port
+from tests.acceptance.test_inbox_cli import _mail, _seller
+from tests.dovecot import Dovecot, User
 from tests.messages import plain_mail
 from worker.domain import (
     Classification,
@@ -188,3 +190,27 @@ def test_thread_and_inbox_show_the_intent_and_inbox_lists_urgent_mail_first(
     assert wrong.returncode == 2 and "'angry' is not an intent" in wrong.stderr
     mixed = work.run("inbox", "--awaiting", "--urgent")
     assert mixed.returncode == 2 and "--awaiting lists conversations" in mixed.stderr
+
+
+def test_an_unsure_complaint_read_from_the_mailbox_waits_for_an_agent(
+    tmp_path: Path, dovecot: Dovecot, mailbox_user: User
+) -> None:
+    """The whole path: ingest reads the mail with the shipped intent reader, which is unsure
+    of it (a dented box, the kettle fine); the dispute it opens waits in the review list."""
+    work = _seller(tmp_path, dovecot, mailbox_user)
+    words = "The box is a bit dented, the kettle itself seems fine I think."
+    dovecot.append(mailbox_user, "INBOX", _mail("ann@buyer.example", "Kettle", words, "<d@b>"))
+    work.run("ingest", "--once", check=True)
+
+    thread = work.run("thread", "SHOP-2001", check=True).stdout
+    assert "<- complaint            [damaged 0." in thread
+    review = work.run("disputes", "list", "--needs-review", check=True).stdout
+    assert review.startswith("1 dispute(s) awaiting review") and "NEEDS REVIEW" in review
+    assert f'"{words}"' in review
+    assert "dispute_open" in work.run("plan", "--order", "SHOP-2001").stdout
+
+    dispute_id = _id_of(review, "SHOP-2001")
+    work.run("disputes", "dismiss", dispute_id, "--by", "maria", check=True)
+    assert "dispute" not in work.run("plan", "--order", "SHOP-2001", check=True).stdout
+    tagged = work.run("inbox", "--intent", "damaged", check=True).stdout.splitlines()[1:]
+    assert len(tagged) == 1 and "ann@buyer.example" in tagged[0]
