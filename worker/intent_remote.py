@@ -250,18 +250,22 @@ class RemoteReader:
         else:
             connection = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         expired = threading.Event()
+        opened: list[socket.socket] = []
+        """The socket, kept here: the connection forgets it once a closing reply begins."""
 
         def cut() -> None:
             expired.set()
-            if connection.sock is not None:
+            for sock in opened:
                 with suppress(OSError):
-                    connection.sock.shutdown(socket.SHUT_RDWR)
+                    sock.shutdown(socket.SHUT_RDWR)
 
         timer = threading.Timer(timeout, cut)
         timer.daemon = True
         timer.start()
         try:
             connection.connect()
+            if connection.sock is not None:
+                opened.append(connection.sock)
             if expired.is_set():
                 raise RemoteFailure("timeout")
             connection.request(
@@ -284,6 +288,8 @@ class RemoteReader:
             data = response.read(MAX_REPLY_BYTES + 1)
             if len(data) > MAX_REPLY_BYTES:
                 raise RemoteFailure("too big")
+            if response.length:  # the server closed before the length it announced
+                raise RemoteFailure("timeout" if expired.is_set() else "cut short")
             if expired.is_set():
                 raise RemoteFailure("timeout")
             return data
