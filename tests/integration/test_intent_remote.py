@@ -30,7 +30,13 @@ from worker.domain import DisputeKind, Intent, Order
 from worker.errors import ConfigError
 from worker.ingest import Ingest, IngestReport
 from worker.intent import IntentReader, IntentReading
-from worker.intent_remote import MAX_REPLY_BYTES, SYSTEM_PROMPT, RemoteReader
+from worker.intent_remote import (
+    MAX_REPLY_BYTES,
+    SYSTEM_PROMPT,
+    RemoteReader,
+    RemoteVerdict,
+    combine,
+)
 from worker.mailbox import FetchedMessage
 from worker.rules import load_rules
 from worker.store import Store
@@ -261,6 +267,16 @@ def test_a_local_complaint_stands_and_its_words_stay_here(endpoint: Endpoint) ->
     unsubscribe = IntentReading(Intent.UNSUBSCRIBE, 0.99, "intent=unsubscribe")
     assert remote(endpoint.url, local=unsubscribe).read("", "stop") == unsubscribe
     assert endpoint.requests == []
+    unsure = IntentReading(Intent.REFUND, 0.4, "intent=refund p=0.40", needs_review=True)
+    for said in (RemoteVerdict(Intent.THANKS, 1.0), RemoteVerdict(Intent.UNSUBSCRIBE, 1.0)):
+        for local in (COMPLAINT, unsure, unsubscribe):
+            combined = combine(local, said, MODEL)
+            assert (combined.intent, combined.confidence, combined.needs_review) == (
+                local.intent,
+                local.confidence,
+                local.needs_review,
+            )
+            assert "decided=local" in combined.evidence
 
 
 FAILURES = {
