@@ -13,7 +13,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -193,7 +193,7 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def no_key_in(logs: list[dict[str, Any]]) -> None:
+def no_key_in(logs: Sequence[Mapping[str, Any]]) -> None:
     for line in logs:
         assert KEY not in repr(line)
         assert "kettle" not in repr(line).lower()  # nor the buyer's words
