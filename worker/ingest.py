@@ -39,7 +39,8 @@ from worker.delivery import delivery_of
 from worker.domain import Classification, MatchMethod, MessageKind
 from worker.errors import FolderMissing, MailboxError, StoreError, UnknownOrder
 from worker.inbound import InboundMessage, ParseLimits, Received, parse, unreadable
-from worker.intent import STAGED, at_stage, stage_of
+from worker.intent import STAGED, ReadsIntent, at_stage, stage_of
+from worker.intent_remote import intent_reader
 from worker.mailbox import FetchedMessage, FolderStatus, Mailbox
 from worker.origin import MAX_SIGNATURES, DnsLookup, Origin, judge, verify_dkim
 from worker.react import Reactions, Standing, react
@@ -114,10 +115,15 @@ class Ingest:
         dkim_dns: DnsLookup | None = None,
         imap: ImapSettings | None = None,
         holder: str | None = None,
+        intents: ReadsIntent | None = None,
     ) -> None:
         """``signer`` must hold the key the sending side signs with (the CLI passes the kept
         one); ``dkim_dns`` replaces DNS for DKIM keys (tests). ``imap``: the mailbox, when
-        not ``settings.imap``; ``holder``: the worker's name on the mailbox's lease."""
+        not ``settings.imap``; ``holder``: the worker's name on the mailbox's lease;
+        ``intents``: who reads the buyers' words, by default as ``settings.intents`` say."""
+        self.intents = intents or intent_reader(settings.intents)
+        """Built once: the model is loaded, and an endpoint's failures counted, across
+        messages."""
         self.settings = settings
         self.imap = imap or settings.imap
         self.store = store
@@ -452,6 +458,7 @@ class Ingest:
             seller_addresses=self.seller_addresses,
             unsubscribe_addresses=self.unsubscribe_addresses,
             ours=ours,
+            reader=self.intents,
         )
         return Reading(message, verdict, judge(message, self.settings.authentication.authserv_ids))
 
