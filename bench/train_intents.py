@@ -31,6 +31,7 @@ EPOCHS = 12
 RATE = 0.4
 L2 = 1e-6
 SEED = 20261204
+AVERAGE = True
 PRUNE = 1e-3
 """Weights smaller than this are dropped from the shipped file; they change no decision."""
 
@@ -69,6 +70,8 @@ def fit(texts: list[str], labels: list[Intent], trained_on: str = "") -> IntentM
     counts = np.bincount(y, minlength=classes).astype(np.float64)
     balance = np.where(counts > 0, len(y) / (np.count_nonzero(counts) * np.maximum(counts, 1)), 0)
     rng = np.random.default_rng(SEED)
+    total = np.zeros_like(weights)
+    total_bias = np.zeros_like(bias)
     for _ in range(EPOCHS):
         for i in rng.permutation(len(y)):
             rows = inverse[offsets[i] : offsets[i + 1]]
@@ -86,6 +89,10 @@ def fit(texts: list[str], labels: list[Intent], trained_on: str = "") -> IntentM
             weights[rows] -= RATE * grad / np.sqrt(squares[rows])
             bias_squares += p * p
             bias -= RATE * p / np.sqrt(bias_squares)
+        total += weights
+        total_bias += bias
+    if AVERAGE:
+        weights, bias = total / EPOCHS, total_bias / EPOCHS
     keep = np.abs(weights).max(axis=1) >= PRUNE
     return IntentModel(
         intents,

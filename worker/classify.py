@@ -54,6 +54,10 @@ _PIECE_CHARS = 20
 _HEADER_LINES = 6
 """A reply header (attribution, or Outlook's and web.de's From/Sent block) is this many lines
 at most: a ``>`` quote further down belongs to something else."""
+_FORWARD = re.compile(
+    r"(?i)forward|weitergeleitet|transf[ée]r|r[ée]exp[ée]di|reenviado|inoltrat|転送|转发|轉寄"
+)
+"""A forwarded message's header: what follows is another's mail, quoted or not."""
 _NEXT_HEADER = re.compile(r"^-{5,}|^_{5,}\s*$")
 """Where an answer below a quote ends: a forward or Outlook separator."""
 """A line this long found anywhere in our mail is ours, as a client re-wrapped it."""
@@ -362,7 +366,7 @@ def _written(
         )
     if rule is not None and not rule.relayed:
         return _marketplace(rule, rules, mail.subject, mail.text, words)
-    reading = reader.read("" if rule is not None else subject, words)
+    reading = reader.read(_own_subject(rules, mail.subject, subject, rule), words)
     if rule is not None:
         if reading.intent.dispute_kind is None:
             return dataclasses.replace(
@@ -372,6 +376,16 @@ def _written(
             )
         return _buyer_verdict(reading, numbers, rule=rule, rules=rules, mail=mail)
     return _buyer_verdict(reading, numbers)
+
+
+def _own_subject(
+    rules: MailRules, subject: str, stripped: str, rule: MarketplaceRule | None
+) -> str:
+    """The subject, when the buyer wrote it: a reply's subject is ours (our check-in asks
+    whether anything arrived damaged), a relay's is the marketplace's."""
+    if rule is not None or stripped != subject.strip():
+        return ""
+    return stripped
 
 
 def _buyer_verdict(
@@ -431,6 +445,8 @@ def _below_quote(rest: str) -> list[str]:
     no ``>`` lines (Outlook's, a forward) is someone else's mail, as is all after a
     signature or a second header."""
     lines = rest.splitlines()
+    if lines and _FORWARD.search(lines[0]):
+        return []
     first = next((n for n, line in enumerate(lines) if line.lstrip().startswith(">")), None)
     if first is None or first > _HEADER_LINES:
         return []

@@ -534,6 +534,86 @@ def _pattern(where: str, pattern: str) -> None:
         raise ValueError(f"{where}: {pattern[:80]!r} {problem}")
 
 
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
+"""An environment variable's name, in capitals: a key pasted in its place is refused unshown."""
+
+
+class IntentSettings(_Strict):
+    """Who reads what a buyer's words want (see docs/intent-backend.md): the model in the
+    package, or also an OpenAI-compatible endpoint of the operator's, which can only make
+    the reading stricter and whose failures fall back to the model."""
+
+    backend: Literal["local", "openai"] = "local"
+    url: str | None = Field(
+        None, description="Base URL of the endpoint; /chat/completions is added to it."
+    )
+    model: str | None = Field(None, description="The model name the endpoint is asked for.")
+    api_key_env: str | None = Field(
+        None,
+        description="The NAME of the environment variable holding the endpoint's key; the "
+        "key itself is never written in a file.",
+    )
+    timeout_s: float = Field(5.0, gt=0, le=60, description="One request, all of it.")
+    max_chars: int = Field(
+        2000, ge=100, le=20_000, description="Characters of the buyer's words sent, at most."
+    )
+    failures_before_pause: int = Field(
+        5, ge=1, le=100, description="Failures in a row after which the endpoint is left alone."
+    )
+    pause_s: float = Field(300.0, ge=0, description="...for this long; the model reads alone.")
+
+    _crlf = field_validator("url", "model")(lambda v: v if v is None else _no_crlf(v))
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError(
+                "must be the NAME of an environment variable in capitals (like "
+                "OPENAI_API_KEY), not the key itself"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> IntentSettings:
+        if self.backend == "local":
+            return self
+        missing = [k for k in ("url", "model", "api_key_env") if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"backend openai needs {', '.join(missing)}")
+        problem = endpoint_problem(self.url or "")
+        if problem is not None:
+            raise ValueError(f"url: {problem}")
+        if len(self.model or "") > 200 or not (self.model or "").isprintable():
+            raise ValueError("model: at most 200 printable characters")
+        return self
+
+
+def endpoint_problem(url: str) -> str | None:
+    """Why ``url`` cannot be the intent endpoint, or ``None``: https, or http on loopback
+    only (the key and the buyer's words would cross the network in clear)."""
+    from urllib.parse import urlsplit
+
+    shown = repr(url[:80]) if "@" not in url else "the URL"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return f"{shown} is not a URL like https://api.example/v1"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{shown} is not an http(s) URL like https://api.example/v1"
+    if parts.username is not None or parts.password is not None:
+        return "must not carry a user or password; name the key's variable in api_key_env"
+    if parts.query or parts.fragment:
+        return f"{shown} must not have a query or fragment"
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
+        return (
+            f"http sends the key and the buyer's words in clear; it is allowed only on "
+            f"loopback, not {parts.hostname!r}; use https"
+        )
+    return None
+
+
 _PLAIN_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=^_`{|}~-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,63}$")
 """What compose writes into From and Reply-To: ASCII ``local@domain``, no quoting tricks."""
 
@@ -602,6 +682,7 @@ class Settings(_Strict):
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     tracking: TrackingSettings = TrackingSettings()
+    intents: IntentSettings = IntentSettings()
 
     _addresses = field_validator("sender")(_address)
 
@@ -625,6 +706,16 @@ class Settings(_Strict):
             if key in seen:
                 raise ValueError(f"mailboxes {seen[key]} and {name} are the same mailbox ({key})")
             seen[key] = name
+        return self
+
+    @model_validator(mode="after")
+    def _intents_within_read_budget(self) -> Settings:
+        if self.intents.backend != "local" and self.intents.timeout_s >= self.inbox.read_timeout_s:
+            raise ValueError(
+                f"intents.timeout_s ({self.intents.timeout_s:g}) must be below "
+                f"inbox.read_timeout_s ({self.inbox.read_timeout_s:g}), or every message "
+                "waiting on a dead endpoint would be quarantined"
+            )
         return self
 
     @property
@@ -766,9 +857,17 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
             if isinstance(mailbox, dict) and password is not None:
                 mailbox["password"] = password
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(problems, where=str(config_path)) from exc
+    key_env = settings.intents.api_key_env
+    if settings.intents.backend != "local" and key_env and not env.get(key_env):
+        raise ConfigError(
+            f"intents.backend is {settings.intents.backend} but the environment variable "
+            f"{key_env} (intents.api_key_env), which must hold the endpoint's key, is not set",
+            where=str(config_path),
+        )
+    return settings

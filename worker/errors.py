@@ -65,5 +65,10 @@ class FolderMissing(MailboxError):
     """A configured folder does not exist in the mailbox; check imap.folders."""
 
 
+class ModelError(WorkerError):
+    """The shipped intent model is missing or unreadable: reinstall the package, or rebuild
+    the model with `python bench/train_intents.py`."""
+
+
 class RulesError(ConfigError):
     """The mail rules file is invalid; fix config/mail-rules.yaml."""

@@ -35,9 +35,12 @@ from worker import logs
 from worker.classify import classify, compile_index
 from worker.clock import Clock
 from worker.config import ImapSettings, Settings, mailbox_key
+from worker.delivery import delivery_of
 from worker.domain import Classification, MatchMethod, MessageKind
-from worker.errors import FolderMissing, MailboxError, StoreError
+from worker.errors import FolderMissing, MailboxError, StoreError, UnknownOrder
 from worker.inbound import InboundMessage, ParseLimits, Received, parse, unreadable
+from worker.intent import STAGED, ReadsIntent, at_stage, stage_of
+from worker.intent_remote import intent_reader
 from worker.mailbox import FetchedMessage, FolderStatus, Mailbox
 from worker.origin import MAX_SIGNATURES, DnsLookup, Origin, judge, verify_dkim
 from worker.react import Reactions, Standing, react
@@ -112,10 +115,15 @@ class Ingest:
         dkim_dns: DnsLookup | None = None,
         imap: ImapSettings | None = None,
         holder: str | None = None,
+        intents: ReadsIntent | None = None,
     ) -> None:
         """``signer`` must hold the key the sending side signs with (the CLI passes the kept
         one); ``dkim_dns`` replaces DNS for DKIM keys (tests). ``imap``: the mailbox, when
-        not ``settings.imap``; ``holder``: the worker's name on the mailbox's lease."""
+        not ``settings.imap``; ``holder``: the worker's name on the mailbox's lease;
+        ``intents``: who reads the buyers' words, by default as ``settings.intents`` say."""
+        self.intents = intents or intent_reader(settings.intents)
+        """Built once: the model is loaded, and an endpoint's failures counted, across
+        messages."""
         self.settings = settings
         self.imap = imap or settings.imap
         self.store = store
@@ -137,6 +145,7 @@ class Ingest:
             settings.inbox.soft_bounce_limit, settings.inbox.soft_bounce_window
         )
         self.unsubscribe_addresses = unsubscribe_only(settings)
+        self.transit = settings.delivery.transit_table()
         self.seller_addresses = settings.seller_addresses
         self._texts: dict[str, tuple[str, ...]] = {}
         """The text of our mail to the senders of the batch being read, by address."""
@@ -292,6 +301,7 @@ class Ingest:
             # A server clock ahead of ours must not date a complaint after the mail it should
             # stop.
             at = min(fetched.internal_date, now)
+            verdict = self._at_stage(verdict, threaded, at)
             standing = self._standing(message, origin, threaded, buyers, at)
             reactions = react(verdict, threaded.match, standing)
             if now - at > self.settings.inbox.act_within:
@@ -299,6 +309,20 @@ class Ingest:
             received = Received(self.name, folder, uidvalidity, fetched.uid, at)
             items.append(Inbound(message, received, verdict, threaded, reactions, origin.evidence))
         return items
+
+    def _at_stage(
+        self, verdict: Classification, threaded: Threaded, at: datetime
+    ) -> Classification:
+        """A "where is it?" or "please cancel" read against where the matched order stood
+        when the message arrived (``worker.intent.at_stage``)."""
+        if verdict.intent not in STAGED or threaded.match is None:
+            return verdict
+        try:
+            order = self.store.order(threaded.match.order_id)
+        except UnknownOrder:  # gone meanwhile: read as if no order matched
+            return verdict
+        delivery = delivery_of(order, None, self.transit)
+        return at_stage(verdict, stage_of(order, delivery, at))
 
     def _buyers(self, order_ids: set[str]) -> dict[str, str]:
         if not order_ids:
@@ -434,6 +458,7 @@ class Ingest:
             seller_addresses=self.seller_addresses,
             unsubscribe_addresses=self.unsubscribe_addresses,
             ours=ours,
+            reader=self.intents,
         )
         return Reading(message, verdict, judge(message, self.settings.authentication.authserv_ids))
 

@@ -15,11 +15,12 @@ same weights. Pure: ``features`` and ``IntentModel.probabilities`` read only the
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from io import BytesIO
 
@@ -28,7 +29,7 @@ import numpy.typing as npt
 import re2
 
 from worker.domain import Intent
-from worker.errors import WorkerError
+from worker.errors import ModelError
 
 BUCKETS = 1 << 18
 """Hashed feature space; collisions among the few thousand features a language uses are rare."""
@@ -70,7 +71,8 @@ _CJK_NEGATIONS = (
 _SCOPE = 3
 
 _WORD = re2.compile(r"[\pL\pM\pN']+")
-_CJK = re2.compile(r"[\p{Han}\p{Hiragana}\p{Katakana}ー]+")
+_CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f]+")
+"""Han, kana and half-width katakana: a character class, linear in Python's ``re`` too."""
 _LATIN_TABLE = {
     code: unicodedata.normalize("NFKD", chr(code))[0]
     for code in range(0xC0, 0x250)
@@ -87,15 +89,54 @@ def prepared(text: str) -> str:
 
 
 def feature_names(text: str) -> Iterator[str]:
-    """Every feature of a prepared text, by name (``w:`` word, ``b:`` word pair, ``n:``
-    negated word, ``c:`` character n-gram, ``k:`` CJK n-gram)."""
-    words = [w.replace("'", "") for w in _WORD.findall(text)]
+    """Every feature of a prepared text, by name (``w:`` word, ``c:`` character n-gram of
+    a word, ``b:`` word pair, ``n:`` negated word, ``k:`` CJK n-gram, ``k!`` CJK negation)."""
+    words = _words(text)
+    for word in words:
+        yield from _word_names(word)
+    yield from _context_names(words)
+    yield from _cjk_names(text)
+
+
+def features(text: str) -> npt.NDArray[np.int64]:
+    """The sorted, distinct buckets of ``feature_names(prepared(text))``; a word's own
+    features are hashed once per process, as most words recur from message to message."""
+    ready = prepared(text)
+    words = _words(ready)
+    found: set[int] = set()
+    for word in words:
+        found.update(_word_buckets(word))
+    found.update(map(bucket, _context_names(words)))
+    found.update(map(bucket, _cjk_names(ready)))
+    return np.fromiter(sorted(found), dtype=np.int64, count=len(found))
+
+
+def bucket(name: str) -> int:
+    return zlib.crc32(name.encode("utf-8")) & (BUCKETS - 1)
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in (w.replace("'", "") for w in _WORD.findall(text)) if w]
+
+
+def _word_names(word: str) -> Iterator[str]:
+    yield f"w:{word}"
+    if _CJK.fullmatch(word) is None:
+        padded = f" {word} "
+        for size in (3, 4, 5):
+            for start in range(len(padded) - size + 1):
+                yield f"c:{padded[start : start + size]}"
+
+
+@lru_cache(maxsize=1 << 16)
+def _word_buckets(word: str) -> tuple[int, ...]:
+    return tuple(map(bucket, _word_names(word)))
+
+
+def _context_names(words: Sequence[str]) -> Iterator[str]:
     negated = 0
     previous = "^"
     for word in words:
-        if not word:
-            continue
-        yield f"w:{word}"
         yield f"b:{previous} {word}"
         if negated:
             yield f"n:{word}"
@@ -103,36 +144,19 @@ def feature_names(text: str) -> Iterator[str]:
         if word in _NEGATORS:
             negated = _SCOPE
         previous = word
-        if _CJK.fullmatch(word) is None:
-            padded = f" {word} "
-            for size in (3, 4, 5):
-                for start in range(len(padded) - size + 1):
-                    yield f"c:{padded[start : start + size]}"
     yield f"b:{previous} $"
+
+
+def _cjk_names(text: str) -> Iterator[str]:
     for run in _CJK.findall(text):
         for size in (1, 2, 3):
             for start in range(len(run) - size + 1):
-                gram = run[start : start + size]
-                yield f"k:{gram}"
+                yield f"k:{run[start : start + size]}"
         for negation in _CJK_NEGATIONS:
             at = run.find(negation)
             if at >= 0:
                 yield f"k!{run[max(0, at - 3) : at]}"
                 yield f"k!{negation}"
-
-
-def bucket(name: str) -> int:
-    return zlib.crc32(name.encode("utf-8")) & (BUCKETS - 1)
-
-
-def features(text: str) -> npt.NDArray[np.int64]:
-    """The sorted, distinct feature buckets of a raw text."""
-    found = {bucket(name) for name in feature_names(prepared(text))}
-    return np.fromiter(sorted(found), dtype=np.int64, count=len(found))
-
-
-class ModelError(WorkerError):
-    """The shipped intent model is missing or unreadable: reinstall, or retrain it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,16 +187,26 @@ class IntentModel:
 
     def strongest(self, text: str, intent: Intent, count: int = 3) -> list[str]:
         """The words and word pairs that weigh most for ``intent``: the evidence an agent reads."""
-        column = self.intents.index(intent)
-        scored: dict[str, float] = {}
-        for name in feature_names(prepared(text)):
-            if name[:2] not in ("w:", "b:", "n:", "k:") or name in scored:
-                continue
-            row = np.searchsorted(self.rows, bucket(name))
-            if row < len(self.rows) and self.rows[row] == bucket(name):
-                scored[name] = float(self.weights[row, column])
-        best = sorted((v, k) for k, v in scored.items() if v > 0)[-count:]
-        return [_shown(name) for _, name in reversed(best)]
+        ready = prepared(text)
+        words = _words(ready)
+        names = [
+            name
+            for name in (*(f"w:{w}" for w in words), *_context_names(words), *_cjk_names(ready))
+            if _shown(name)
+        ]
+        if not names:
+            return []
+        buckets = np.fromiter(map(bucket, names), dtype=np.int64, count=len(names))
+        at = np.minimum(np.searchsorted(self.rows, buckets), max(len(self.rows) - 1, 0))
+        known = self.rows[at] == buckets if len(self.rows) else np.zeros(len(names), bool)
+        weight = np.where(known, self.weights[at, self.intents.index(intent)], 0.0)
+        shown: list[str] = []
+        for n in np.argsort(-weight, kind="stable"):
+            if weight[n] <= 0 or len(shown) == count:
+                break
+            if (said := _shown(names[n])) not in shown:
+                shown.append(said)
+        return shown
 
     def save(self) -> bytes:
         out = BytesIO()
@@ -212,10 +246,14 @@ def _hits(rows: npt.NDArray[np.int64], found: npt.NDArray[np.int64]) -> npt.NDAr
 
 
 def _shown(name: str) -> str:
+    """A feature as an agent reads it: words, word pairs and CJK runs of two or more
+    characters; empty for the rest (character pieces, negation marks)."""
     kind, _, value = name.partition(":")
-    if kind == "n":
-        return f"not {value}"
-    return value.replace("^", "").replace("$", "").strip()
+    if kind in ("w", "b"):
+        return value.removeprefix("^ ").removesuffix(" $")
+    if kind == "k" and len(value) >= 2:
+        return value
+    return ""
 
 
 def training_digest(texts: Iterable[bytes]) -> str:
