@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.classify import classify, keyword_complaint, own_words  # noqa: E402
+from worker.classify import classify, own_words  # noqa: E402
 from worker.domain import Classification, Intent, MessageKind  # noqa: E402
 from worker.inbound import parse  # noqa: E402
 from worker.intent import IntentReader, IntentReading, OrderStage, at_stage  # noqa: E402
@@ -141,21 +141,26 @@ def read_labels(folder: Path) -> list[Labelled]:
 
 
 class KeywordReader:
-    """The reader before the model: the complaint keywords of the rules file, with their
-    negations; everything else a plain reply."""
+    """The reader before the model: the complaint keywords of ``bench/keyword-baseline.yaml``
+    in priority order, each not negated next to it; everything else a plain reply."""
 
-    def __init__(self, rules: MailRules) -> None:
-        self.rules = rules
+    def __init__(self, keywords: MailRules) -> None:
+        self.keywords = keywords
 
     def read(self, subject: str, words: str) -> IntentReading:
-        found = keyword_complaint(self.rules, (subject, words))
-        if found is None:
-            return IntentReading(Intent.OTHER, 0.0, "rule=default")
-        keyword, said = found
-        intent = next((i for i in Intent if i.dispute_kind is keyword.kind), Intent.OTHER)
-        if keyword.kind.value == "chargeback":
-            intent = Intent.CLAIM_THREAT
-        return IntentReading(intent, 1.0, f"keyword={keyword.language}:{said}")
+        for keyword in self.keywords.complaints:
+            for text in (" ".join(subject.split()), " ".join(words.split())):
+                for start, end in keyword.spans(text):
+                    if not self.keywords.negated(text, start, end):
+                        intent = _INTENT_OF.get(keyword.kind.value, Intent.OTHER)
+                        said = text[start:end].lower()[:80]
+                        return IntentReading(intent, 1.0, f"keyword={keyword.language}:{said}")
+        return IntentReading(Intent.OTHER, 0.0, "rule=default")
+
+
+_INTENT_OF = {i.dispute_kind.value: i for i in Intent if i.dispute_kind is not None} | {
+    "chargeback": Intent.CLAIM_THREAT
+}
 
 
 def run(
@@ -219,7 +224,9 @@ def main() -> int:
     args = parser.parse_args()
     rules = load_rules(args.rules)
     items = read_labels(args.folder)
-    reader = IntentReader.shipped() if args.method == "model" else KeywordReader(rules)
+    reader: IntentReader | KeywordReader = IntentReader.shipped()
+    if args.method == "keywords":
+        reader = KeywordReader(load_rules(ROOT / "bench" / "keyword-baseline.yaml"))
     classify(parse(b"Subject: warm-up\r\n\r\nhello\r\n"), rules, seller_addresses=frozenset())
     scores, read_rate, classify_rate = run(items, rules, reader)
     print(f"{len(items)} messages from {args.folder}, method {args.method}")

@@ -32,6 +32,8 @@ RATE = 0.4
 L2 = 1e-6
 SEED = 20261204
 AVERAGE = True
+MIN_TEXTS = 2
+"""A feature found in fewer training texts gets no weight."""
 PRUNE = 1e-3
 """Weights smaller than this are dropped from the shipped file; they change no decision."""
 
@@ -61,7 +63,9 @@ def fit(texts: list[str], labels: list[Intent], trained_on: str = "") -> IntentM
     intents = MODEL_INTENTS
     y = np.array([intents.index(label) for label in labels], dtype=np.int64)
     offsets, flat = design(texts)
-    used, inverse = np.unique(flat, return_inverse=True)
+    used, inverse, seen = np.unique(flat, return_inverse=True, return_counts=True)
+    rare = seen[inverse] < MIN_TEXTS  # a feature of one text alone learns that text by heart
+    inverse = np.where(rare, -1, inverse)
     classes = len(intents)
     weights = np.zeros((len(used), classes), dtype=np.float64)
     squares = np.full_like(weights, 1e-8)
@@ -75,9 +79,10 @@ def fit(texts: list[str], labels: list[Intent], trained_on: str = "") -> IntentM
     for _ in range(EPOCHS):
         for i in rng.permutation(len(y)):
             rows = inverse[offsets[i] : offsets[i + 1]]
+            scale = 1.0 / np.sqrt(max(rows.size, 1))  # as the model scales: by all features
+            rows = rows[rows >= 0]
             if rows.size == 0:
                 continue
-            scale = 1.0 / np.sqrt(rows.size)
             logits = bias + weights[rows].sum(axis=0) * scale
             logits -= logits.max()
             p = np.exp(logits)
@@ -108,21 +113,36 @@ def _predict(model: IntentModel, texts: list[str]) -> npt.NDArray[np.int64]:
 
 
 def cross_validate(texts: list[str], labels: list[Intent], langs: list[str], folds: int) -> None:
+    """Held-out figures on the training texts: accuracy per file, and for each line the
+    reader could pause at, the complaints paused and the ordinary texts paused."""
     rng = np.random.default_rng(SEED)
     fold_of = rng.integers(0, folds, size=len(texts))
     right: Counter[str] = Counter()
     seen: Counter[str] = Counter()
+    mass = np.zeros(len(texts))
     for fold in range(folds):
         train = [i for i in range(len(texts)) if fold_of[i] != fold]
         test = [i for i in range(len(texts)) if fold_of[i] == fold]
         model = fit([texts[i] for i in train], [labels[i] for i in train])
-        guessed = _predict(model, [texts[i] for i in test])
-        for i, g in zip(test, guessed, strict=True):
+        complaint = [n for n, intent in enumerate(model.intents) if intent.dispute_kind]
+        for i in test:
+            p = model.probabilities(texts[i])
+            mass[i] = p[complaint].sum()
             seen[langs[i]] += 1
-            right[langs[i]] += model.intents[g] is labels[i]
+            right[langs[i]] += model.intents[int(np.argmax(p))] is labels[i]
     for lang in sorted(seen):
         print(f"{lang}: {right[lang] / seen[lang]:.3f} of {seen[lang]}")
     print(f"all: {sum(right.values()) / sum(seen.values()):.3f}")
+    is_complaint = np.array([label.dispute_kind is not None for label in labels])
+    ordinary = np.array(
+        [label.dispute_kind is None and label is not Intent.UNSUBSCRIBE for label in labels]
+    )
+    for line in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6):
+        recall = (mass[is_complaint] >= line).mean()
+        paused = (mass[ordinary] >= line).mean()
+        print(
+            f"pause from {line:.2f}: complaints paused {recall:.3f}, ordinary paused {paused:.3f}"
+        )
 
 
 def main() -> int:

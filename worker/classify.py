@@ -19,7 +19,6 @@ import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import quotequail
 import re2
@@ -29,7 +28,6 @@ from worker.dsn import classify_bounce
 from worker.inbound import InboundMessage
 from worker.intent import IntentReader, IntentReading, ReadsIntent
 from worker.rules import (
-    ComplaintKeyword,
     HeaderRule,
     Keyword,
     MailRules,
@@ -100,48 +98,25 @@ def _key(line: str) -> str:
 
 # Many patterns, one pass --------------------------------------------------------------------
 #
-# The rules hold hundreds of patterns (complaint keywords in seven languages, auto-reply
-# subjects, unsubscribe phrases), and trying each in turn costs a call, and an encoding of
-# the text, per pattern. Each list is also compiled as one alternation, which says in one
-# pass whether any of them matches, and as an RE2 set, which says which ones do. Only those
-# are then tried, in the rules' order, exactly as before: the verdict and its evidence do
-# not change, only the patterns that cannot match are skipped.
+# The rules hold hundreds of patterns (auto-reply subjects, unsubscribe phrases, marketplace
+# senders), and trying each in turn costs a call, and an encoding of the text, per pattern.
+# Each list is also compiled as one alternation, which says in one pass whether any of them
+# matches; only then are they tried, in the rules' order, exactly as before: the verdict and
+# its evidence do not change, only the patterns that cannot match are skipped.
 
 _OPTION_NAMES = (
     *("max_mem", "encoding", "posix_syntax", "longest_match", "log_errors", "literal"),
     *("never_nl", "dot_nl", "never_capture", "case_sensitive", "perl_classes"),
     *("word_boundary", "one_line"),
 )
-_EDGE = r"[^\pL\pN]"
-_WHOLE_WORD = (f"(?:^|{_EDGE})((?:", f"))(?:{_EDGE}|$)")
-"""How ``worker.rules`` wraps a Latin-script keyword to match whole words only. The keyword
-itself, without its edges, can match wherever the whole one does: the set reads the bare
-keywords, as the edges' Unicode classes would make its automaton too big."""
 
 
 @dataclass(frozen=True, slots=True)
 class _AnyOf:
-    """Which of many RE2 patterns can match a text.
+    """Whether any of many RE2 patterns matches a text, in one pass. RE2 goes on with a
+    slower automaton when the fast one runs out of memory, so it is never wrong."""
 
-    ``any_of`` (the patterns as one alternation) says exactly whether any of them matches:
-    RE2 goes on with a slower automaton when the fast one runs out of memory, so it is never
-    wrong. ``which`` (an RE2 set) names the ones that may match, but says nothing at all when
-    its automaton runs out of memory; its silence is then checked with ``any_of``.
-    """
-
-    count: int
     any_of: re2._Regexp[bytes]
-    which: re2.Set | None
-
-    def candidates(self, text: bytes) -> Sequence[int]:
-        """The indices, ascending, of every pattern that may match somewhere in ``text``."""
-        if self.any_of.search(text) is None:  # the usual answer, in one pass
-            return ()
-        if self.which is not None:
-            found = cast("list[int] | None", self.which.Match(text))
-            if found:
-                return sorted(found)
-        return range(self.count)
 
     def found_in(self, text: bytes) -> bool:
         return self.any_of.search(text) is not None
@@ -151,31 +126,15 @@ class _AnyOf:
         return self.any_of.fullmatch(text) is not None
 
 
-def _any_of(
-    patterns: Sequence[Pattern], sources: Sequence[str] | None = None, *, which: bool = False
-) -> _AnyOf | None:
+def _any_of(patterns: Sequence[Pattern]) -> _AnyOf | None:
     """``None`` when the patterns cannot be read together: then each is tried, as before."""
     options = _shared_options(patterns)
     if options is None:
         return None
-    sources = sources or [p.pattern for p in patterns]
     try:
-        any_of = re2.compile("|".join(f"(?:{s})" for s in sources).encode(), options)
+        return _AnyOf(re2.compile("|".join(f"(?:{p.pattern})" for p in patterns).encode(), options))
     except re2.error:
         return None
-    return _AnyOf(len(sources), any_of, _set_of(sources, options) if which else None)
-
-
-def _set_of(sources: Sequence[str], options: re2.Options) -> re2.Set | None:
-    """``None`` when the set does not fit its memory: the alternation still answers."""
-    found = re2.Set.SearchSet(options)
-    try:
-        for source in sources:
-            found.Add(source.encode())
-        found.Compile()
-    except re2.error:
-        return None
-    return found
 
 
 def _shared_options(patterns: Sequence[Pattern]) -> re2.Options | None:
@@ -192,19 +151,10 @@ def _shared_options(patterns: Sequence[Pattern]) -> re2.Options | None:
     return options
 
 
-def _bare_keyword(keyword: ComplaintKeyword) -> str:
-    source = keyword.pattern.pattern
-    start, end = _WHOLE_WORD
-    if source.startswith(start) and source.endswith(end):
-        return source[len(start) : -len(end)]
-    return source
-
-
 @dataclass(frozen=True, slots=True)
 class _Index:
     """The rules' pattern lists, each read in one pass; built once per rules object."""
 
-    complaints: _AnyOf | None
     auto_subjects: _AnyOf | None
     unsubscribe: _AnyOf | None
     quote_starts: Pattern | None
@@ -223,14 +173,8 @@ def compile_index(rules: MailRules) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _index(rules: MailRules) -> _Index:
-    complaints = rules.complaints
     senders = [p for rule in rules.marketplace for p in rule.senders]
     return _Index(
-        complaints=_any_of(
-            [k.pattern for k in complaints], [_bare_keyword(k) for k in complaints], which=True
-        )
-        if complaints
-        else None,
         auto_subjects=_any_of([k.pattern for k in rules.auto_reply_subjects])
         if rules.auto_reply_subjects
         else None,
@@ -431,8 +375,14 @@ def own_words(text: str, rules: MailRules, ours: tuple[str, ...] = ()) -> str:
 def _own_words(text: str, rules: MailRules, ours: _Ours) -> str:
     cut = min(_parser_quote_start(text), _quote_start(rules, text))
     above = [line for line in text[:cut].splitlines() if not _quoted(line, ours)]
-    below = [line for line in _below_quote(text[cut:]) if not _quoted(line, ours)]
-    return "\n".join([*above, *below]).strip()
+    below: list[str] = []
+    if not "".join(above).strip():  # nothing on top: the answer is below, or between
+        below = [line for line in _below_quote(text[cut:]) if not _quoted(line, ours)]
+    signature = rules.signature_lines
+    lines = [*above, *below]
+    if signature is not None:
+        lines = [line for line in lines if not signature.fullmatch(line.strip())]
+    return "\n".join(lines).strip()
 
 
 def _quoted(line: str, ours: _Ours) -> bool:
@@ -440,8 +390,10 @@ def _quoted(line: str, ours: _Ours) -> bool:
 
 
 def _below_quote(rest: str) -> list[str]:
-    """A bottom-posted or inline answer: the unmarked lines among and after a ``>`` quote
-    that follows the reply header within ``_HEADER_LINES`` lines. Text after a header with
+    """A bottom-posted or inline answer (the buyer wrote nothing above the quote): the
+    unmarked lines among and after a ``>`` quote that follows the reply header within
+    ``_HEADER_LINES`` lines. (Under a top-posted answer, an unmarked line in the quote is
+    ours, wrapped by a client that did not mark it.) Text after a header with
     no ``>`` lines (Outlook's, a forward) is someone else's mail, as is all after a
     signature or a second header."""
     lines = rest.splitlines()
@@ -690,23 +642,6 @@ def _unsubscribe(
         for keyword in rules.unsubscribe_phrases:
             if keyword.pattern.fullmatch(candidate):
                 return f"unsubscribe={keyword.language}:{candidate[:_EVIDENCE_CHARS]}"
-    return None
-
-
-def keyword_complaint(
-    rules: MailRules, texts: tuple[str, ...]
-) -> tuple[ComplaintKeyword, str] | None:
-    """The first keyword, in priority order, found without a negation next to it."""
-    flat = [" ".join(t.split()) for t in texts]
-    index = _index(rules).complaints
-    chosen: Iterable[int] = range(len(rules.complaints))
-    if index is not None:
-        chosen = sorted({i for text in flat for i in index.candidates(text.encode())})
-    for keyword in (rules.complaints[i] for i in chosen):
-        for text in flat:
-            for start, end in keyword.spans(text):
-                if not rules.negated(text, start, end):
-                    return keyword, text[start:end].lower()[:_EVIDENCE_CHARS]
     return None
 
 

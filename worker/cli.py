@@ -55,6 +55,7 @@ from worker.feeds import (
 )
 from worker.inbound import InboundMessage, parse
 from worker.ingest import Ingest, parse_limits, unsubscribe_only
+from worker.intent_remote import intent_reader
 from worker.origin import Origin, judge
 from worker.plan import Verdict
 from worker.render import Renderer, TemplateRunner
@@ -880,6 +881,7 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
     also needs proof that a report is about one of our sends (``needs``)."""
     rules = load_rules(settings.inbox.rules_file)
     limits = parse_limits(settings)
+    reader = intent_reader(settings.intents)
     failed = 0
     for name in args.files:
         try:
@@ -894,6 +896,7 @@ def cmd_classify(args: argparse.Namespace, settings: Settings) -> int:
             rules,
             seller_addresses=settings.seller_addresses,
             unsubscribe_addresses=unsubscribe_only(settings),
+            reader=reader,
         )
         origin = judge(message, settings.authentication.authserv_ids)
         print(json.dumps({"file": name, **_verdict_fields(message, verdict, origin)}), flush=True)
@@ -921,6 +924,10 @@ def _verdict_fields(
         "authentication": {"verified_domain": origin.verified_domain, "evidence": origin.evidence},
         "defects": list(message.errors),
     }
+    if verdict.intent is not None:
+        fields["intent"] = verdict.intent.value
+        fields["confidence"] = verdict.confidence
+        fields["needs_review"] = verdict.needs_review
     if reason in (SuppressionReason.HARD_BOUNCE, SuppressionReason.SPAM_COMPLAINT):
         fields["needs"] = "our return-path token or Message-ID"
     if verdict.kind is MessageKind.DELIVERED:

@@ -524,7 +524,11 @@ class Ingest:
             )
         if recorded.dispute is not None:
             log.warning(
-                "dispute.opened", order=recorded.dispute_order, kind=recorded.dispute, **where
+                "dispute.opened",
+                order=recorded.dispute_order,
+                kind=recorded.dispute,
+                needs_review=item.reactions.needs_review,
+                **where,
             )
         if recorded.disputes_closed:
             log.info("dispute.closed", count=recorded.disputes_closed, **where)

@@ -37,6 +37,9 @@ UNSUBSCRIBE_FROM = 0.60
 SUBJECT_BELOW = 0.50
 """When the body's likeliest intent is less sure than this, the subject is read with it."""
 MIN_CHARS = 2
+MIN_KNOWN = 0.3
+"""Below this share of known features the words are in a language the model never learnt
+(the seven it reads are listed in docs/mail-rules.md): no reading rather than a guess."""
 """Fewer characters of the buyer's own are no words to read ("." or "ok" alone is not)."""
 
 
@@ -81,19 +84,20 @@ class IntentReader:
     def read(self, subject: str, words: str) -> IntentReading:
         """The buyer's intent from their own words, and from the subject (without reply
         prefixes) where the words are missing or do not decide."""
-        text = words.strip()
-        if len(text) >= MIN_CHARS:
-            probabilities = self.model.probabilities(text)
-            read_from = "words"
-            if probabilities.max() < SUBJECT_BELOW and subject.strip():
-                text = f"{subject.strip()}\n{text}"
-                probabilities = self.model.probabilities(text)
-                read_from = "subject+words"
-        elif len(subject.strip()) >= MIN_CHARS:
-            text, read_from = subject.strip(), "subject"
-            probabilities = self.model.probabilities(text)
-        else:
+        text, subject = words.strip(), subject.strip()
+        read_from = "words"
+        if len(text) < MIN_CHARS:
+            text, read_from = subject, "subject"
+        if len(text) < MIN_CHARS:
             return IntentReading(Intent.OTHER, 0.0, "intent=other: no words of the buyer's")
+        probabilities, known = self.model.read(text)
+        if known < MIN_KNOWN:
+            return IntentReading(
+                Intent.OTHER, 0.0, f"intent=other: words the model does not know ({known:.0%})"
+            )
+        if read_from == "words" and probabilities.max() < SUBJECT_BELOW and subject:
+            text, read_from = f"{subject}\n{text}", "subject+words"
+            probabilities = self.model.probabilities(text)
         return self._decide(text, probabilities, read_from)
 
     def _decide(self, text: str, probabilities: np.ndarray, read_from: str) -> IntentReading:

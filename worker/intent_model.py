@@ -31,8 +31,9 @@ import re2
 from worker.domain import Intent
 from worker.errors import ModelError
 
-BUCKETS = 1 << 18
-"""Hashed feature space; collisions among the few thousand features a language uses are rare."""
+BUCKETS = 1 << 22
+"""Hashed feature space: a twentieth of it is used, so a feature the model never saw rarely
+falls on one it did (which is what tells it a language it never learnt)."""
 TEXT_CHARS = 3000
 """Of the buyer's words, this much is read: more than any buyer writes by hand."""
 MODEL_FILE = "intent_model.npz"
@@ -111,6 +112,17 @@ def features(text: str) -> npt.NDArray[np.int64]:
     return np.fromiter(sorted(found), dtype=np.int64, count=len(found))
 
 
+def vocabulary(text: str) -> npt.NDArray[np.int64]:
+    """The buckets of the text's words: Latin (and other) words whole, Han and kana as
+    pairs of characters, numbers left out. What share of them the model knows says whether it learnt the
+    language at all: character pieces and digits are shared by every language."""
+    ready = prepared(text)
+    names = {f"w:{w}" for w in _words(ready) if _CJK.search(w) is None and "0" not in w}
+    names.update(f"k:{run[n : n + 2]}" for run in _CJK.findall(ready) for n in range(len(run) - 1))
+    found = {bucket(name) for name in names}
+    return np.fromiter(sorted(found), dtype=np.int64, count=len(found))
+
+
 def bucket(name: str) -> int:
     return zlib.crc32(name.encode("utf-8")) & (BUCKETS - 1)
 
@@ -175,15 +187,23 @@ class IntentModel:
 
     def probabilities(self, text: str) -> npt.NDArray[np.float64]:
         """How likely each of ``intents`` is, summing to 1."""
+        return self.read(text)[0]
+
+    def read(self, text: str) -> tuple[npt.NDArray[np.float64], float]:
+        """The probabilities, and the share of the text's words (``vocabulary``) the model
+        has weights for: near zero, it is a language or a script it never learnt, and the
+        probabilities are only its priors."""
         found = features(text)
         hits = _hits(self.rows, found)
+        known = vocabulary(text)
+        words = _hits(self.rows, known).size / max(known.size, 1)
         logits = self.bias.astype(np.float64)
         if hits.size:
             logits = logits + self.weights[hits].sum(axis=0, dtype=np.float64) / np.sqrt(found.size)
         logits -= logits.max()
         exp: npt.NDArray[np.float64] = np.exp(logits)
         total: npt.NDArray[np.float64] = exp / exp.sum()
-        return total
+        return total, words
 
     def strongest(self, text: str, intent: Intent, count: int = 3) -> list[str]:
         """The words and word pairs that weigh most for ``intent``: the evidence an agent reads."""

@@ -266,6 +266,7 @@ class _RulesFile(_Strict):
     unsubscribe: _Unsubscribe = _Unsubscribe()
     quote_starts: tuple[MultilineRegex, ...] = ()
     reply_prefixes: Regex = _compiled(r"^\s*(?:re\s*:\s*)+")
+    signature_lines: tuple[Regex, ...] = ()
     complaint_priority: tuple[DisputeKind, ...] = ()
     complaints: dict[Language, dict[DisputeKind, tuple[KeywordRegex, ...]]] = {}
     negations: dict[Language, Negation] = {}
@@ -316,6 +317,9 @@ class MailRules:
     unsubscribe_max_lines: int
     quote_starts: tuple[Pattern, ...]
     reply_prefixes: Pattern
+    signature_lines: Pattern | None
+    """Lines a mail program adds under the buyer's words ("Sent from my iPhone"), as one
+    pattern; a whole line it matches is not the buyer's."""
     complaints: tuple[ComplaintKeyword, ...]
     """In the order they are tried: kinds by ``complaint_priority``, then file order."""
     negation_before: Pattern | None
@@ -392,6 +396,12 @@ def _any_of(sources: list[str], *, before: bool) -> Pattern | None:
     return _compiled(rf"(?:{either})\s*$" if before else rf"^\s*(?:{either})")
 
 
+def _one_of_lines(patterns: tuple[Pattern, ...]) -> Pattern | None:
+    if not patterns:
+        return None
+    return _compiled("|".join(f"(?:{p.pattern})" for p in patterns))
+
+
 def _build(data: _RulesFile, source: str) -> MailRules:
     negations = data.negations.values()
     return MailRules(
@@ -407,6 +417,7 @@ def _build(data: _RulesFile, source: str) -> MailRules:
         unsubscribe_max_lines=data.unsubscribe.max_lines,
         quote_starts=data.quote_starts,
         reply_prefixes=data.reply_prefixes,
+        signature_lines=_one_of_lines(data.signature_lines),
         complaints=_complaint_keywords(data),
         negation_before=_any_of([p for n in negations for p in n.before], before=True),
         negation_after=_any_of([p for n in negations for p in n.after], before=False),

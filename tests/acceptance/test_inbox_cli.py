@@ -62,7 +62,7 @@ def test_ingest_thread_and_inbox_show_an_agent_what_waits(
 
     thread = work.run("thread", "SHOP-2002", check=True).stdout
     assert "<- complaint" in thread and "Parcel" in thread and "has not arrived" in thread
-    assert "keyword=en:" in thread and "matched by buyer_address" in thread
+    assert "intent=" in thread and "matched by buyer_address" in thread
     plan = work.run("plan", "--order", "SHOP-2002").stdout
     assert "dispute_open" in plan
 

@@ -38,15 +38,17 @@ def rules() -> MailRules:
     return load_rules(ROOT / "config" / "mail-rules.yaml")
 
 
-def _model_saying(probabilities: dict[Intent, float]) -> IntentModel:
-    """A model whose bias alone gives these probabilities, for any text."""
+def _model_saying(probabilities: dict[Intent, float], knows: str = "some words") -> IntentModel:
+    """A model whose bias alone gives these probabilities, for any text; it knows (with
+    zero weights) the features of ``knows``, as if it had learnt that language."""
     intents = MODEL_INTENTS
     p = np.array([probabilities.get(i, 0.0) for i in intents]) + 1e-9
     p /= p.sum()
+    rows = features(knows)
     return IntentModel(
         intents,
-        np.zeros(0, dtype=np.int64),
-        np.zeros((0, len(intents)), dtype=np.float32),
+        rows,
+        np.zeros((len(rows), len(intents)), dtype=np.float32),
         np.log(p).astype(np.float32),
         "",
     )
@@ -91,6 +93,15 @@ def test_an_unsure_unsubscribe_suppresses_no_one() -> None:
 def test_no_words_is_no_reading() -> None:
     reading = _reading({Intent.DAMAGED: 1.0}, words=" \n ")
     assert (reading.intent, reading.confidence) == (Intent.OTHER, 0.0)
+
+
+def test_words_of_a_language_it_never_learnt_are_no_reading() -> None:
+    """Its priors are no reading of Korean: nothing pauses on a guess."""
+    reader = IntentReader(_model_saying({Intent.DAMAGED: 1.0}, knows="the lamp is broken"))
+    assert reader.read("", "the lamp is broken").intent is Intent.DAMAGED
+    unknown = reader.read("the lamp is broken", "부재중입니다. 3월 23일에 돌아옵니다.")
+    assert (unknown.intent, unknown.confidence) == (Intent.OTHER, 0.0)
+    assert "does not know" in unknown.evidence
 
 
 def test_the_subject_is_read_only_where_the_words_do_not_decide() -> None:
