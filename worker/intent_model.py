@@ -114,8 +114,8 @@ def features(text: str) -> npt.NDArray[np.int64]:
 
 def vocabulary(text: str) -> npt.NDArray[np.int64]:
     """The buckets of the text's words: Latin (and other) words whole, Han and kana as
-    pairs of characters, numbers left out. What share of them the model knows says whether it learnt the
-    language at all: character pieces and digits are shared by every language."""
+    pairs of characters, numbers left out. What share of them the model knows says whether
+    it learnt the language at all: character pieces and digits are shared by every language."""
     ready = prepared(text)
     names = {f"w:{w}" for w in _words(ready) if _CJK.search(w) is None and "0" not in w}
     names.update(f"k:{run[n : n + 2]}" for run in _CJK.findall(ready) for n in range(len(run) - 1))
