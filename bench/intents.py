@@ -221,6 +221,7 @@ def main() -> int:
     parser.add_argument("--rules", type=Path, default=ROOT / "config" / "mail-rules.yaml")
     parser.add_argument("--method", choices=("model", "keywords"), default="model")
     parser.add_argument("--misses", action="store_true", help="list every message scored wrong")
+    parser.add_argument("--no-fail", action="store_true", help="exit 0 even if a target is missed")
     args = parser.parse_args()
     rules = load_rules(args.rules)
     items = read_labels(args.folder)
@@ -237,7 +238,7 @@ def main() -> int:
             print(line)
     for line in missed:
         print(f"TARGET MISSED: {line}")
-    return 1 if missed else 0
+    return 1 if missed and not args.no_fail else 0
 
 
 if __name__ == "__main__":

@@ -378,7 +378,7 @@ def _own_words(text: str, rules: MailRules, ours: _Ours) -> str:
     below: list[str] = []
     if not "".join(above).strip():  # nothing on top: the answer is below, or between
         below = [line for line in _below_quote(text[cut:]) if not _quoted(line, ours)]
-    signature = rules.signature_lines
+    signature = rules.client_lines
     lines = [*above, *below]
     if signature is not None:
         lines = [line for line in lines if not signature.fullmatch(line.strip())]

@@ -353,12 +353,15 @@ def _remembered_addresses(value: str) -> tuple[tuple[str, str], ...]:
 
 
 def _addresses(values: tuple[str, ...], errors: list[str], where: str) -> list[tuple[str, str]]:
+    """The addresses with an ``@`` and no control character (a NUL is no address, and no
+    database stores it)."""
     try:
         found = address_pairs(", ".join(values)[:_ADDRESS_CHARS])
     except RecursionError:  # email.utils reads nested comments "(((..." recursively
         errors.append(f"{where}: addresses nested too deep to read")
         return []
-    return [(name, addr.strip().lower()) for name, addr in found if "@" in addr]
+    pairs = ((name, addr.strip().lower()) for name, addr in found)
+    return [(name, addr) for name, addr in pairs if "@" in addr and addr.isprintable()]
 
 
 def _message_ids(value: str) -> list[str]:

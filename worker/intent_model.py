@@ -55,20 +55,11 @@ _NEGATORS = frozenset(
     }
 )
 """Words after which, within ``_SCOPE`` words, a complaint word says the opposite."""
-_CJK_NEGATIONS = (
-    "没有",
-    "沒有",
-    "没",
-    "沒",
-    "不",
-    "未",
-    "无",
-    "無",
-    "ない",
-    "なし",
-    "ません",
-    "ず",
-)
+_NEGATED_AFTER = ("没有", "沒有", "没", "沒", "不", "未", "无", "無", "别", "別")
+"""Chinese negations: what follows them is negated (没有破损, 不用退款)."""
+_NEGATED_BEFORE = ("ません", "ない", "なし", "なく", "ず", "ございません")
+"""Japanese negations: what comes before them is negated (壊れていません, 破損はなく)."""
+_CJK_SCOPE = 4
 _SCOPE = 3
 
 _WORD = re2.compile(r"[\pL\pM\pN']+")
@@ -164,11 +155,24 @@ def _cjk_names(text: str) -> Iterator[str]:
         for size in (1, 2, 3):
             for start in range(len(run) - size + 1):
                 yield f"k:{run[start : start + size]}"
-        for negation in _CJK_NEGATIONS:
-            at = run.find(negation)
-            if at >= 0:
-                yield f"k!{run[max(0, at - 3) : at]}"
-                yield f"k!{negation}"
+        for scope in _cjk_negated(run):
+            yield "k!"
+            for start in range(len(scope) - 1):
+                yield f"k!{scope[start : start + 2]}"
+
+
+def _cjk_negated(run: str) -> Iterator[str]:
+    """The characters a negation turns around: up to ``_CJK_SCOPE`` after a Chinese one,
+    before a Japanese one. Their pairs are features of their own (``k!壊れ``), so "broken"
+    and "not broken" weigh apart, as ``n:`` words do for the other languages."""
+    for negation in _NEGATED_AFTER:
+        at = run.find(negation)
+        if at >= 0:
+            yield run[at + len(negation) : at + len(negation) + _CJK_SCOPE]
+    for negation in _NEGATED_BEFORE:
+        at = run.find(negation)
+        if at > 0:
+            yield run[max(0, at - _CJK_SCOPE) : at]
 
 
 @dataclass(frozen=True, slots=True)

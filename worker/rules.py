@@ -266,7 +266,7 @@ class _RulesFile(_Strict):
     unsubscribe: _Unsubscribe = _Unsubscribe()
     quote_starts: tuple[MultilineRegex, ...] = ()
     reply_prefixes: Regex = _compiled(r"^\s*(?:re\s*:\s*)+")
-    signature_lines: tuple[Regex, ...] = ()
+    client_lines: tuple[Regex, ...] = ()
     complaint_priority: tuple[DisputeKind, ...] = ()
     complaints: dict[Language, dict[DisputeKind, tuple[KeywordRegex, ...]]] = {}
     negations: dict[Language, Negation] = {}
@@ -317,7 +317,7 @@ class MailRules:
     unsubscribe_max_lines: int
     quote_starts: tuple[Pattern, ...]
     reply_prefixes: Pattern
-    signature_lines: Pattern | None
+    client_lines: Pattern | None
     """Lines a mail program adds under the buyer's words ("Sent from my iPhone"), as one
     pattern; a whole line it matches is not the buyer's."""
     complaints: tuple[ComplaintKeyword, ...]
@@ -417,7 +417,7 @@ def _build(data: _RulesFile, source: str) -> MailRules:
         unsubscribe_max_lines=data.unsubscribe.max_lines,
         quote_starts=data.quote_starts,
         reply_prefixes=data.reply_prefixes,
-        signature_lines=_one_of_lines(data.signature_lines),
+        client_lines=_one_of_lines(data.client_lines),
         complaints=_complaint_keywords(data),
         negation_before=_any_of([p for n in negations for p in n.before], before=True),
         negation_after=_any_of([p for n in negations for p in n.after], before=False),

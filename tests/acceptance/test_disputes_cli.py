@@ -14,6 +14,14 @@ from sqlalchemy import update
 from tests.acceptance.test_cli import Workdir, _free_port
 from tests.acceptance.test_inbox_cli import _mail, _seller
 from tests.dovecot import Dovecot, User
+from tests.integration.test_intent_remote import (  # noqa: F401 (endpoint: a fixture)
+    KEY,
+    KEY_ENV,
+    MODEL,
+    Endpoint,
+    endpoint,
+    reading,
+)
 from tests.messages import plain_mail
 from worker.domain import (
     Classification,
@@ -193,14 +201,27 @@ def test_thread_and_inbox_show_the_intent_and_inbox_lists_urgent_mail_first(
 
 
 def test_an_unsure_complaint_read_from_the_mailbox_waits_for_an_agent(
-    tmp_path: Path, dovecot: Dovecot, mailbox_user: User
+    tmp_path: Path,
+    dovecot: Dovecot,
+    mailbox_user: User,
+    endpoint: Endpoint,  # noqa: F811 (the fixture imported above)
 ) -> None:
-    """The whole path: ingest reads the mail with the shipped intent reader, which is unsure
-    of it (a dented box, the kettle fine); the dispute it opens waits in the review list."""
+    """The whole path: ingest reads the mail; the shipped model reads thanks, the operator's
+    endpoint (scripted, on loopback) a damaged parcel: one reader only, so the dispute it
+    opens waits in the review list, and dismissing it resumes the buyer at once."""
     work = _seller(tmp_path, dovecot, mailbox_user)
-    words = "The box is a bit dented, the kettle itself seems fine I think."
+    work.env |= {
+        "WORKER_INTENTS_BACKEND": "openai",
+        "WORKER_INTENTS_URL": endpoint.url,
+        "WORKER_INTENTS_MODEL": MODEL,
+        "WORKER_INTENTS_API_KEY_ENV": KEY_ENV,
+        KEY_ENV: KEY,
+    }
+    endpoint.script.append(reading("damaged", 0.8))
+    words = "Thank you, all arrived and it works well."
     dovecot.append(mailbox_user, "INBOX", _mail("ann@buyer.example", "Kettle", words, "<d@b>"))
     work.run("ingest", "--once", check=True)
+    assert len(endpoint.requests) == 1
 
     thread = work.run("thread", "SHOP-2001", check=True).stdout
     assert "<- complaint            [damaged 0." in thread

@@ -270,3 +270,10 @@ def test_a_bug_costs_the_message_its_reading_not_the_mailbox(
     message = parse(raw)
     assert message.errors == ("unreadable: RuntimeError('a bug')",)
     assert (message.raw, message.text, message.sender) == (raw, "", "")
+
+
+def test_an_address_with_a_control_character_is_no_address() -> None:
+    """Found by the property test: ``From: @\\0`` is no sender (no database stores a NUL)."""
+    message = parse(b"From: @\x00\r\nTo: shop@example.com\r\n\r\nhello\r\n")
+    assert message.sender == ""
+    assert message.recipients == ("shop@example.com",)

@@ -8,6 +8,7 @@ these are held-out figures; docs/mail-rules.md has them per language."""
 from __future__ import annotations
 
 import csv
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -33,15 +34,16 @@ SET = ROOT / "tests" / "fixtures" / "intents"
 GROUP_RIGHT = 0.6
 """Each language's messages of one intent, or of one trap class: this share at least gets
 the right action (pause, suppress or none)."""
+TRAP_RIGHT = 0.8
+"""Each trap class, all languages together: this share at least gets the right action."""
 TARGETS = {
     "complaint_recall": (">=", 0.95),
     "unsubscribe_recall": (">=", 0.90),
     "ordinary_suppressed": ("<=", 0.0),
     "kind_right": (">=", 0.90),
-    "ordinary_paused": ("<=", 0.06),
+    "ordinary_paused": ("<=", 0.03),
 }
-"""The issue's targets, but ordinary mail paused: 3 % is its target, this set reaches 5-6 %
-(docs/mail-rules.md, "Known limits")."""
+"""The targets of issue 11 (bench/intents.py prints them per language)."""
 
 
 @pytest.fixture(scope="module")
@@ -108,12 +110,24 @@ def test_each_intent_of_each_language_gets_its_action(
 def test_each_trap_class_of_each_language_gets_its_action(
     scored: list[tuple[bench.Labelled, Classification]],
 ) -> None:
+    """A language has one to ten mails of a trap class: at most the share GROUP_RIGHT allows
+    may go wrong, rounded in the class's favour (one of two); over all languages, a class
+    gets TRAP_RIGHT of its mails right."""
     groups = _groups(scored, trap=True)
     assert len({name for _, name in groups}) >= 10
     weak = {
         f"{lang}/{name}": f"{sum(right)}/{len(right)}"
         for (lang, name), right in groups.items()
-        if sum(right) < GROUP_RIGHT * len(right)
+        if sum(right) < math.floor(GROUP_RIGHT * len(right))
+    }
+    assert weak == {}
+    classes: dict[str, list[bool]] = defaultdict(list)
+    for (_, name), right in groups.items():
+        classes[name] += right
+    weak = {
+        name: f"{sum(right)}/{len(right)}"
+        for name, right in classes.items()
+        if sum(right) < TRAP_RIGHT * len(right)
     }
     assert weak == {}
 
