@@ -271,13 +271,7 @@ def mail(subject: str, body: str, *headers: str, sender: str = "buyer@buyer.exam
             K.COMPLAINT,
             frozenset({D.DAMAGED, D.REFUND}),
         ),
-        pytest.param(
-            "Hi",
-            "No refund needed, I found the missing lid in the box.",
-            K.REPLY,
-            None,
-            marks=MISREAD,
-        ),
+        ("Hi", "No refund needed, I found the missing lid in the box.", K.REPLY, None),
         ("Hi", "I want my money back.", K.COMPLAINT, D.REFUND),
         ("Kettle", "Das Paket ist nicht angekommen.", K.COMPLAINT, D.NOT_RECEIVED),
         ("Kettle", "Alles unbeschädigt angekommen, danke!", K.REPLY, None),
@@ -298,9 +292,7 @@ def mail(subject: str, body: str, *headers: str, sender: str = "buyer@buyer.exam
         ),
         pytest.param("ケトル", "蓋が壊れていません。", K.REPLY, None, marks=MISREAD),
         ("ケトル", "蓋が壊れています。", K.COMPLAINT, D.DAMAGED),
-        pytest.param(
-            "不在票が入っていました", "再配達をお願いします。", K.REPLY, None, marks=MISREAD
-        ),
+        ("不在票が入っていました", "再配達をお願いします。", K.REPLY, None),
         ("【不在】3月23日まで", "不在にしております。", K.AUTO_REPLY, None),
     ],
 )
