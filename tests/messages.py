@@ -1,6 +1,9 @@
-"""Plain buyer and seller mail for the mailbox tests, as a mail client would write it."""
+"""Plain buyer and seller mail for the mailbox tests, as a mail client would write it, and
+the verdicts the intent reader gives buyers' words."""
 
 from __future__ import annotations
+
+from worker.domain import Classification, Intent, MessageKind
 
 
 def plain_mail(
@@ -26,3 +29,19 @@ def plain_mail(
     if in_reply_to:
         lines += [f"In-Reply-To: {in_reply_to}", f"References: {in_reply_to}"]
     return ("\r\n".join(lines) + "\r\n\r\n" + body.replace("\n", "\r\n") + "\r\n").encode()
+
+
+def read_as(
+    intent: Intent, confidence: float | None = None, *, needs_review: bool = False
+) -> Classification:
+    """The verdict the intent reader gives a buyer's words it reads as ``intent``: a
+    complaint for the complaint intents, a reply for the others."""
+    kind = intent.dispute_kind
+    return Classification(
+        MessageKind.COMPLAINT if kind else MessageKind.REPLY,
+        f"intent={intent.value}",
+        dispute_kind=kind,
+        intent=intent,
+        confidence=confidence,
+        needs_review=needs_review,
+    )

@@ -22,13 +22,11 @@ from tests.integration.test_intent_remote import (  # noqa: F401 (endpoint: a fi
     endpoint,
     reading,
 )
-from tests.messages import plain_mail
+from tests.messages import plain_mail, read_as
 from worker.domain import (
-    Classification,
     Intent,
     Match,
     MatchMethod,
-    MessageKind,
 )
 from worker.inbound import Received, parse
 from worker.origin import Origin
@@ -57,15 +55,7 @@ def _buyer_mail(
 ) -> None:
     """One message from the order's buyer, read with this intent and stored as ingest does."""
     message = parse(plain_mail(buyer, subject, words, message_id=f"<m{uid}@buyer.example>"))
-    kind = intent.dispute_kind
-    verdict = Classification(
-        MessageKind.COMPLAINT if kind else MessageKind.REPLY,
-        f"intent={intent.value}",
-        dispute_kind=kind,
-        intent=intent,
-        confidence=confidence,
-        needs_review=needs_review,
-    )
+    verdict = read_as(intent, confidence, needs_review=needs_review)
     matched = Match(order_id, MatchMethod.BUYER_ADDRESS, "test")
     reactions = react(
         verdict, matched, Standing(buyer, Origin(buyer, None, "not authenticated"), buyer=buyer)

@@ -8,14 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.messages import plain_mail
+from tests.messages import plain_mail, read_as
 from worker.domain import (
-    Classification,
     DisputeKind,
     Intent,
     Match,
     MatchMethod,
-    MessageKind,
     Order,
 )
 from worker.errors import StoreError
@@ -50,15 +48,7 @@ def _complaint(
     message = parse(
         plain_mail(f"Ann <{BUYER}>", "About my order", words, message_id=f"<m{uid}@example.com>")
     )
-    kind = intent.dispute_kind
-    verdict = Classification(
-        MessageKind.COMPLAINT if kind else MessageKind.REPLY,
-        f"intent {intent.value}",
-        dispute_kind=kind,
-        intent=intent,
-        confidence=confidence,
-        needs_review=needs_review,
-    )
+    verdict = read_as(intent, confidence, needs_review=needs_review)
     matched = Match(ORDER.order_id, MatchMethod.CONVERSATION, "test")
     origin = Origin(BUYER, None, "not authenticated")
     reactions = react(verdict, matched, Standing(BUYER, origin, buyer=BUYER))
@@ -91,7 +81,7 @@ def test_an_unsure_complaint_opens_a_dispute_that_needs_review(shop: Store) -> N
     assert (row.order_id, row.buyer, row.kind) == (ORDER.order_id, BUYER, DisputeKind.DAMAGED)
     assert row.needs_review and row.review is None and row.closed_at is None
     assert row.words.startswith("The lid has a hairline crack.")
-    assert row.evidence == "intent damaged"
+    assert row.evidence == "intent=damaged"
     assert (row.intent, row.confidence) == (Intent.DAMAGED, pytest.approx(0.55))
     [dispute] = shop.protections(BUYER)[1]
     assert dispute.needs_review and not dispute.dismissed

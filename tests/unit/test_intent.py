@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.messages import read_as
 from worker.classify import classify, own_words
 from worker.delivery import Delivery
 from worker.domain import COMPLAINT_INTENTS, Classification, DisputeKind, Intent, MessageKind, Order
@@ -152,13 +153,6 @@ def test_stage_of_an_order(order: Order, delivery: Delivery | None, stage: Order
     assert stage_of(order, delivery, NOW) is stage
 
 
-def _verdict(intent: Intent) -> Classification:
-    kind = MessageKind.COMPLAINT if intent in COMPLAINT_INTENTS else MessageKind.REPLY
-    return Classification(
-        kind, f"intent={intent.value}", dispute_kind=intent.dispute_kind, intent=intent
-    )
-
-
 @pytest.mark.parametrize(
     ("intent", "stage", "turned", "kind"),
     [
@@ -188,7 +182,7 @@ def _verdict(intent: Intent) -> Classification:
 def test_the_stage_turns_what_the_words_mean(
     intent: Intent, stage: OrderStage, turned: Intent, kind: MessageKind
 ) -> None:
-    verdict = at_stage(_verdict(intent), stage)
+    verdict = at_stage(read_as(intent), stage)
     assert (verdict.intent, verdict.kind, verdict.dispute_kind) == (
         turned,
         kind,
