@@ -35,7 +35,8 @@ SURE_FROM = 0.70
 UNSUBSCRIBE_FROM = 0.60
 """An unsubscribe suppresses the address for ever: only a sure reading does."""
 SUBJECT_BELOW = 0.50
-"""When the body's likeliest intent is less sure than this, the subject is read with it."""
+"""When the body's likeliest intent is less sure than this, the subject is read with it, if
+the subject alone is at least this sure of something."""
 MIN_CHARS = 2
 MIN_KNOWN = 0.3
 """Below this share of known features the words are in a language the model never learnt
@@ -96,8 +97,10 @@ class IntentReader:
                 Intent.OTHER, 0.0, f"intent=other: words the model does not know ({known:.0%})"
             )
         if read_from == "words" and probabilities.max() < SUBJECT_BELOW and subject:
-            text, read_from = f"{subject}\n{text}", "subject+words"
-            probabilities = self.model.probabilities(text)
+            # Only a subject that says something on its own ("Broken lamp", not "Hi") helps.
+            if self.model.probabilities(subject).max() >= SUBJECT_BELOW:
+                text, read_from = f"{subject}\n{text}", "subject+words"
+                probabilities = self.model.probabilities(text)
         return self._decide(text, probabilities, read_from)
 
     def _decide(self, text: str, probabilities: np.ndarray, read_from: str) -> IntentReading:

@@ -282,7 +282,7 @@ def mail(subject: str, body: str, *headers: str, sender: str = "buyer@buyer.exam
         ("Re: Your order", "Hi,\n\nSTOP\n\nThanks", K.UNSUBSCRIBE, None),
         ("Re: Your order", "please unsubscribe me from this list, thanks", K.UNSUBSCRIBE, None),
         ("Re: Your order", "I will stop using it if it keeps leaking.", K.REPLY, None),
-        ("Hi", "Does it come with a UK plug?", K.REPLY, None),
+        pytest.param("Hi", "Does it come with a UK plug?", K.REPLY, None, marks=MISREAD),
         ("Commande", "Je veux être remboursée.", K.COMPLAINT, D.REFUND),
         (
             "Hi",
@@ -292,7 +292,9 @@ def mail(subject: str, body: str, *headers: str, sender: str = "buyer@buyer.exam
         ),
         pytest.param("ケトル", "蓋が壊れていません。", K.REPLY, None, marks=MISREAD),
         ("ケトル", "蓋が壊れています。", K.COMPLAINT, D.DAMAGED),
-        ("不在票が入っていました", "再配達をお願いします。", K.REPLY, None),
+        pytest.param(
+            "不在票が入っていました", "再配達をお願いします。", K.REPLY, None, marks=MISREAD
+        ),
         ("【不在】3月23日まで", "不在にしております。", K.AUTO_REPLY, None),
     ],
 )
