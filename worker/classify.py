@@ -310,7 +310,7 @@ def _written(
         )
     if rule is not None and not rule.relayed:
         return _marketplace(rule, rules, mail.subject, mail.text, words)
-    reading = reader.read(_own_subject(rules, mail.subject, subject, rule), words)
+    reading = reader.read(_own_subject(mail.subject, subject, rule), words)
     if rule is not None:
         if reading.intent.dispute_kind is None:
             return dataclasses.replace(
@@ -322,9 +322,7 @@ def _written(
     return _buyer_verdict(reading, numbers)
 
 
-def _own_subject(
-    rules: MailRules, subject: str, stripped: str, rule: MarketplaceRule | None
-) -> str:
+def _own_subject(subject: str, stripped: str, rule: MarketplaceRule | None) -> str:
     """The subject, when the buyer wrote it: a reply's subject is ours (our check-in asks
     whether anything arrived damaged), a relay's is the marketplace's."""
     if rule is not None or stripped != subject.strip():

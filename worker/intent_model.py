@@ -91,9 +91,13 @@ def feature_names(text: str) -> Iterator[str]:
 
 
 def features(text: str) -> npt.NDArray[np.int64]:
-    """The sorted, distinct buckets of ``feature_names(prepared(text))``; a word's own
-    features are hashed once per process, as most words recur from message to message."""
-    ready = prepared(text)
+    """The sorted, distinct buckets of ``feature_names(prepared(text))``."""
+    return _features(prepared(text))
+
+
+def _features(ready: str) -> npt.NDArray[np.int64]:
+    """A word's own features are hashed once per process, as most words recur from message
+    to message."""
     words = _words(ready)
     found: set[int] = set()
     for word in words:
@@ -103,11 +107,10 @@ def features(text: str) -> npt.NDArray[np.int64]:
     return np.fromiter(sorted(found), dtype=np.int64, count=len(found))
 
 
-def vocabulary(text: str) -> npt.NDArray[np.int64]:
+def _vocabulary(ready: str) -> npt.NDArray[np.int64]:
     """The buckets of the text's words: Latin (and other) words whole, Han and kana as
     pairs of characters, numbers left out. What share of them the model knows says whether
     it learnt the language at all: character pieces and digits are shared by every language."""
-    ready = prepared(text)
     names = {f"w:{w}" for w in _words(ready) if _CJK.search(w) is None and "0" not in w}
     names.update(f"k:{run[n : n + 2]}" for run in _CJK.findall(ready) for n in range(len(run) - 1))
     found = {bucket(name) for name in names}
@@ -191,23 +194,26 @@ class IntentModel:
 
     def probabilities(self, text: str) -> npt.NDArray[np.float64]:
         """How likely each of ``intents`` is, summing to 1."""
-        return self.read(text)[0]
+        return self._probabilities(features(text))
 
     def read(self, text: str) -> tuple[npt.NDArray[np.float64], float]:
-        """The probabilities, and the share of the text's words (``vocabulary``) the model
+        """The probabilities, and the share of the text's words (``_vocabulary``) the model
         has weights for: near zero, it is a language or a script it never learnt, and the
         probabilities are only its priors."""
-        found = features(text)
+        ready = prepared(text)
+        known = _vocabulary(ready)
+        share = _hits(self.rows, known).size / max(known.size, 1)
+        return self._probabilities(_features(ready)), share
+
+    def _probabilities(self, found: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         hits = _hits(self.rows, found)
-        known = vocabulary(text)
-        words = _hits(self.rows, known).size / max(known.size, 1)
         logits = self.bias.astype(np.float64)
         if hits.size:
             logits = logits + self.weights[hits].sum(axis=0, dtype=np.float64) / np.sqrt(found.size)
         logits -= logits.max()
         exp: npt.NDArray[np.float64] = np.exp(logits)
         total: npt.NDArray[np.float64] = exp / exp.sum()
-        return total, words
+        return total
 
     def strongest(self, text: str, intent: Intent, count: int = 3) -> list[str]:
         """The words and word pairs that weigh most for ``intent``: the evidence an agent reads."""
