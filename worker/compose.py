@@ -238,6 +238,8 @@ def compose(
         _constant_text("X-Worker-Step", send.step),
         _MIME_VERSION,
     ]
+    if not rendered.html:  # a text-only template (Amazon allows nothing else)
+        return _text_only(rendered, headers)
     plain = _part([_PLAIN], rendered.text)
     # The HTML part carries a MIME-Version of its own, as EmailMessage.add_alternative wrote.
     html = _part([_HTML], rendered.html, _MIME_VERSION)
@@ -265,6 +267,21 @@ def compose(
             ]
         )
     )
+    return msg
+
+
+def _text_only(rendered: RenderedMessage, headers: list[_Header]) -> ComposedMessage:
+    """A single text/plain body: what a template without an ``html`` block is sent as."""
+    cte, body = _encode_text(rendered.text)
+    headers = [*headers, _PLAIN, _ENCODINGS[cte]]
+    if _LANGUAGE.fullmatch(rendered.locale):
+        headers.append(_Header("Content-Language", [rendered.locale]))
+    msg = ComposedMessage()
+    for header in headers:
+        msg.set_raw(header.name, header)
+    msg.set_payload(body)
+    wire = [*(header.wire for header in headers), b"\r\n", body.replace("\n", _CRLF).encode()]
+    msg._freeze(b"".join(wire))
     return msg
 
 

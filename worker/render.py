@@ -40,6 +40,8 @@ from worker.language import locale_chain as locale_chain
 from worker.language import normalise_locale as normalise_locale
 
 BLOCKS = frozenset({"subject", "text", "html"})
+TEXT_ONLY = frozenset({"subject", "text"})
+"""A template without an ``html`` block is mailed as plain text alone (Amazon's rule)."""
 LAYOUT = "layout.html.jinja"
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -51,7 +53,8 @@ class RenderedMessage:
     """One line: whitespace collapsed, no CR/LF."""
     text: str
     html: str
-    """The full HTML document: the template's fragment wrapped in the layout."""
+    """The full HTML document: the template's fragment wrapped in the layout; empty for a
+    text-only template (no ``html`` block), which is mailed as text/plain alone."""
     locale: str
     """The locale whose file was used."""
     source: str
@@ -146,9 +149,16 @@ class Renderer:
         if not subject:
             raise TemplateError("the subject block is empty", where=where)
         text = self._block(plain, where, "text", values, budget).strip()
+        if not text:
+            raise TemplateError("the text block must not be empty", where=where)
+        if "html" not in plain.blocks:
+            return RenderedMessage(subject, text + "\n", "", chosen, where)
         fragment = self._block(self._template(True, name), where, "html", values, budget).strip()
-        if not text or not fragment:
-            raise TemplateError("the text and html blocks must not be empty", where=where)
+        if not fragment:
+            raise TemplateError(
+                "the html block must not be empty (leave it out to send plain text only)",
+                where=where,
+            )
         budget.refund(fragment)  # the layout's output carries the fragment again
         html = self._layout(Markup(fragment), chosen, subject, budget)
         return RenderedMessage(subject, text + "\n", html, chosen, where)
@@ -218,11 +228,11 @@ class Renderer:
             env = self._html_env if html else self._text_env
             template = env.get_template(name)
             found = set(template.blocks)
-            if found != BLOCKS and name != LAYOUT:
-                missing, extra = sorted(BLOCKS - found), sorted(found - BLOCKS)
+            if found not in (BLOCKS, TEXT_ONLY) and name != LAYOUT:
+                missing, extra = sorted(TEXT_ONLY - found), sorted(found - BLOCKS)
                 raise TemplateError(
-                    f"needs exactly the blocks subject, text and html (missing: "
-                    f"{missing or '-'}, unexpected: {extra or '-'})",
+                    f"needs the blocks subject and text, and html unless it is plain text "
+                    f"only (missing: {missing or '-'}, unexpected: {extra or '-'})",
                     where=self._path(name),
                 )
             return template

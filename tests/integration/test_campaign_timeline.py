@@ -147,7 +147,11 @@ async def test_ninety_day_timeline(store: Store, sink: Sink, tmp_path: Path) -> 
     assert set(yuki) >= {"check-in", "review-request"}, "steps resume after close + 3-day cool-down"
 
     assert "SHOP-1002" not in arrivals and "SHOP-1003" not in arrivals, "open dispute on any order"
-    assert "111-2223334-5556667" not in arrivals, "Amazon orders are not in these campaigns"
+    amazon = arrivals["111-2223334-5556667"]
+    assert [(m["X-Worker-Campaign"], m["X-Worker-Step"]) for _, m in amazon] == [
+        ("amazon-review-request", "review-request")
+    ], "one review request, from the Amazon campaign alone"
+    assert 10 <= amazon[0][0] <= 24, "Amazon allows 5 to 30 days after delivery"
     sent = store.sends([SendState.SENT])
     assert len(sent) == sum(len(v) for v in arrivals.values()), "one row per message received"
 
@@ -168,8 +172,14 @@ async def test_each_message_carries_the_headers_and_parts_a_mail_client_needs(
             assert message["List-Unsubscribe"].startswith(
                 "<mailto:help@shop.example?subject=unsubscribe>"
             )
-            assert message["X-Worker-Campaign"] in {"review-follow-up", "review-thanks"}
             assert message["Date"] is not None
+            if message["X-Worker-Campaign"] == "amazon-review-request":
+                # Amazon takes plain text only: one text/plain part, no HTML.
+                assert message.get_content_type() == "text/plain"
+                assert message.get_content_charset() == "utf-8"
+                assert order_id in message["Subject"]
+                continue
+            assert message["X-Worker-Campaign"] in {"review-follow-up", "review-thanks"}
             assert message.get_content_type() == "multipart/alternative"
             parts = {p.get_content_type(): p for p in message.iter_parts()}
             assert set(parts) == {"text/plain", "text/html"}

@@ -207,7 +207,24 @@ def test_missing_file_is_an_error(tmp_path: Path) -> None:
 
 def test_shipped_campaigns_load_as_documented() -> None:
     campaigns = {c.name: c for c in load_campaigns(SHIPPED)}
-    assert set(campaigns) == {"review-follow-up", "review-thanks", "shipping-notice"}
+    assert set(campaigns) == {
+        "amazon-review-request",
+        "review-follow-up",
+        "review-thanks",
+        "shipping-notice",
+    }
+    amazon = campaigns.pop("amazon-review-request")
+    assert amazon.enabled
+    assert amazon.marketplaces == {"amazon"}
+    assert [(s.template, s.kind, s.trigger, s.delay_min, s.delay_max) for s in amazon.steps] == [
+        (
+            "amazon_review_request",
+            StepKind.REVIEW_REQUEST,
+            Trigger(event=TriggerEvent.DELIVERED),
+            timedelta(days=10),
+            timedelta(days=14),
+        )
+    ]
     notice = campaigns.pop("shipping-notice")
     assert not notice.enabled
     assert notice.marketplaces == {"shop"}

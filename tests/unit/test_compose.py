@@ -139,6 +139,22 @@ def test_text_and_html_parts_in_utf8() -> None:
     assert raw.isascii()
 
 
+def test_a_text_only_message_is_one_text_plain_part() -> None:
+    rendered = RenderedMessage(
+        "Bestellung 028-1234567-7654321", "Grüße, Anna\n", "", "de", "templates/x/de.jinja"
+    )
+
+    raw, parsed = build(rendered=rendered)
+
+    assert not parsed.is_multipart()
+    assert (parsed.get_content_type(), parsed.get_content_charset()) == ("text/plain", "utf-8")
+    assert parsed.get_content().replace("\r\n", "\n") == "Grüße, Anna\n"
+    assert parsed["Content-Language"] == "de"
+    assert parsed["MIME-Version"] == "1.0"
+    assert parsed["Subject"] == "Bestellung 028-1234567-7654321"
+    assert b"text/html" not in raw and raw.isascii()
+
+
 def test_message_id_is_stable_per_send_row_and_unguessable_without_the_key() -> None:
     first = SIGNER.message_id(UNCLAIMED, "shop.example")
     other_step = replace(UNCLAIMED, step="request")

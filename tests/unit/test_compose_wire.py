@@ -111,7 +111,8 @@ def bodies() -> Iterator[tuple[str, dict[str, Any]]]:
         "boundary-like": "--===============1234567890123456789==\n",
     }
     for label, text in texts.items():
-        rendered = RenderedMessage("Subject", text, text, "en", "x")
+        # An empty HTML part would mean a text-only message: see test_text_only_*.
+        rendered = RenderedMessage("Subject", text, text or "<p></p>", "en", "x")
         yield f"body-{label}", hostile("step", "reminder") | {"rendered": rendered}
 
 
@@ -315,3 +316,23 @@ def test_encoded_words_are_the_longest_that_fit(text: str, room: int) -> None:
 @given(text=TEXT)
 def test_an_encoded_word_is_the_shorter_of_q_and_b(text: str) -> None:
     assert composing._encoded_word(text) == encoded_word_by_definition(text)
+
+
+@pytest.mark.parametrize("text", ["Hello,\n\nthanks.\n", "Grüße aus München\n" * 12, ""])
+def test_text_only_bytes_are_what_the_email_package_writes(text: str) -> None:
+    rendered = RenderedMessage("Subject", text, "", "de", "x")
+    msg = compose(**(hostile("step", "reminder") | {"rendered": rendered}))
+    raw = bytes(msg)
+
+    assert raw == generated(msg, email.policy.SMTP) == generated(msg, POLICY)
+    old = EmailMessage(policy=POLICY)
+    for name, value in msg.raw_items():
+        if name in ("Date", "Auto-Submitted", "List-Unsubscribe-Post"):
+            old[name] = str(value)
+        elif name not in ("MIME-Version", "Content-Type", "Content-Transfer-Encoding"):
+            old[name] = value
+    old.set_content(text, subtype="plain", charset="utf-8")
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    before = email.message_from_bytes(old.as_bytes(policy=email.policy.SMTP))
+    assert parsed.get_payload(decode=True) == before.get_payload(decode=True)
+    assert parsed["Content-Transfer-Encoding"] == before["Content-Transfer-Encoding"]

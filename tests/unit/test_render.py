@@ -188,18 +188,42 @@ def test_sandbox_violation_is_a_template_error(renderer: Renderer, templates_dir
     assert "not allowed" in caught.value.detail
 
 
-def test_missing_block_is_an_error(renderer: Renderer, templates_dir: Path) -> None:
+def test_missing_text_block_is_an_error(renderer: Renderer, templates_dir: Path) -> None:
     path = write(
         templates_dir,
         "greeting/fr.jinja",
-        "{% block subject %}Hi{% endblock %}{% block text %}Hello{% endblock %}",
+        "{% block subject %}Hi{% endblock %}{% block html %}<p>Hello</p>{% endblock %}",
     )
 
     with pytest.raises(TemplateError) as caught:
         renderer.render("greeting", "fr", context())
 
     assert caught.value.where == str(path)
-    assert "missing: ['html']" in caught.value.detail
+    assert "missing: ['text']" in caught.value.detail
+
+
+def test_a_template_without_html_block_renders_plain_text_only(
+    renderer: Renderer, templates_dir: Path
+) -> None:
+    write(
+        templates_dir,
+        "greeting/fr.jinja",
+        "{% block subject %}Commande {{ order.number }}{% endblock %}"
+        "{% block text %}Bonjour {{ buyer.name }}{% endblock %}",
+    )
+
+    message = renderer.render("greeting", "fr", context())
+
+    assert message.subject == "Commande 028-1234567-7654321"
+    assert message.text == "Bonjour Alex\n"
+    assert message.html == ""
+
+
+def test_an_empty_html_block_is_an_error(renderer: Renderer, templates_dir: Path) -> None:
+    write(templates_dir, "greeting/fr.jinja", GOOD.replace("<p>Hello</p>", " "))
+
+    with pytest.raises(TemplateError, match="leave it out to send plain text only"):
+        renderer.render("greeting", "fr", context())
 
 
 def test_empty_subject_is_an_error(renderer: Renderer, templates_dir: Path) -> None:

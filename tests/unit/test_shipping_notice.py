@@ -277,4 +277,4 @@ def test_worker_check_accepts_the_enabled_campaign(
     )
     assert main(["--config", str(config), "db", "upgrade"]) == 0
     assert main(["--config", str(config), "check"]) == 0
-    assert "3 campaigns with 5 steps, every template renders" in capsys.readouterr().out
+    assert "4 campaigns with 6 steps, every template renders" in capsys.readouterr().out

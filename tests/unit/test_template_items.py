@@ -48,7 +48,7 @@ LIST_OF_THREE = {
     "en": "Teapot, Kettle and Strainer",
     "de": "„Teapot“, „Kettle“ und „Strainer“",
     "fr": f"«{NBSP}Teapot{NBSP}», «{NBSP}Kettle{NBSP}» et «{NBSP}Strainer{NBSP}»",
-    "es": "Teapot, Kettle y Strainer",
+    "es": "«Teapot», «Kettle» y «Strainer»",
     "it": "«Teapot», «Kettle» e «Strainer»",
     "ja": "「Teapot」「Kettle」「Strainer」",
     "zh": "“Teapot”、“Kettle”和“Strainer”",
@@ -122,7 +122,7 @@ def test_three_items_are_joined_the_languages_way(renderer: Renderer, locale: st
         ("en", "does your Teapot work", "do your Teapot and Kettle work"),
         ("de", "funktioniert Ihr Artikel „Teapot“", "funktionieren Ihre Artikel „Teapot“ und"),
         ("fr", "fonctionne-t-il", "fonctionnent-ils"),
-        ("es", "funciona su Teapot", "funcionan sus artículos Teapot y Kettle"),
+        ("es", "funciona su artículo «Teapot»", "funcionan sus artículos «Teapot» y «Kettle»"),
         ("it", "l'articolo «Teapot» funzioni", "gli articoli «Teapot» e «Kettle» funzionino"),
     ],
 )
