@@ -27,7 +27,9 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from worker.config import Settings
 from worker.domain import Campaign, CampaignStep, StepKind, TriggerEvent
+from worker.errors import ConfigError
 from worker.render import BLOCKS, OrderView, add_filters, sample_context
+from worker.terminal import printable
 
 DOCS = "docs/compliance.md"
 PROFILES = ("amazon", "ebay", "aliexpress", "shop", "all")
@@ -740,3 +742,32 @@ def _unsubscribe_line(source: TemplateSource, blocks: Mapping[str, _Block]) -> I
                 "shop",
                 f"the {name} block has no unsubscribe line in {source.locale}",
             )
+
+
+# --- the edge: files in, findings out ----------------------------------------------------
+
+
+def policy_findings(
+    settings: Settings, campaigns: Sequence[Campaign], settings_path: Path | None = None
+) -> list[Finding]:
+    """Read the templates the campaigns use (and the settings file, for line numbers) and
+    check everything."""
+    path = settings_path or Path("config/worker.yaml")
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    folders = [step.template for campaign in campaigns for step in campaign.steps]
+    templates = read_templates(settings.templates_dir, folders)
+    return check_campaigns(
+        campaigns, templates, settings, settings_path=str(path), settings_text=text
+    )
+
+
+def refuse_findings(findings: Sequence[Finding]) -> None:
+    """Nothing runs on a campaign that breaks a marketplace's rules: one line naming each."""
+    if findings:
+        listed = "; ".join(printable(str(f)) for f in findings)
+        raise ConfigError(
+            f"{len(findings)} marketplace policy finding(s), see `worker lint`: {listed}"
+        )
