@@ -251,7 +251,7 @@ _EXPR = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _HTML_TAG = re.compile(r"<[^>]*>")
 _SENTENCE_END = re.compile(r"[.!?;](?=\s|$)|[\u3002\uff01\uff1f\uff1b]|\n")
 _HAS_WORD = re.compile(r"\w")
-_NEAR = 40  # characters: a "first" word this close to a contact word belongs to it
+_NEAR = 60  # characters: a "first" word this close to a contact word belongs to it
 
 
 # --- campaigns ---------------------------------------------------------------------------
