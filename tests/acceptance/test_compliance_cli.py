@@ -57,7 +57,8 @@ def workdir(tmp_path: Path, campaign: str, templates: dict[str, str]) -> dict[st
     (tmp_path / "templates" / "layout.html.jinja").write_text(layout, encoding="utf-8")
     (tmp_path / "config").mkdir()
     (tmp_path / "config" / "worker.yaml").write_text(
-        'from: "Kettle & Co <service@shop.example>"\nseller: {name: Kettle & Co, signature: Anna}\n',
+        'from: "Kettle & Co <service@shop.example>"\n'
+        "seller: {name: Kettle & Co, signature: Anna}\n",
         encoding="utf-8",
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
