@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from worker.campaign import load_campaigns
-from worker.compliance import Finding, check_campaigns, policy_findings, read_templates
+from worker.compliance import RULES, Finding, check_campaigns, policy_findings, read_templates
 from worker.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -422,3 +422,14 @@ def test_every_shipped_campaign_passes() -> None:
         settings, load_campaigns(ROOT / "campaigns"), ROOT / "config" / "worker.yaml"
     )
     assert [str(f) for f in findings] == []
+
+
+def test_every_rule_has_its_anchor_in_the_docs() -> None:
+    """GitHub's anchors: the heading lower-cased, punctuation dropped, spaces as '-'."""
+    docs = (ROOT / "docs" / "compliance.md").read_text(encoding="utf-8")
+    headings = [line[4:] for line in docs.splitlines() if line.startswith("### ")]
+    anchors = {
+        "".join(c for c in h.lower() if c.isalnum() or c in " -").replace(" ", "-")
+        for h in headings
+    }
+    assert {anchor for _, anchor in RULES.values()} <= anchors
