@@ -33,6 +33,8 @@ from worker.terminal import printable
 
 DOCS = "docs/compliance.md"
 PROFILES = ("amazon", "ebay", "aliexpress", "shop", "all")
+MAX_TEMPLATE_CHARS = 1_000_000
+"""Read of one template file: far above any message, so a stray huge file costs little."""
 AMAZON_REVIEW_MIN = timedelta(days=5)
 AMAZON_REVIEW_MAX = timedelta(days=30)
 
@@ -95,7 +97,8 @@ def read_templates(templates_dir: Path, folders: Iterable[str]) -> list[Template
             continue
         for path in sorted(directory.glob("*.jinja")):
             if path.is_file():
-                text = path.read_text(encoding="utf-8", errors="replace")
+                with path.open(encoding="utf-8", errors="replace") as file:
+                    text = file.read(MAX_TEMPLATE_CHARS)
                 found.append(TemplateSource(folder, path.stem, str(path), text))
     return found
 
@@ -143,11 +146,13 @@ CONTACT = _words(
     "respond", "escríb", "avísenos", "háganos saber", "díganos", "contatt", "rispond", "scriv",
     "fatecelo sapere", "avvisateci", "連絡", "返信", "お問い合わせ", "問い合わせ", "ご一報",
     "お知らせ", "联系", "聯繫",
-    "聯絡", "联络", "回复", "回覆", "告诉我们", "告訴我們", "找我们", "找我們",
+    "聯絡", "联络", "回复", "回覆", "告诉我们", "告訴我們", "找我们", "找我們", "沟通", "溝通",
+    "咨询", "諮詢", "客服",
 )
 # "first", "before", "instead", "otherwise": help placed as a precondition or alternative.
 FIRST = _words(
-    "first", "before", "instead", "rather than", "otherwise", "prior to", "if not",
+    "first", "before", "instead", "rather than", "otherwise", "prior to", "if not", "erst einmal",
+    "zuvor", "auparavant", "previamente", "en primer lugar", "per prima cosa", "事前に",
     "if you are not", "if you're not", "unhappy", "dissatisfied", "not satisfied", "zuerst",
     "vorher", "bevor", "stattdessen", "anstatt", "sonst", "andernfalls", "zunächst", "vorab",
     "wenn nicht", "falls nicht", "unzufrieden", "nicht zufrieden", "d'abord", "avant",
@@ -157,7 +162,7 @@ FIRST = _words(
     "innanzitutto", "se non", "insoddisfatt", "まず", "先に", "前に", "代わりに", "その前",
     "でなければ", "ご不満",
     "不満", "请先", "請先", "先联系", "先聯繫", "先與", "先与", "先回复", "先回覆", "之前",
-    "首先", "而不是", "否则", "否則",
+    "首先", "而不是", "否则", "否則", "先跟", "先和", "先给", "先給", "先找", "先告诉", "先告訴",
     "不满意", "不滿意",
 )
 # "if you are happy/satisfied": a review asked of the pleased only.

@@ -336,6 +336,11 @@ GATING = [
     ("zh", "在评价之前，请回复本邮件。"),
     ("zh-Hant", "如有任何問題，請先聯繫我們。"),
     ("zh-Hant", "在評價之前，請先回覆本郵件。"),
+    # forms no shipped template ever had: the word families, not a list of sentences
+    ("de", "Bitte melden Sie sich zuerst bei uns, bevor Sie eine Bewertung schreiben."),
+    ("en", "Rather than posting a low rating, talk to us."),
+    ("zh", "评价前请先跟我们沟通。"),
+    ("ja", "レビューを書く前に、事前にお問い合わせください。"),
 ]
 
 
