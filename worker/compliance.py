@@ -321,10 +321,11 @@ def _asks_for_review(step: CampaignStep, sources: Sequence[TemplateSource]) -> b
 def _amazon_steps(
     campaigns: Sequence[Campaign], by_folder: Mapping[str, list[TemplateSource]]
 ) -> Iterator[Finding]:
-    first: tuple[str, int] | None = None
+    first: tuple[str, int] | None = None  # in an enabled campaign: the one that counts
     for campaign in campaigns:
         if "amazon" not in campaign.marketplaces:
             continue
+        own: tuple[str, int] | None = None  # a disabled campaign must pass alone too
         for step in campaign.steps:
             path, line = _where(campaign, step)
             if not _asks_for_review(step, by_folder.get(step.template, [])):
@@ -337,18 +338,19 @@ def _amazon_steps(
                     "Amazon permits no check-in, thank-you or marketing message",
                 )
                 continue
-            if first is None:
-                if campaign.enabled:
-                    first = (path, line)
-            else:
+            earlier = own or first
+            if earlier is not None:
                 yield Finding(
                     path,
                     line,
                     "A1",
                     "amazon",
                     f"step {step.id!r} is a second review or feedback request for the same "
-                    f"order (the first: {first[0]}:{first[1]}); Amazon allows one",
+                    f"order (the first: {earlier[0]}:{earlier[1]}); Amazon allows one",
                 )
+            own = own or (path, line)
+            if first is None and campaign.enabled:
+                first = (path, line)
             yield from _amazon_timing(campaign, step, path, line)
 
 

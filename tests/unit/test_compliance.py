@@ -438,3 +438,10 @@ def test_every_rule_has_its_anchor_in_the_docs() -> None:
         for h in headings
     }
     assert {anchor for _, anchor in RULES.values()} <= anchors
+
+
+def test_a1_holds_inside_a_disabled_campaign(tmp_path: Path) -> None:
+    steps = AMAZON_STEP + AMAZON_STEP.replace("id: review-request", "id: again")
+    campaign = amazon_campaign(steps).replace("applies_to:", "enabled: false\napplies_to:")
+    findings = lint(tmp_path, campaign, {"review_request/en": amazon_ok()})
+    assert [(f.rule_id, f.line) for f in findings] == [("A1", 10)]
