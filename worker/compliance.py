@@ -595,19 +595,17 @@ def _wording(
 
 def _contact_hits(text: str, marketplace: str) -> Iterator[tuple[int, str, str]]:
     """(offset, kind, what) for every URL, address, phone number or image in ``text``."""
+    addresses = [(m.start(), m.end()) for m in EMAIL.finditer(text)]
     for match in URL.finditer(text):
         if marketplace == "ebay" and EBAY_HOST.match(match[0]):
             continue
         if marketplace == "aliexpress" and ALIEXPRESS_HOST.match(match[0]):
             continue
-        if (
-            EMAIL.search(text[max(0, match.start() - 1) : match.end()])
-            and "@" in text[max(0, match.start() - 1) : match.start()]
-        ):
+        if any(start <= match.start() < end for start, end in addresses):
             continue  # the domain of an e-mail address, reported as the address
         yield match.start(), "link", match[0]
-    for match in EMAIL.finditer(text):
-        yield match.start(), "e-mail address", match[0]
+    for start, end in addresses:
+        yield start, "e-mail address", text[start:end]
     for match in PHONE.finditer(text):
         yield match.start(), "phone number", match[0].strip()
     for match in IMAGE.finditer(text):

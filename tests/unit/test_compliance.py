@@ -445,3 +445,11 @@ def test_a1_holds_inside_a_disabled_campaign(tmp_path: Path) -> None:
     campaign = amazon_campaign(steps).replace("applies_to:", "enabled: false\napplies_to:")
     findings = lint(tmp_path, campaign, {"review_request/en": amazon_ok()})
     assert [(f.rule_id, f.line) for f in findings] == [("A1", 10)]
+
+
+def test_an_address_is_reported_once_not_also_as_a_link(tmp_path: Path) -> None:
+    text = AMAZON_OK_TEXT + "Questions: anna.service@shop.example\n"
+    findings = lint(
+        tmp_path, amazon_campaign(AMAZON_STEP), {"review_request/en": amazon_ok(text=text)}
+    )
+    assert [f.message.split(" '")[0] for f in findings] == ["e-mail address"]
