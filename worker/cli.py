@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from worker.lint import add_commands as add_lint_commands  # it imports cli's helpers
+
+    add_lint_commands(commands)
 
     run = commands.add_parser("run", help="the daemon: plan, send, sleep, repeat")
     run.add_argument(

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 from worker import logs
 from worker.campaign import load_campaigns
 from worker.clock import Clock
+from worker.compliance import policy_findings, refuse_findings
 from worker.compose import compose
 from worker.config import Settings
 from worker.delivery import delivery_of, expected_window
@@ -121,6 +122,7 @@ def load_checked_campaigns(settings: Settings, renderer: Renderer) -> list[Campa
             # Only a step triggered by a review may use `review` in its template.
             reviewed = step.trigger.event is TriggerEvent.REVIEWED
             renderer.check([step.template], sample if reviewed else {**sample, "review": None})
+    refuse_findings(policy_findings(settings, campaigns))
     return campaigns
 
 
