@@ -400,7 +400,7 @@ def _buyer_cap(
 ) -> Iterator[Finding]:
     for step in campaign.steps:
         cap = step.buyer_cap if step.buyer_cap is not None else settings.buyer_cap
-        if cap > timedelta(0):
+        if cap > timedelta(0) or _answers_own_review(step):
             continue
         if step.buyer_cap is None:
             where = (settings_path, _key_line(settings_text, "buyer_cap"))
@@ -413,6 +413,12 @@ def _buyer_cap(
             f"campaign {campaign.name!r} step {step.id!r} runs without a per-buyer cap "
             "(buyer_cap: 0); shop mail needs one",
         )
+
+
+def _answers_own_review(step: CampaignStep) -> bool:
+    """A thank-you for the buyer's own review goes at most once per review and answers
+    something the buyer just did; the cap exists against mail nobody asked for."""
+    return step.trigger.event is TriggerEvent.REVIEWED and step.kind is StepKind.REVIEW_THANKS
 
 
 def _list_unsubscribe(settings: Settings, path: str, text: str) -> Iterator[Finding]:

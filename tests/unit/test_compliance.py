@@ -308,6 +308,25 @@ def test_s3_refuses_a_shop_campaign_without_a_buyer_cap(tmp_path: Path) -> None:
     assert [f.rule_id for f in off] == ["S3"]
 
 
+def test_s3_lets_a_thank_you_for_the_buyers_own_review_run_uncapped(tmp_path: Path) -> None:
+    text = "Hello,\n\nThank you for your kind words.\n"
+    thanks = """name: thanks
+applies_to:
+  marketplaces: [shop]
+buyer_cap: 0
+steps:
+  - id: thank-you
+    after: {event: reviewed, rating: 4..5, delay: 2h}
+    template: review_thanks
+"""
+    assert lint(tmp_path, thanks, {"review_thanks/en": shop_template(text)}) == []
+    # The same step sent on delivery is unsolicited mail: the cap holds again.
+    on_delivery = thanks.replace(
+        "{event: reviewed, rating: 4..5, delay: 2h}", "{event: delivered, delay: 2d}"
+    )
+    assert rules(lint(tmp_path, on_delivery, {"review_thanks/en": shop_template(text)})) == {"S3"}
+
+
 REVIEW_ASK = {
     "en": "We would be grateful for an honest review.",
     "de": "Wir würden uns über eine ehrliche Bewertung freuen.",
