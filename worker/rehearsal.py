@@ -102,6 +102,10 @@ def _events(histories: Sequence[OrderHistory], target: OrderHistory, now: dateti
         events.append(Event(order.ordered_at, "ordered"))
     if order.shipped_at is not None:
         events.append(Event(order.shipped_at, "shipped"))
+    if order.delivered_at is not None:
+        events.append(Event(order.delivered_at, "delivered (as the order data says)"))
+    if order.expected_delivery_at is not None:
+        events.append(Event(order.expected_delivery_at, "the marketplace expects delivery"))
     for dispute in target.disputes:
         on = "" if dispute.order_id == order.order_id else f" (order {dispute.order_id})"
         events.append(Event(dispute.opened_at, f"dispute opened: {dispute.kind}{on}"))
