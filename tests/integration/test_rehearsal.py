@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import date, datetime, timedelta
+from typing import cast
 
 from tests.conftest import settings_for
 from tests.integration.test_campaign_timeline import DAY0, EVENTS, ORDERS
 from worker.clock import FixedClock
 from worker.daemon import Daemon, load_checked_campaigns
-from worker.domain import SendState
+from worker.domain import Dispute, Review, SendState
 from worker.plan import Verdict
 from worker.rehearsal import STEP, Explanation, explain, reason_kind, rehearse
 from worker.render import Renderer
@@ -18,6 +19,8 @@ from worker.sink import Sink
 from worker.store import Store
 
 DAYS = 70
+REVIEWS = cast(list[Review], EVENTS["reviews"])
+DISPUTES = cast(list[Dispute], EVENTS["disputes"])
 
 
 def _next_tick(moment: datetime) -> datetime:
@@ -29,15 +32,17 @@ def _next_tick(moment: datetime) -> datetime:
 def _daemon(store: Store, sink: Sink) -> tuple[Daemon, FixedClock]:
     settings = settings_for(store, sink.port)
     store.upsert_orders(ORDERS, DAY0)
-    store.upsert_reviews(EVENTS["reviews"])
-    store.upsert_disputes(EVENTS["disputes"])
+    store.upsert_reviews(REVIEWS)
+    store.upsert_disputes(DISPUTES)
     renderer = Renderer(settings.templates_dir, settings.default_locale)
     clock = FixedClock(DAY0)
     daemon = Daemon(settings, store, load_checked_campaigns(settings, renderer), renderer, clock)
     return daemon, clock
 
 
-async def _run_until(daemon: Daemon, clock: FixedClock, sink: Sink, end: datetime) -> Counter:
+async def _run_until(
+    daemon: Daemon, clock: FixedClock, sink: Sink, end: datetime
+) -> Counter[tuple[date, str, str]]:
     """Passes as the daemon takes them (at its next wake-up), on the rehearsal's hourly
     ticks; what the sink received, per (day, campaign, step)."""
     arrived: Counter[tuple[date, str, str]] = Counter()
@@ -98,7 +103,7 @@ async def test_explain_matches_the_sink(store: Store, sink: Sink) -> None:
                     message = by_id[step.send.message_id]
                     assert message["X-Worker-Order"] == order.order_id
                     assert message["X-Worker-Step"] == step.step
-                    assert step.send.message_id in step.happened
+                    assert f"Message-ID {step.send.message_id}" in step.happened
                 elif step.verdict is Verdict.WAIT:
                     assert step.happened.startswith("waiting")
                     waiting.append((order.order_id, campaign.campaign, step.step))
