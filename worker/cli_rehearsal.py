@@ -58,7 +58,12 @@ def cmd_plan_or_calendar(args: argparse.Namespace, settings: Settings) -> int:
     daemon = cli._daemon(settings, SystemClock())
     start = args.start or daemon.clock.now()
     calendar = rehearse(
-        daemon.store.every_history(), daemon.campaigns, start, args.days or 30, daemon.policy
+        daemon.store.every_history(),
+        daemon.campaigns,
+        start,
+        args.days or 30,
+        daemon.policy,
+        keep_orders=args.orders,
     )
     print_calendar(calendar, orders=args.orders)
     return 0

@@ -237,37 +237,55 @@ def rehearse(
     days: int,
     policy: Policy,
     tick: timedelta = STEP,
+    *,
+    keep_orders: bool = True,
 ) -> Calendar:
     """Step a clock from ``start`` through ``days`` days by ``tick`` and plan at each instant
     a buyer may change; every due step is taken as sent then, every skip as recorded then.
 
     ``batches``: whole buyers at a time (they are planned independently, as the daemon does),
     so memory follows one batch, not the store. Nothing is written anywhere.
+    ``keep_orders``: keep the order ids behind each count (``--orders``); off, memory
+    follows the number of days and steps, not of orders.
     """
     end = start + timedelta(days=days)
     calendar = Calendar(start, end)
     for batch in batches:
-        _rehearse_batch(list(batch), campaigns, calendar, policy, tick)
+        _rehearse_batch(list(batch), campaigns, calendar, policy, tick, keep_orders)
     return calendar
 
 
 def _rehearse_batch(
-    histories: list[OrderHistory],
+    batch: list[OrderHistory],
     campaigns: Sequence[Campaign],
     calendar: Calendar,
     policy: Policy,
     tick: timedelta,
+    keep_orders: bool,
 ) -> None:
-    now = calendar.start
+    """As the daemon does: each buyer is planned again only when their next look has come
+    (:func:`worker.plan.next_looks`), so a quiet buyer costs one plan, not one per tick."""
+    buyers: dict[str, list[OrderHistory]] = defaultdict(list)
+    for history in batch:
+        buyers[history.order.buyer_email].append(history)
+    looks: dict[str, datetime] = dict.fromkeys(buyers, calendar.start)
     synthetic = -1
-    while now < calendar.end:
+    while looks:
+        ticks = -(-(min(looks.values()) - calendar.start) // tick)  # the first tick at or after
+        now = calendar.start + max(ticks, 0) * tick
+        if now >= calendar.end:
+            return
+        due = [buyer for buyer, moment in looks.items() if moment <= now]
+        histories = [h for buyer in due for h in buyers[buyer]]
         result = plan(histories, campaigns, now, policy)
         changed: dict[str, dict[tuple[str, str], Send]] = {}
         by_order = {h.order.order_id: h for h in histories}
+        sent_to: set[str] = set()
         for decision in result.decisions:
             if decision.verdict not in (Verdict.DUE, Verdict.SKIP):
                 continue
-            sends = changed.setdefault(decision.order_id, dict(by_order[decision.order_id].sends))
+            order = by_order[decision.order_id]
+            sends = changed.setdefault(decision.order_id, dict(order.sends))
             key = (decision.campaign, decision.step)
             day = now.date()
             if decision.verdict is Verdict.DUE:
@@ -276,45 +294,43 @@ def _rehearse_batch(
                     decision.at or now, sent_at=now,
                 )  # fmt: skip
                 calendar.sent[(day, *key)] += 1
-                calendar.orders[(day, *key, "sent")].append(decision.order_id)
+                what = "sent"
+                sent_to.add(order.order.buyer_email)
             else:
                 sends[key] = Send(
                     synthetic, decision.order_id, *key, SendState.SKIPPED,
                     decision.at or now, reason=decision.reason,
                 )  # fmt: skip
-                kind = reason_kind(decision.reason)
-                calendar.skipped[(day, *key, kind)] += 1
-                calendar.orders[(day, *key, kind)].append(decision.order_id)
+                what = reason_kind(decision.reason)
+                calendar.skipped[(day, *key, what)] += 1
+            if keep_orders:
+                calendar.orders[(day, *key, what)].append(decision.order_id)
             synthetic -= 1
         if changed:
-            histories = _with_sends(histories, changed, now)
-        if any(d.verdict is Verdict.DUE for d in result.decisions):
-            now += tick  # a sent step may start the next one: look again at the next tick
-            continue
-        looks = [m for m in next_looks(histories, result.decisions, now).values() if m]
-        upcoming = min((m for m in looks if m > now), default=None)
-        if upcoming is None:
-            return
-        ticks = -(-(upcoming - calendar.start) // tick)  # ceiling: the first tick at or after
-        now = max(now + tick, calendar.start + ticks * tick)
+            histories = _with_sends(histories, changed, sent_to, now)
+            for buyer in due:
+                buyers[buyer] = []
+            for history in histories:
+                buyers[history.order.buyer_email].append(history)
+        next_of = next_looks(histories, result.decisions, now)
+        for buyer in due:
+            upcoming = next_of.get(buyer)
+            if buyer in sent_to or (upcoming is not None and upcoming <= now):
+                looks[buyer] = now + tick  # a sent step may start the next: look again
+            elif upcoming is None:
+                del looks[buyer]  # only a new event could change anything: none will come
+            else:
+                looks[buyer] = upcoming
 
 
 def _with_sends(
     histories: list[OrderHistory],
     changed: dict[str, dict[tuple[str, str], Send]],
+    written: set[str],
     now: datetime,
 ) -> list[OrderHistory]:
     """The batch with the rehearsed rows, and each buyer's last message moved to ``now``
     where one was taken as sent (the per-buyer cap counts from it, across orders)."""
-    written = {
-        h.order.buyer_email
-        for h in histories
-        if h.order.order_id in changed
-        and any(
-            s.state is SendState.SENT and s.sent_at == now
-            for s in changed[h.order.order_id].values()
-        )
-    }
     out = []
     for history in histories:
         sends = changed.get(history.order.order_id, history.sends)

@@ -154,3 +154,25 @@ def test_a_batch_is_rehearsed_from_its_start_in_utc() -> None:
     calendar = rehearse([[history()]], [FOLLOW_UP], start, 1, POLICY)
     assert calendar.end == start + DAY
     assert calendar.days() == [date(2026, 3, 9)]
+
+
+def test_buyers_of_one_batch_are_rehearsed_each_on_their_own_dates() -> None:
+    later = DELIVERED + 10 * DAY
+    bob = replace(
+        history(),
+        order=Order(
+            "2001", "shop", "bob@example.com", "Bob", ("Mug",), "en", "GB", delivered_at=later
+        ),
+    )
+
+    calendar = rehearse([[history(), bob]], [FOLLOW_UP], DELIVERED, 20, POLICY)
+
+    check_ins = {day: n for (day, _c, step), n in calendar.sent.items() if step == "check-in"}
+    assert check_ins == {date(2026, 3, 9): 1, date(2026, 3, 19): 1}
+    assert calendar.orders[(date(2026, 3, 19), "review-follow-up", "check-in", "sent")] == ["2001"]
+
+
+def test_without_orders_the_calendar_keeps_counts_only() -> None:
+    calendar = rehearse([[history()]], [FOLLOW_UP], DELIVERED, 60, POLICY, keep_orders=False)
+    assert sum(calendar.sent.values()) == 3
+    assert not calendar.orders
