@@ -82,7 +82,8 @@ def print_calendar(calendar: Calendar, *, orders: bool) -> None:
         rows += [(c, s, "skip", r, n) for (d, c, s, r), n in calendar.skipped.items() if d == day]
         for campaign, step, what, reason, count in sorted(rows):
             shown = "" if what == "send" else cli._shown(reason)
-            print(f"{day:%Y-%m-%d} {campaign + '/' + step:36} {what:5} {count:5}  {shown}")
+            name = cli._shown(f"{campaign}/{step}")
+            print(f"{day:%Y-%m-%d} {name:36} {what:5} {count:5}  {shown}")
             if orders:
                 ids = calendar.orders[(day, campaign, step, reason)]
                 print("    orders: " + ", ".join(cli._shown(i) for i in ids))
