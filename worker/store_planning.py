@@ -86,6 +86,16 @@ class PlanningMixin(_Database):
         ``worker plan`` read :meth:`every_history` in batches instead."""
         return [h for batch in self.every_history() for h in batch]
 
+    def buyer_histories(self, order_id: str) -> list[OrderHistory]:
+        """Every order of the buyer of ``order_id``, as the planner sees them together
+        (``worker explain``); empty if the order is unknown."""
+        order = schema.order
+        with self._connect() as c:
+            buyer = select(order.c.buyer_email).where(order.c.order_id == order_id)
+            return list(
+                _histories_where(c, order.c.buyer_email.in_(buyer.scalar_subquery())).values()
+            )
+
     def every_history(self, batch: int = BUYER_BATCH) -> Iterator[list[OrderHistory]]:
         """Every buyer's histories, ``batch`` buyers at a time, in address order: constant
         memory however many orders are stored. Each batch is read in its own transaction."""
