@@ -51,7 +51,7 @@ def _messages(maildir: Path) -> list[EmailMessage]:
 def _text(message: EmailMessage) -> str:
     part = message.get_body(("plain",))
     assert part is not None
-    content = str(part.get_content())  # type: ignore[attr-defined]
+    content = str(part.get_content())
     return content.replace("\r\n", "\n")
 
 
@@ -247,7 +247,7 @@ def test_status_counts_what_the_rows_hold(workdir: Workdir, store: Store) -> Non
         return next(text for text in lines if text.strip().startswith(start))
 
     with store.engine.connect() as c:
-        by_state = dict(
+        by_state: dict[str, int] = dict(
             c.execute(select(schema.send.c.state, func.count()).group_by(schema.send.c.state)).all()
         )
     for state, count in by_state.items():
