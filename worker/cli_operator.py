@@ -66,6 +66,8 @@ TEST_HEADER = b"X-Worker-Test: yes\r\n"
 """First header of every test message: filters and the relay's log can tell it apart."""
 ADDRESS_MAX = 254
 """RFC 5321's longest path: an address longer than this cannot be delivered anyway."""
+IMPORT_BYTES_MAX = 100_000_000
+"""A suppression list of a million addresses is some 30 MB: a larger file is a mistake."""
 IMPORT_LINE_MAX = 1000
 """Characters a suppression list's line may have; a longer one is a bad line, not memory."""
 SAMPLE_PRODUCTS = (
@@ -369,6 +371,13 @@ def _domain(settings: Settings) -> str:
 def cmd_send_test(args: argparse.Namespace, settings: Settings) -> int:
     daemon = _daemon(settings, SystemClock())
     now = daemon.clock.now()
+    suppressed, _disputes = daemon.store.protections(args.to)
+    if suppressed is not None:
+        raise StoreError(
+            f"{args.to} is suppressed ({suppressed.reason.value}, since "
+            f"{suppressed.created_at:%Y-%m-%d %H:%M} UTC): nothing is sent to it, tests "
+            "included; send the test to another address"
+        )
     made = render_step(daemon, args.campaign, args.step, args.order, args.locale, now)
     marked = dataclasses.replace(made, rendered=_marked(made.rendered))
     message_id = f"<test.{secrets.token_hex(10)}@{_domain(settings)}>"
@@ -617,6 +626,12 @@ def read_addresses(path: Path) -> tuple[list[str], list[BadLine]]:
     column. Blank lines and ``#`` comments are skipped; every other line is an address or
     a bad line, named by its number."""
     try:
+        if path.stat().st_size > IMPORT_BYTES_MAX:
+            raise FeedError(
+                f"larger than {IMPORT_BYTES_MAX // 1_000_000} MB: no suppression list is; "
+                "nothing was imported",
+                where=str(path),
+            )
         text = path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise FeedError(f"cannot read the file: {exc.strerror}", where=str(path)) from None

@@ -416,3 +416,10 @@ def test_suppress_import_of_a_file_not_utf8_imports_nothing(workdir: Workdir, st
     done = workdir.run("suppress", "import", str(listing))
     assert done.returncode == 2 and "not UTF-8" in done.stderr and str(listing) in done.stderr
     assert store.suppression_rows() == []
+
+
+def test_send_test_refuses_a_suppressed_address(workdir: Workdir, store: Store) -> None:
+    store.suppress("tester@example.org", SuppressionReason.SPAM_COMPLAINT, NOW)
+    done = workdir.run("send-test", "review-follow-up", "check-in", "--to", "tester@example.org")
+    assert done.returncode == 1 and "is suppressed (spam_complaint" in done.stderr
+    assert store.test_sends() == []
