@@ -218,7 +218,7 @@ class Rendered:
     sample: bool
     rendered: RenderedMessage
     rule: str
-    """How the language was chosen."""
+    """How the language was chosen: the daemon's rule (``order locale de``) or ``--locale``."""
 
 
 def render_step(
@@ -235,10 +235,10 @@ def render_step(
     else:
         history, sample = sample_history(campaign, step, daemon.settings, now), True
     if locale is not None:
-        rule = "--locale"
+        rule = f"--locale {locale}"
     else:
         language = daemon.language(history, campaign.name, step.id)
-        locale, rule = language.locale, str(language)
+        locale, rule = language.locale, f"{language.rule} {language.detail}".strip()
     template, chosen, context = daemon.render_job(history, campaign.name, step.id, locale)
     rendered = daemon.renderer.render(template, chosen, context)
     return Rendered(campaign, step, history, sample, rendered, rule)
@@ -344,7 +344,7 @@ def cmd_preview(args: argparse.Namespace, settings: Settings) -> int:
     whose = "a sample order" if made.sample else "order"
     print(
         f"# {made.campaign.name}/{made.step.id} for {whose} {_shown(order.order_id)} "
-        f"({_shown(order.marketplace)}), language {_shown(made.rule)}"
+        f"({_shown(order.marketplace)}), language {made.rendered.locale} ({_shown(made.rule)})"
     )
     print(f"# template {_shown(made.rendered.source)}; nothing was sent or recorded")
     if settings.inbox.reply_tokens:
@@ -477,7 +477,7 @@ def status_lines(status: Status, where: str) -> list[str]:
         if not total:
             continue
         named = {_preview(r, 40): n for r, n in reasons.items() if r}
-        detail = f"  ({_counts(named)})" if named and state is not SendState.SENT else ""
+        detail = f"  ({_counts(named)})" if named else ""
         lines.append(f"  {state.value:10} {total:7}{detail}")
     if not by_state:
         lines.append("  none yet")

@@ -65,7 +65,8 @@ class Status:
 
     now: datetime
     sends: dict[tuple[str, str], int]
-    """(state, reason up to its first ``:``) -> count; the reason is empty for sent ones."""
+    """(state, reason up to its first ``:``) -> count; the reason is given for skipped sends
+    only (empty for the other states)."""
     in_doubt: int
     oldest_in_doubt: datetime | None
     failures: list[FailedSend]
@@ -185,12 +186,17 @@ class StatusMixin(_Database):
 
 
 def _reason_key(c: Connection) -> Any:
-    """A send's reason up to its first ``:`` (``suppressed:hard_bounce`` -> ``suppressed``,
-    a relay's reply -> its code), computed by the database so it can group by it."""
-    reason = schema.send.c.reason
+    """A skipped send's reason up to its first ``:`` (``suppressed:hard_bounce`` ->
+    ``suppressed``), computed by the database so it can group by it. Other states group by
+    state alone: their reasons are a relay's words, one per row (``worker status`` lists the
+    recent failures and the in-doubt ones instead)."""
+    send = schema.send
+    reason = send.c.reason
     if c.dialect.name == "postgresql":
-        return func.split_part(reason, ":", 1)
-    return func.substr(reason, 1, func.instr(reason + literal(":"), ":") - 1)
+        key = func.split_part(reason, ":", 1)
+    else:
+        key = func.substr(reason, 1, func.instr(reason + literal(":"), ":") - 1)
+    return case((send.c.state == SendState.SKIPPED.value, key), else_=literal(""))
 
 
 def _one_if(condition: Any) -> Any:

@@ -92,7 +92,7 @@ def test_preview_shows_headers_and_text_in_the_buyers_language(workdir: Workdir)
         "en",
         check=True,
     ).stdout
-    assert "language --locale" in english and "Content-Language: en" in english
+    assert "language en (--locale en)" in english and "Content-Language: en" in english
     assert workdir.run("sends", check=True).stdout.count("\n") == 1, "a preview records nothing"
 
 
