@@ -49,7 +49,7 @@ from worker.domain import (
     SuppressionReason,
     TriggerEvent,
 )
-from worker.errors import ConfigError, FeedError, StoreError
+from worker.errors import ConfigError, FeedError, StoreError, WorkerError
 from worker.feeds import normalise_email
 from worker.language import normalise_locale
 from worker.plan import OrderHistory
@@ -232,6 +232,11 @@ def render_step(
     campaign, step = _campaign_step(daemon.campaigns, campaign_name, step_id)
     if order_id is not None:
         history, sample = daemon.store.history(order_id), False
+        if step.trigger.event is TriggerEvent.REVIEWED and not history.reviews:
+            raise WorkerError(
+                f"order {_shown(order_id)} has no review, and {campaign.name}/{step.id} goes "
+                "out only after one; leave out --order to see it for a sample 5-star review"
+            )
     else:
         history, sample = sample_history(campaign, step, daemon.settings, now), True
     if locale is not None:

@@ -137,6 +137,9 @@ def test_preview_names_the_campaigns_and_steps_it_knows(workdir: Workdir) -> Non
     assert done.returncode == 2 and "check-in" in done.stderr
     done = workdir.run("preview", "review-follow-up", "check-in", "--order", "NOPE")
     assert done.returncode == 1 and "no order 'NOPE'" in done.stderr
+    done = workdir.run("preview", "review-thanks", "thank-you", "--order", "SHOP-1")
+    assert done.returncode == 1 and "order SHOP-1 has no review" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 # send-test --------------------------------------------------------------------------------
