@@ -53,7 +53,7 @@ from worker.errors import ConfigError, FeedError, StoreError, WorkerError
 from worker.feeds import normalise_email
 from worker.language import normalise_locale
 from worker.plan import OrderHistory
-from worker.render import RenderedMessage
+from worker.render import RenderedMessage, TemplateRunner
 from worker.return_path import return_path_base
 from worker.send import Failed, InDoubt, Mailer, Outcome, Retry, Sent
 from worker.store_operator import PROVEN, ForceNeeded, TestSend
@@ -245,7 +245,16 @@ def render_step(
         language = daemon.language(history, campaign.name, step.id)
         locale, rule = language.locale, f"{language.rule} {language.detail}".strip()
     template, chosen, context = daemon.render_job(history, campaign.name, step.id, locale)
-    rendered = daemon.renderer.render(template, chosen, context)
+    runner = daemon.runner
+    if runner is None:
+        rendered = daemon.renderer.render(template, chosen, context)
+    else:  # within the daemon's time and size budget: a looping template cannot hang this
+
+        async def within_budget(runner: TemplateRunner) -> RenderedMessage:
+            async with runner:
+                return await runner.render(template, chosen, context)
+
+        rendered = asyncio.run(within_budget(runner))
     return Rendered(campaign, step, history, sample, rendered, rule)
 
 
