@@ -424,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     reply_add.add_argument("--at", type=_instant, help="when the buyer wrote (default now)")
     reply_add.set_defaults(handler=cmd_reply_add)
     add_rehearsal_commands(commands)
+    from worker.cli_operator import add_commands as operator_commands  # it imports this module
+
+    operator_commands(commands)
     return parser
 
 

@@ -493,19 +493,26 @@ class Daemon:
         ]
 
     def _render_job(self, due: _Due) -> RenderJob:
-        order = due.history.order
-        template = self._step(due.decision.campaign, due.decision.step).template
-        locale = self.language(due.history, due.decision.campaign, due.decision.step).locale
+        return self.render_job(due.history, due.decision.campaign, due.decision.step)
+
+    def render_job(
+        self, history: OrderHistory, campaign: str, step: str, locale: str | None = None
+    ) -> RenderJob:
+        """What the step's message is rendered from for this order: the template, the
+        buyer's language (or ``locale``, for ``worker preview``) and the variables."""
+        order = history.order
+        template = self._step(campaign, step).template
+        locale = locale or self.language(history, campaign, step).locale
         context = message_context(
             order,
             self.settings.seller,
-            _latest_review(due.history),
+            _latest_review(history),
             locale,
             self.settings.default_locale,
             tracking=self.settings.tracking,
             ship_from_country=self.policy.transit.ship_from,
             delivery_window=expected_window(
-                delivery_of(order, due.history.customer.country, self.policy.transit)
+                delivery_of(order, history.customer.country, self.policy.transit)
             ),
         )
         return (template, locale, context)

@@ -201,6 +201,11 @@ suppression = Table(
     Column("reason", String(32), nullable=False),
     Column("detail", Text, nullable=False, server_default=""),
     Column("created_at", UtcDateTime, nullable=False),
+    Column(
+        "created_by",
+        String(64),
+        comment="the operator who added it; NULL: the worker itself (a bounce, a report)",
+    ),
 )
 
 inbound_message = Table(
@@ -283,3 +288,42 @@ mailbox_lease = Table(
     Column("expires_at", UtcDateTime, nullable=False, comment="renewed by every read"),
     Column("read_at", UtcDateTime, comment="when its holder last read every folder to the end"),
 )
+
+test_send = Table(
+    "test_send",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("campaign", String(64), nullable=False),
+    Column("step", String(64), nullable=False),
+    Column("order_id", String(64), comment="the order rendered; NULL: the sample"),
+    Column("locale", String(35), nullable=False),
+    Column("recipient", String(320), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("message_id", String(255), nullable=False),
+    Column("outcome", String(16), nullable=False, comment="sent, failed, in_doubt"),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+"""``worker send-test``: apart from ``send``, so a test counts for no order, cap or plan."""
+
+suppression_removal = Table(
+    "suppression_removal",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(320), nullable=False, index=True),
+    Column("reason", String(32), nullable=False),
+    Column("detail", Text, nullable=False, server_default=""),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("created_by", String(64)),
+    Column("removed_at", UtcDateTime, nullable=False),
+    Column("removed_by", String(64), nullable=False),
+    Column(
+        "forced",
+        Boolean,
+        nullable=False,
+        server_default=false(),
+        comment="a hard bounce or spam complaint removed with --force",
+    ),
+)
+"""Every suppression an operator removed, with who and when: the address may be mailed again."""

@@ -45,9 +45,11 @@ from worker.store_inbound import (
     SoftBounceRule,
 )
 from worker.store_leases import MailboxLeasesMixin
+from worker.store_operator import OperatorMixin
 from worker.store_orders import BATCH_ROWS, OrdersMixin, UpsertCount
 from worker.store_planning import BUYER_BATCH, DueCursor, Planned, PlanningMixin
 from worker.store_sends import STALE_CLAIM_REASON, Claim, SendsMixin, SentRecord
+from worker.store_status import StatusMixin
 
 __all__ = [
     "BATCH_ROWS",
@@ -200,7 +202,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Store(
-    OrdersMixin, PlanningMixin, SendsMixin, InboundMixin, MailboxLeasesMixin, DisputesMixin
+    OrdersMixin,
+    PlanningMixin,
+    SendsMixin,
+    InboundMixin,
+    MailboxLeasesMixin,
+    DisputesMixin,
+    StatusMixin,
+    OperatorMixin,
 ):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
