@@ -283,3 +283,17 @@ mailbox_lease = Table(
     Column("expires_at", UtcDateTime, nullable=False, comment="renewed by every read"),
     Column("read_at", UtcDateTime, comment="when its holder last read every folder to the end"),
 )
+
+pause = Table(
+    "pause",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("scope", String(16), nullable=False, comment="everything, marketplace or campaign"),
+    Column("target", String(64), nullable=False, comment="the marketplace or campaign; '' all"),
+    Column("paused_by", String(64), nullable=False),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("paused_at", UtcDateTime, nullable=False),
+    UniqueConstraint("scope", "target"),
+    CheckConstraint("scope IN ('everything', 'marketplace', 'campaign')", name="scope_known"),
+)
+"""An operator's stop on sending (worker/pauses.py): read by every pass and before each claim."""

@@ -46,6 +46,7 @@ from worker.store_inbound import (
 )
 from worker.store_leases import MailboxLeasesMixin
 from worker.store_orders import BATCH_ROWS, OrdersMixin, UpsertCount
+from worker.store_pauses import PausesMixin
 from worker.store_planning import BUYER_BATCH, DueCursor, Planned, PlanningMixin
 from worker.store_sends import STALE_CLAIM_REASON, Claim, SendsMixin, SentRecord
 
@@ -200,7 +201,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Store(
-    OrdersMixin, PlanningMixin, SendsMixin, InboundMixin, MailboxLeasesMixin, DisputesMixin
+    OrdersMixin,
+    PlanningMixin,
+    SendsMixin,
+    InboundMixin,
+    MailboxLeasesMixin,
+    DisputesMixin,
+    PausesMixin,
 ):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
