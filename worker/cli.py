@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from worker import __version__, logs
 from worker.classify import classify
+from worker.cli_control import add_commands as add_control_commands
 from worker.clock import Clock, ShiftedClock, SystemClock
 from worker.config import Settings, load_settings, parse_duration
 from worker.daemon import (
@@ -419,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     reply_add.add_argument("order_id")
     reply_add.add_argument("--at", type=_instant, help="when the buyer wrote (default now)")
     reply_add.set_defaults(handler=cmd_reply_add)
+    add_control_commands(commands)
     return parser
 
 

@@ -48,6 +48,7 @@ from worker.store_leases import MailboxLeasesMixin
 from worker.store_orders import BATCH_ROWS, OrdersMixin, UpsertCount
 from worker.store_pauses import PausesMixin
 from worker.store_planning import BUYER_BATCH, DueCursor, Planned, PlanningMixin
+from worker.store_report import ReportMixin
 from worker.store_sends import STALE_CLAIM_REASON, Claim, SendsMixin, SentRecord
 
 __all__ = [
@@ -208,6 +209,7 @@ class Store(
     MailboxLeasesMixin,
     DisputesMixin,
     PausesMixin,
+    ReportMixin,
 ):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
