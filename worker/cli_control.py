@@ -190,7 +190,7 @@ def _difference(step: StepReport, outcome: str) -> str:
     if found is None:
         return f"{'':13}"
     change, margin = found
-    return f"{change * 100:+6.1f} ±{margin * 100:4.1f}"
+    return f"{f'{change * 100:+.1f} ±{margin * 100:.1f}':>13}"
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
@@ -207,7 +207,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     header = "".join(f"{_OUTCOME_NAMES[o]:>14}" for o in OUTCOMES)
     print(f"{'campaign/step':36} {'group':9} {'orders':>7}{header}")
     for step in steps:
-        name = f"{step.campaign}/{step.step}"
+        name = cli._shown(f"{step.campaign}/{step.step}")
         for label, group in (("sent", step.sent), ("held out", step.held_out)):
             counts = "".join(f" {_rate(getattr(group, o), group)}" for o in OUTCOMES)
             print(f"{name:36} {label:9} {group.orders:7}{counts}")
