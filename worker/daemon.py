@@ -190,10 +190,12 @@ class Daemon:
         self, at: datetime
     ) -> Iterator[tuple[Plan, dict[str, OrderHistory]]]:
         """:meth:`plan_batches` with each batch's histories by order id, for ``worker plan``
-        to say more than the decision (the buyer's language)."""
+        to say more than the decision (the buyer's language). Pauses in force hold what they
+        hold, as they would in the daemon."""
+        paused = self.store.pauses()
         for histories in self.store.every_history():
             by_order = {h.order.order_id: h for h in histories}
-            yield plan(histories, self.campaigns, at, self.policy), by_order
+            yield plan(histories, self.campaigns, at, self.policy, paused), by_order
 
     @property
     def ingest(self) -> Ingest | None:

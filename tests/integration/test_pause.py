@@ -178,3 +178,12 @@ async def test_a_step_paused_past_its_max_lateness_is_skipped_on_resume(store: S
     assert server.seen.messages == []
     [row] = store.sends()
     assert row.state is SendState.SKIPPED and row.reason.startswith("too_late")
+
+
+async def test_the_dry_run_shows_what_a_pause_holds(store: Store) -> None:
+    store.upsert_orders([_order(1, "ann@example.com")], DELIVERED)
+    store.pause(PauseScope.MARKETPLACE, "shop", "ops", "", CHECK_IN_DUE)
+    dry = _daemon(store, 25, FixedClock(CHECK_IN_DUE)).plan()
+    [check_in] = [d for d in dry.decisions if d.step == "check-in"]
+    assert (check_in.verdict.value, check_in.reason) == ("wait", "paused")
+    assert store.sends() == [], "a dry run records nothing"
