@@ -70,6 +70,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     _scope_options(resume, "resume")
     resume.add_argument("--all", action="store_true", help="lift every pause in force")
+    resume.add_argument("--by", type=_by, help="who resumes (default: the account running this)")
     resume.set_defaults(handler=cmd_resume)
 
     commands.add_parser(
@@ -166,7 +167,7 @@ def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
         scope, target = _scope(args, settings)
         found = store.resume(scope, target)
         lifted = [found] if found is not None else []
-    by = cli._default_agent()
+    by = args.by or cli._default_agent()
     for pause in lifted:
         log.warning("pause.lifted", scope=pause.scope.value, target=pause.target, by=by)
         print(f"resumed {pause.describe()} (paused by {cli._shown(pause.paused_by)})")

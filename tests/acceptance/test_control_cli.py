@@ -26,7 +26,8 @@ def test_a_pause_holds_the_next_run_until_resumed(
     assert "waiting: paused 3" in held.stdout
     assert maildir_count(workdir.path / "var/sink") == 0
 
-    resumed = workdir.run("resume", check=True)
+    resumed = workdir.run("resume", "--by", "lee", check=True)
+    assert '"event": "pause.lifted"' in resumed.stderr and '"by": "lee"' in resumed.stderr
     assert "resumed everything (paused by ops)" in resumed.stdout
     assert workdir.run("pauses", check=True).stdout == "nothing is paused\n"
     sent = workdir.run("run", "--once", "--now", DUE, check=True)
