@@ -36,6 +36,9 @@ _NAME = re.compile(r"[a-z0-9-]+")
 _TEMPLATE = re.compile(r"[a-z0-9_]+")
 _CLOCK = re.compile(r"(\d{1,2}):(\d{2})")
 _RATING = re.compile(r"\s*(\d+)\s*(?:\.\.\s*(\d+)\s*)?")
+_PERCENT = re.compile(r"(\d{1,2}(?:\.\d{1,2})?)\s*%")
+HOLDOUT_MAX = 50
+"""Percent: past half, the campaign measures more than it sends."""
 _NULL = "tag:yaml.org,2002:null"
 _BOOL = "tag:yaml.org,2002:bool"
 
@@ -57,6 +60,7 @@ _STEP_KEYS = (
     "kind",
     "hold_while_awaiting_answer",
     "buyer_cap",
+    "holdout",
 )
 _AFTER_KEYS = ("event", "step", "delay", "rating")
 
@@ -188,6 +192,18 @@ def _cap(at: _At) -> timedelta:
         raise at.error(f"{exc}; 0 sends this campaign's mail without a per-buyer cap") from exc
 
 
+def _holdout(at: _At) -> float:
+    """``holdout: 10%``: the share of orders kept from this step, 0% to 50%."""
+    text = _text(at)
+    match = _PERCENT.fullmatch(text.strip())
+    if match is None or float(match[1]) > HOLDOUT_MAX:
+        raise at.error(
+            f"{text!r} is not a share of orders from 0% to {HOLDOUT_MAX}% like 10%; the orders "
+            "held out never get this step, so the report can compare"
+        )
+    return float(match[1]) / 100
+
+
 def _kind(template: str, trigger: Trigger) -> StepKind:
     """The kind a step without ``kind:`` has: from its template's name (the shipped ones are
     named after what they are); any other template that speaks of reviews or feedback is
@@ -311,6 +327,7 @@ def _step(at: _At, steps: _StepIds, campaign_cap: timedelta | None) -> CampaignS
         kind=kind,
         hold_while_awaiting_answer=_hold(fields.get("hold_while_awaiting_answer"), kind),
         buyer_cap=_cap(fields["buyer_cap"]) if "buyer_cap" in fields else campaign_cap,
+        holdout=_holdout(fields["holdout"]) if "holdout" in fields else 0.0,
     )
 
 

@@ -24,6 +24,7 @@ from typing import TypeVar
 from worker import __version__, logs
 from worker.classify import classify
 from worker.cli_rehearsal import add_commands as add_rehearsal_commands
+from worker.cli_control import add_commands as add_control_commands
 from worker.clock import Clock, ShiftedClock, SystemClock
 from worker.config import Settings, load_settings, parse_duration
 from worker.daemon import (
@@ -427,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     from worker.cli_operator import add_commands as operator_commands  # it imports this module
 
     operator_commands(commands)
+    add_control_commands(commands)
     return parser
 
 

@@ -34,6 +34,7 @@ from worker.domain import Campaign, CampaignStep, Review, Send, SuppressionReaso
 from worker.errors import CampaignError, StoreError, TemplateError, WorkerError
 from worker.ingest import Ingest
 from worker.language import Language, choose_language
+from worker.pauses import PAUSED, Pause, holding
 from worker.plan import (
     Decision,
     OrderHistory,
@@ -165,6 +166,7 @@ class Daemon:
         self._relay_down_passes = 0
         self._wake = asyncio.Event()
         self._plan_inputs = plan_inputs_digest(self.campaigns, self.policy)
+        self._paused: list[Pause] = []
         self._locales: dict[str, list[str]] = {}
         """Each template's locale files, read once: templates are checked at start-up and a
         changed one takes a restart, as campaigns do."""
@@ -190,10 +192,12 @@ class Daemon:
         self, at: datetime
     ) -> Iterator[tuple[Plan, dict[str, OrderHistory]]]:
         """:meth:`plan_batches` with each batch's histories by order id, for ``worker plan``
-        to say more than the decision (the buyer's language)."""
+        to say more than the decision (the buyer's language). Pauses in force hold what they
+        hold, as they would in the daemon."""
+        paused = self.store.pauses()
         for histories in self.store.every_history():
             by_order = {h.order.order_id: h for h in histories}
-            yield plan(histories, self.campaigns, at, self.policy), by_order
+            yield plan(histories, self.campaigns, at, self.policy, paused), by_order
 
     @property
     def ingest(self) -> Ingest | None:
@@ -312,8 +316,9 @@ class Daemon:
         self._expire_stale_claims(now, report)
         if self.store.plan_inputs_changed(self._plan_inputs, now):
             log.info("plan.reconsider_all", reason="campaigns or planning settings changed")
+        paused = self._read_pauses()
         queue: asyncio.Queue[_Due] = asyncio.Queue()
-        for batch in self._planned_batches(now):
+        for batch in self._planned_batches(now, paused):
             self._report_plan(batch.plan, report)
             for decision, send_id in batch.due:
                 queue.put_nowait(_Due(decision, send_id, batch.histories[decision.order_id]))
@@ -325,11 +330,23 @@ class Daemon:
         log.info("pass.finished", **report.summary())
         return report
 
-    def _planned_batches(self, now: datetime) -> Iterator[Planned]:
+    def _read_pauses(self) -> list[Pause]:
+        """The operator's pauses in force (one small read), logged when they change."""
+        paused = self.store.pauses()
+        if paused != self._paused:
+            log.warning(
+                "pauses.changed",
+                paused=[f"{p.describe()} by {p.paused_by}" for p in paused],
+                lifted=[p.describe() for p in self._paused if p not in paused],
+            )
+            self._paused = paused
+        return paused
+
+    def _planned_batches(self, now: datetime, paused: Sequence[Pause] = ()) -> Iterator[Planned]:
         """Every batch of buyers due at ``now``, planned and recorded by the store."""
 
         def decide(histories: Sequence[OrderHistory]) -> Plan:
-            return plan(histories, self.campaigns, now, self.policy)
+            return plan(histories, self.campaigns, now, self.policy, paused)
 
         after: DueCursor | None = None
         looked_now: set[str] = set()  # due again already: not planned twice in one pass
@@ -430,6 +447,8 @@ class Daemon:
                 self._relay_is_down(mailer.relay_down, report)
                 return
             chunk = [queue.get_nowait() for _ in range(min(CLAIM_BATCH, queue.qsize()))]
+            if not (chunk := self._not_paused(chunk, report)):
+                continue
             # Rendered before the claim: no row waits ``sending`` on a template.
             messages = await self._render(chunk)
             rendered = {due.send_id: message for due, message in zip(chunk, messages, strict=True)}
@@ -470,6 +489,22 @@ class Daemon:
             if mailer.relay_down is not None:
                 self._relay_is_down(mailer.relay_down, report)
                 return
+
+    def _not_paused(self, chunk: list[_Due], report: PassReport) -> list[_Due]:
+        """The chunk less what a pause stored since the pass began now holds (read again
+        before every claim): those rows stay scheduled, and the next pass holds them."""
+        paused = self._read_pauses()
+        if not paused:
+            return chunk
+        free = []
+        for due in chunk:
+            marketplace = due.history.order.marketplace
+            if holding(paused, marketplace, due.decision.campaign) is None:
+                free.append(due)
+            else:
+                report.waiting[PAUSED] += 1
+                log.info("send.paused", **{**_fields(due.decision), "reason": PAUSED})
+        return free
 
     async def _render(self, chunk: Sequence[_Due]) -> list[RenderedMessage | Failed]:
         """Within ``render_timeout_s`` and ``render_max_bytes`` each, off the event loop in

@@ -298,6 +298,10 @@ class CampaignStep:
     buyer_cap: timedelta | None = None
     """At most one message to the buyer within this span, counting every campaign and order;
     None: the ``buyer_cap`` setting."""
+    holdout: float = 0.0
+    """The share of orders (0 to 0.5) that never get this step, to measure what it adds:
+    a stable sample (:func:`worker.plan.held_out`), recorded ``skipped`` with reason
+    ``holdout``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,8 +39,11 @@ from worker.domain import (
     TriggerEvent,
 )
 from worker.localtime import in_window, next_open, zone_for
+from worker.pauses import PAUSED, Pause, holding
 
 _FOREVER = datetime.max.replace(tzinfo=ZoneInfo("UTC"))
+HOLDOUT = "holdout"
+"""The skip reason of a step held out of its campaign (``holdout:`` in the campaign file)."""
 
 
 class Verdict(StrEnum):
@@ -157,11 +160,22 @@ def stable_delay(step: CampaignStep, order_id: str, campaign: str) -> timedelta:
     return step.delay_min + timedelta(minutes=minutes)
 
 
+def held_out(campaign: str, step: CampaignStep, order_id: str) -> bool:
+    """Is this order in the step's hold-out sample? A hash of (campaign, step, order) with a
+    salt of its own, so the same orders are held out on every pass and every worker in any
+    order, independently of :func:`stable_delay`; raising the share only adds orders."""
+    if step.holdout <= 0:
+        return False
+    digest = hashlib.sha256(f"holdout|{campaign}|{step.id}|{order_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < step.holdout
+
+
 def plan(
     histories: Iterable[OrderHistory],
     campaigns: Sequence[Campaign],
     now: datetime,
     policy: Policy,
+    paused: Sequence[Pause] = (),
 ) -> Plan:
     """Decide every (order, campaign, step) at ``now``.
 
@@ -170,6 +184,9 @@ def plan(
     Waiting, not skipping: a skip is recorded for good, and once the bug or the data is fixed
     the step must still go out; so it is retried every pass and never reaches a buyer while
     it fails. Earlier steps, the order's other campaigns and all other orders are unaffected.
+
+    ``paused``: the operator's pauses in force; a due step they hold waits (``paused``, no
+    ``at``: resuming wakes its buyer), before pacing, so it holds no other step back.
     """
     _require_aware(now)
     active = [c for c in campaigns if c.enabled]
@@ -179,6 +196,14 @@ def plan(
     for history in planned:
         for campaign in active:
             _plan_contained(history, campaign, now, policy, decisions, failures)
+    if paused:
+        marketplace = {h.order.order_id: h.order.marketplace for h in planned}
+        decisions = [
+            dataclasses.replace(d, verdict=Verdict.WAIT, reason=PAUSED, at=None)
+            if d.verdict is Verdict.DUE and holding(paused, marketplace[d.order_id], d.campaign)
+            else d
+            for d in decisions
+        ]
     if any(d.verdict is Verdict.DUE for d in decisions):
         decisions = _pace(decisions, planned, active, now, policy)
     return Plan(tuple(decisions), now, tuple(failures))
@@ -332,6 +357,10 @@ def _plan_step(
     if row is not None and row.state is SendState.SENDING:
         return decide(Verdict.WAIT, "in_flight", None)
 
+    if (request := _held_out_before(step, earlier)) is not None:
+        # No reminder without its request: the order stays in the sample it was held out in.
+        would_be = request + stable_delay(step, order.order_id, campaign.name)
+        return decide(Verdict.SKIP, HOLDOUT, would_be)
     anchor = _anchor(history, step, earlier, now, delivery)
     if isinstance(anchor, Decision):
         return decide(anchor.verdict, anchor.reason, anchor.at)
@@ -365,7 +394,19 @@ def _plan_step(
         )
     if row is not None and row.not_before is not None and row.not_before > now:
         return decide(Verdict.WAIT, f"retry_later: {row.reason}", row.not_before)
+    if held_out(campaign.name, step, order.order_id):
+        return decide(Verdict.SKIP, HOLDOUT, eligible)
     return decide(Verdict.DUE, "due", eligible)
+
+
+def _held_out_before(step: CampaignStep, earlier: Mapping[str, Decision]) -> datetime | None:
+    """When the step this one follows would have gone, if that step was held out."""
+    if step.trigger.step is None:
+        return None
+    before = earlier[step.trigger.step]
+    if before.reason not in (HOLDOUT, f"{SendState.SKIPPED.value}: {HOLDOUT}"):
+        return None
+    return before.at
 
 
 def _anchor(

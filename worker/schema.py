@@ -327,3 +327,17 @@ suppression_removal = Table(
     ),
 )
 """Every suppression an operator removed, with who and when: the address may be mailed again."""
+
+pause = Table(
+    "pause",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("scope", String(16), nullable=False, comment="everything, marketplace or campaign"),
+    Column("target", String(64), nullable=False, comment="the marketplace or campaign; '' all"),
+    Column("paused_by", String(64), nullable=False),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("paused_at", UtcDateTime, nullable=False),
+    UniqueConstraint("scope", "target"),
+    CheckConstraint("scope IN ('everything', 'marketplace', 'campaign')", name="scope_known"),
+)
+"""An operator's stop on sending (worker/pauses.py): read by every pass and before each claim."""

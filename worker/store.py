@@ -47,7 +47,9 @@ from worker.store_inbound import (
 from worker.store_leases import MailboxLeasesMixin
 from worker.store_operator import OperatorMixin
 from worker.store_orders import BATCH_ROWS, OrdersMixin, UpsertCount
+from worker.store_pauses import PausesMixin
 from worker.store_planning import BUYER_BATCH, DueCursor, Planned, PlanningMixin
+from worker.store_report import ReportMixin
 from worker.store_sends import STALE_CLAIM_REASON, Claim, SendsMixin, SentRecord
 from worker.store_status import StatusMixin
 
@@ -210,6 +212,8 @@ class Store(
     DisputesMixin,
     StatusMixin,
     OperatorMixin,
+    PausesMixin,
+    ReportMixin,
 ):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
