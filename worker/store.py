@@ -35,6 +35,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 
 from worker.errors import SchemaOutOfDate, StoreConflict, StoreError
 from worker.store_disputes import DisputeRow, DisputesMixin
+from worker.store_figures import FiguresMixin
 from worker.store_inbound import (
     Awaiting,
     Checkpoint,
@@ -200,7 +201,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Store(
-    OrdersMixin, PlanningMixin, SendsMixin, InboundMixin, MailboxLeasesMixin, DisputesMixin
+    OrdersMixin,
+    PlanningMixin,
+    SendsMixin,
+    InboundMixin,
+    MailboxLeasesMixin,
+    DisputesMixin,
+    FiguresMixin,
 ):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
