@@ -17,12 +17,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from tests.conftest import settings_for
-from tests.integration.smtp_server import Script, scripted_server
+from tests.conftest import ROOT, settings_for
+from tests.dovecot import Dovecot, User
+from tests.integration.smtp_server import Script, closed_port, scripted_server
+from tests.messages import plain_mail
 from worker.clock import FixedClock
 from worker.config import Settings
 from worker.daemon import Daemon, load_checked_campaigns
 from worker.domain import Order, SendState, SuppressionReason
+from worker.errors import WorkerError
 from worker.ingest import Ingest
 from worker.render import Renderer
 from worker.rules import load_rules
@@ -59,8 +62,6 @@ def _daemon(
 
 def _unread_mailbox(settings: Settings, store: Store, clock: FixedClock, n: int) -> Ingest:
     """A mailbox on a port nobody listens on: its reader never reads."""
-    from tests.integration.smtp_server import closed_port
-
     imap = settings.imap.model_copy(
         update={"host": "127.0.0.1", "port": closed_port(), "tls": "none", "username": f"u{n}"}
     )
@@ -278,8 +279,6 @@ async def test_healthz_names_a_mailbox_that_has_not_been_read(store: Store) -> N
 
 
 async def test_a_taken_port_stops_start_up_with_a_clear_error(store: Store) -> None:
-    from worker.errors import WorkerError
-
     holder = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = holder.sockets[0].getsockname()[1]
     try:
@@ -289,3 +288,43 @@ async def test_a_taken_port_stops_start_up_with_a_clear_error(store: Store) -> N
     finally:
         holder.close()
         await holder.wait_closed()
+
+
+async def test_metrics_count_inbound_mail_by_kind_as_the_reader_stores_it(
+    store: Store, dovecot: Dovecot, mailbox_user: User
+) -> None:
+    store.upsert_orders([ANN], DELIVERED)
+    clock = FixedClock(CHECK_IN_DUE)
+    imap = dovecot.imap_settings(mailbox_user).model_dump()
+    settings = settings_for(
+        store, 1, imap=imap, inbox={"rules_file": str(ROOT / "config" / "mail-rules.yaml")}
+    )
+    renderer = Renderer(settings.templates_dir, settings.default_locale)
+    ingest = Ingest(settings, store, load_rules(settings.inbox.rules_file), clock)
+    daemon = Daemon(
+        settings, store, load_checked_campaigns(settings, renderer), renderer, clock, ingest=ingest
+    )
+    dovecot.append(
+        mailbox_user,
+        "INBOX",
+        plain_mail("ann@example.com", "Question", "Does it fit a gas stove?", message_id="<q@x>"),
+        when=clock.now(),
+    )
+    dovecot.append(
+        mailbox_user,
+        "INBOX",
+        plain_mail("ann@example.com", "unsubscribe", "unsubscribe", message_id="<u@x>"),
+        when=clock.now(),
+    )
+    async with _running(daemon) as base, aiohttp.ClientSession() as http:
+        await _until(lambda: ingest.last_read_at is not None)
+        async with http.get(f"{base}/metrics") as answer:
+            text = await answer.text()
+        async with http.get(f"{base}/healthz") as health:
+            assert health.status == 200
+    stored = Counter(row.kind.value for row in store.inbound_messages())
+    inbound = _metric(text, "worker_inbound_messages_total")
+    assert {dict(k)["kind"]: v for k, v in inbound.items()} == dict(stored)
+    assert sum(stored.values()) == 2
+    [lag] = _metric(text, "worker_mailbox_poll_lag_seconds").values()
+    assert lag == 0.0  # read at the clock's (fixed) now
