@@ -15,6 +15,7 @@ A token that does not check out answers "not valid" and changes nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
@@ -49,6 +50,11 @@ _HEADERS = {
     "Server": "worker",
 }
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_PROTOCOL_LOG = logging.getLogger("worker.web.protocol")
+_PROTOCOL_LOG.disabled = True
+"""aiohttp's own logger for malformed requests: silenced, as it writes a traceback with the
+client's bytes for each (a flood on demand). The client gets its 400; handler errors are
+logged by :meth:`WebServer._guarded`, as the error's type alone."""
 
 
 class OneClickDesk:
@@ -130,12 +136,14 @@ class WebServer:
         runner = web.AppRunner(
             self.app(),
             access_log=None,
+            logger=_PROTOCOL_LOG,
             handle_signals=False,
             handler_cancellation=True,
             keepalive_timeout=5,
             max_line_size=2048,
             max_field_size=4096,
             max_headers=32,
+            lingering_time=2.0,
             shutdown_timeout=2,
         )
         await runner.setup()
@@ -172,7 +180,9 @@ class WebServer:
             raise
         except TimeoutError:
             status = 503
-            return web.Response(status=503, text="timed out\n")
+            timed_out = web.Response(status=503, text="timed out\n")
+            timed_out.force_close()  # no lingering for the rest of a body that never came
+            return timed_out
         except Exception as exc:  # never a traceback to the client
             log.error("http.failed", path=_logged_path(request.path), error=type(exc).__name__)
             return web.Response(status=500, text="internal error\n")

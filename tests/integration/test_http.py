@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from email.message import Message
+from typing import Any
 
 import aiohttp
 import pytest
@@ -328,3 +329,56 @@ async def test_metrics_count_inbound_mail_by_kind_as_the_reader_stores_it(
     assert sum(stored.values()) == 2
     [lag] = _metric(text, "worker_mailbox_poll_lag_seconds").values()
     assert lag == 0.0  # read at the clock's (fixed) now
+
+
+class BrokenFigures(Store):
+    """A store whose gauges fail with a bug's error, detail and all."""
+
+    def figures(self, now: datetime) -> Any:
+        raise RuntimeError("bug detail that must not reach a client")
+
+
+async def _raw(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+
+
+async def test_hostile_requests_get_short_answers_and_no_traceback(store: Store) -> None:
+    store.upsert_orders([ANN], DELIVERED)
+    token = KEY.token("SHOP-1", "ann@example.com")
+    daemon = _daemon(
+        BrokenFigures(store.engine),
+        1,
+        FixedClock(CHECK_IN_DUE),
+        http={"port": 0, "request_timeout_s": 0.5},
+    )
+    with capture_logs() as logs:
+        async with _running(daemon) as base, aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/metrics") as broken:
+                assert (broken.status, await broken.text()) == (500, "internal error\n")
+            port = daemon.web.port if daemon.web else 0
+            long_line = await _raw(port, b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n")
+            escape = await _raw(port, b"GET /healthz HTTP/1.1\r\nX: \x1b[31mred\r\n\r\n")
+            # A body announced and never sent: cut off after request_timeout_s.
+            slow = await _raw(
+                port,
+                f"POST /unsubscribe/{token} HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n"
+                "Connection: close\r\n\r\nList-Unsub".encode(),
+            )
+    for answer in (long_line, escape):
+        assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400")
+        assert b"Traceback" not in answer and b"\x1b" not in answer
+    assert slow.startswith(b"HTTP/1.1 503") and slow.endswith(b"timed out\n")
+    assert store.suppressions() == []
+    [failed] = [e for e in logs if e["event"] == "http.failed"]
+    assert failed == {
+        "event": "http.failed",
+        "path": "/metrics",
+        "error": "RuntimeError",
+        "log_level": "error",
+    }
