@@ -160,6 +160,7 @@ def settings_for(store: Store, smtp_port: int, **changes: object) -> Settings:
         },
         "campaigns_dir": str(ROOT / "campaigns"),
         "templates_dir": str(ROOT / "templates"),
+        "http": {"port": 0},  # tests run side by side: any free port
         **changes,
     }
     return Settings.model_validate(data)

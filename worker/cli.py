@@ -23,8 +23,8 @@ from typing import TypeVar
 
 from worker import __version__, logs
 from worker.classify import classify
-from worker.cli_rehearsal import add_commands as add_rehearsal_commands
 from worker.cli_control import add_commands as add_control_commands
+from worker.cli_rehearsal import add_commands as add_rehearsal_commands
 from worker.clock import Clock, ShiftedClock, SystemClock
 from worker.config import Settings, load_settings, parse_duration
 from worker.daemon import (
@@ -70,6 +70,7 @@ from worker.store import DisputeRow, InboundRow, SoftBounceRule, Store, UpsertCo
 from worker.store_disputes import agent_name
 from worker.store_orders import UNKNOWN_IDS_SHOWN
 from worker.terminal import printable
+from worker.unsubscribe import OneClick, SecretMissing, secret_from
 
 T = TypeVar("T")
 log = logs.get("worker.cli")
@@ -472,10 +473,51 @@ def _daemon(settings: Settings, clock: Clock) -> Daemon:
         mailboxes=mailboxes,
         signer=signer,
         runner=runner,
+        one_click=_one_click(settings),
     )
 
 
+def _one_click(settings: Settings) -> OneClick | None:
+    """The key for ``unsubscribe.url``'s ``{token}``, when the URL has one and it is set."""
+    if not settings.unsubscribe.one_click:
+        return None
+    try:
+        return OneClick(secret_from(os.environ, settings.unsubscribe.secret_env))
+    except SecretMissing:
+        return None
+
+
+def _require_one_click(settings: Settings) -> None:
+    """A ``{token}`` URL without its key would leave every message without one-click."""
+    if not settings.unsubscribe.one_click:
+        return
+    try:
+        secret_from(os.environ, settings.unsubscribe.secret_env)
+    except SecretMissing as exc:
+        raise ConfigError(
+            f"unsubscribe.url holds {{token}} but {exc} (unsubscribe.secret_env)",
+            where="unsubscribe.url",
+        ) from None
+
+
+def unsubscribe_warnings(settings: Settings) -> list[str]:
+    """Why buyers could not unsubscribe: neither form of List-Unsubscribe is received."""
+    by_mail = bool(settings.every_mailbox)
+    by_url = settings.unsubscribe.url is not None and (
+        not settings.unsubscribe.one_click or settings.http.enabled
+    )
+    if by_mail or by_url:
+        return []
+    return [
+        "no one can receive an unsubscribe: no mailbox is read (imap/mailboxes) for "
+        f"mailto:{settings.unsubscribe.mailto or settings.reply_address}, and no one-click "
+        "URL is served (set unsubscribe.url to https://.../unsubscribe/{token} with "
+        "http.enabled and the key in the environment); see docs/operations.md"
+    ]
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    _require_one_click(settings)
     clock: Clock = ShiftedClock(args.now) if args.now else SystemClock()
     daemon = _daemon(settings, clock)
     with daemon.store.sole_worker():
@@ -602,6 +644,7 @@ def cmd_sends_resolve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    _require_one_click(settings)
     daemon = _daemon(settings, SystemClock())
     steps = sum(len(c.steps) for c in daemon.campaigns)
     mail = "no mailbox"
@@ -617,6 +660,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         f"ok: settings, schema {daemon.store.current_revision()}, "
         f"{len(daemon.campaigns)} campaigns with {steps} steps, every template renders, {mail}"
     )
+    for warning in unsubscribe_warnings(settings):
+        print(f"warning: {_shown(warning)}")
     return 0
 
 

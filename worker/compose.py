@@ -206,8 +206,12 @@ def compose(
     settings: Settings,
     now: datetime,
     reply_token: str | None = None,
+    unsubscribe_token: str | None = None,
 ) -> ComposedMessage:
     """A multipart/alternative message (text, then HTML) ready for SMTP.
+
+    ``unsubscribe_token`` fills ``{token}`` of ``unsubscribe.url`` (worker/unsubscribe.py);
+    without one, such a URL is left out and the mailto form stands alone.
 
     The Message-ID is the one the claim gave the row (:meth:`Signer.message_id`): signed,
     so a report quoting it proves it is about this send. The result is an ``EmailMessage``
@@ -232,7 +236,7 @@ def compose(
         _recipient(order),
         _unstructured("Subject", rendered.subject),
         _AUTO_SUBMITTED,
-        *_unsubscribe(settings, message_id),
+        *_unsubscribe(settings, message_id, unsubscribe_token),
         _unstructured("X-Worker-Order", order.order_id),
         _constant_text("X-Worker-Campaign", send.campaign),
         _constant_text("X-Worker-Step", send.step),
@@ -513,16 +517,25 @@ def _recipient(order: Order) -> _Header:
     return _mailbox("To", order.buyer_name, spec)
 
 
-def _unsubscribe(settings: Settings, message_id: str) -> tuple[_Header, ...]:
+def _unsubscribe(
+    settings: Settings, message_id: str, token: str | None = None
+) -> tuple[_Header, ...]:
     """RFC 2369 mailto, plus the RFC 8058 one-click URL when it is https.
 
     Each URL is one word, never RFC 2047-encoded: no mail client reads an encoded word as a
     link. Characters a URL may not hold are percent-encoded, and so is the ``?`` of ``=?``.
+    A URL holding ``{token}`` is left out when no token was given (no key to sign it).
     """
     # settings.reply_address, read from the same settings within the kept function.
     mailto = settings.unsubscribe.mailto or ""
     replies = "" if mailto else settings.reply_to or settings.sender
     url = settings.unsubscribe.url
+    if url and "{token}" in url:
+        if token is None:
+            url = None
+        else:
+            url = url.replace("{token}", quote(token, safe=""))
+            return _unsubscribe_headers(mailto or parseaddr(replies)[1], url, message_id)
     if url and "{message_id}" in url:
         return _unsubscribe_headers(mailto or parseaddr(replies)[1], url, message_id)
     return _same_unsubscribe_headers(mailto, replies, url)

@@ -322,7 +322,16 @@ class SellerSettings(_Strict):
 
 class UnsubscribeSettings(_Strict):
     mailto: str | None = Field(None, description="Address for List-Unsubscribe mailto:")
-    url: str | None = Field(None, description="https endpoint; enables List-Unsubscribe-Post.")
+    url: str | None = Field(
+        None,
+        description="https endpoint; enables List-Unsubscribe-Post. {token} is replaced by "
+        "the message's signed one-click token, which the daemon's /unsubscribe/{token} checks.",
+    )
+    secret_env: str = Field(
+        "WORKER_UNSUBSCRIBE_SECRET",
+        description="The NAME of the environment variable holding the key that signs one-click "
+        "tokens; the key itself is never written in a file.",
+    )
 
     @field_validator("mailto", "url")
     @classmethod
@@ -333,6 +342,41 @@ class UnsubscribeSettings(_Strict):
         if any(c in value for c in "<>, \t"):
             raise ValueError("must not contain '<', '>', ',' or spaces")
         return value
+
+    @field_validator("secret_env")
+    @classmethod
+    def _secret_env(cls, value: str) -> str:
+        if not _ENV_NAME.fullmatch(value):
+            raise ValueError(
+                "must be the NAME of an environment variable in capitals (like "
+                "WORKER_UNSUBSCRIBE_SECRET), not the key itself"
+            )
+        return value
+
+    @property
+    def one_click(self) -> bool:
+        """The URL carries each message's signed token, checked by the daemon."""
+        return self.url is not None and "{token}" in self.url
+
+
+class HttpSettings(_Strict):
+    """The daemon's small HTTP server: /metrics, /healthz, /unsubscribe/{token}."""
+
+    enabled: bool = True
+    bind: str = Field(
+        "127.0.0.1",
+        description="Loopback by default; any other address is the operator's choice (put a "
+        "reverse proxy with TLS in front for /unsubscribe).",
+    )
+    port: int = Field(8787, ge=0, le=65535, description="0: any free port (tests).")
+    request_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="One request, body read and answer, at most."
+    )
+    max_body_bytes: int = Field(
+        4096, ge=64, le=1_000_000, description="A bigger request body is refused (413)."
+    )
+
+    _crlf = field_validator("bind")(_no_crlf)
 
 
 _COUNTRY = re.compile(r"[A-Z]{2}")
@@ -637,6 +681,7 @@ class Settings(_Strict):
     seller: SellerSettings = SellerSettings()
     smtp: SmtpSettings = SmtpSettings()
     unsubscribe: UnsubscribeSettings = UnsubscribeSettings()
+    http: HttpSettings = HttpSettings()
     imap: ImapSettings = ImapSettings()
     mailboxes: dict[str, ImapSettings] = Field(
         {},

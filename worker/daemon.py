@@ -30,10 +30,20 @@ from worker.compliance import policy_findings, refuse_findings
 from worker.compose import compose
 from worker.config import Settings
 from worker.delivery import delivery_of, expected_window
-from worker.domain import Campaign, CampaignStep, Review, Send, SuppressionReason, TriggerEvent
+from worker.domain import (
+    Campaign,
+    CampaignStep,
+    Order,
+    Review,
+    Send,
+    SuppressionReason,
+    TriggerEvent,
+)
 from worker.errors import CampaignError, StoreError, TemplateError, WorkerError
+from worker.health import Heartbeat, stalls
 from worker.ingest import Ingest
 from worker.language import Language, choose_language
+from worker.metrics import Metrics
 from worker.pauses import PAUSED, Pause, holding
 from worker.plan import (
     Decision,
@@ -57,6 +67,8 @@ from worker.render import (
 from worker.return_path import Signer, return_path_base
 from worker.send import Failed, Handover, InDoubt, Mailer, Outcome, Retry, Sent
 from worker.store import DueCursor, Planned, SentRecord, Store
+from worker.unsubscribe import OneClick
+from worker.web import OneClickDesk, WebServer
 
 log = logs.get("worker.daemon")
 
@@ -141,11 +153,13 @@ class Daemon:
         mailboxes: Sequence[Ingest] = (),
         signer: Signer | None = None,
         runner: TemplateRunner | None = None,
+        one_click: OneClick | None = None,
     ) -> None:
         """``signer`` holds the kept key (:func:`worker.return_path.load_signer`); without
         one, a key for this process only: reports about its sends are tied only while it
         runs. ``ingest`` and ``mailboxes``: the mailboxes to read (``ingest`` first, where
-        sent copies go); each is read by whichever worker holds its lease."""
+        sent copies go); each is read by whichever worker holds its lease. ``one_click``:
+        the key of ``unsubscribe.url``'s ``{token}`` (worker/unsubscribe.py), if set."""
         self.settings = settings
         self.store = store
         self.campaigns = list(campaigns)
@@ -170,6 +184,17 @@ class Daemon:
         self._locales: dict[str, list[str]] = {}
         """Each template's locale files, read once: templates are checked at start-up and a
         changed one takes a restart, as campaigns do."""
+        self.one_click = one_click
+        self.started = clock.now()
+        self.heartbeat = Heartbeat(self.started, self.started)
+        self._alive(0)
+        self.metrics = Metrics(
+            store.figures, clock.now, self.mailboxes, self.heartbeat, self.started
+        )
+        for mailbox in self.mailboxes:
+            mailbox.on_stored = self.metrics.received
+        self.web: WebServer | None = None
+        """The HTTP server while :meth:`run` runs (``http.enabled``)."""
 
     def plan(self, at: datetime | None = None) -> Plan:
         """A dry run: what would be sent at ``at`` and why the rest would not, for every
@@ -217,11 +242,14 @@ class Daemon:
             campaigns=[c.name for c in self.campaigns],
             mailboxes=[m.name for m in self.mailboxes],
         )
+        await self._serve_http()
         readers = [asyncio.create_task(m.watch(stop, self._wake.set)) for m in self.mailboxes]
         try:
             while not stop.is_set():
                 self._beat()
+                self._alive(0)
                 delay = await self._pass_or_pause(stop)
+                self._alive(delay)
                 await _wait_any(stop, self._wake, readers, delay)
                 self._wake.clear()
                 if dead := [reader for reader in readers if reader.done()]:
@@ -229,10 +257,36 @@ class Daemon:
                     break
         finally:
             await self._stop_readers(readers)
+            if self.web is not None:
+                await self.web.stop()
             if self.mailboxes:
                 with contextlib.suppress(StoreError):
                     self.store.worker_gone(self.worker_id)
         log.info("daemon.stopped", worker=self.worker_id)
+
+    async def _serve_http(self) -> None:
+        """/metrics, /healthz and, with a key, /unsubscribe/{token} (worker/web.py)."""
+        if not self.settings.http.enabled:
+            return
+        desk = None
+        if self.one_click is not None:
+            desk = OneClickDesk(self.settings, self.store, self.one_click, self.clock)
+        self.web = WebServer(self.settings.http, self.metrics, self.stalls, desk)
+        await self.web.start()
+
+    def stalls(self) -> list[str]:
+        """What /healthz reports stalled: the loop, or a mailbox read too long ago."""
+        return stalls(self.clock.now(), self.heartbeat, self.mailboxes, self.started)
+
+    def _alive(self, wait_s: float) -> None:
+        """The loop's heartbeat: the next one is due within ``wait_s`` plus a poll interval
+        and a message deadline (a pass beats on every recorded outcome)."""
+        grace = self.settings.poll_interval_s + self.settings.smtp.message_deadline_s
+        self.heartbeat.beat(self.clock.now(), wait_s + grace)
+
+    def _counted(self, campaign: str, step: str, outcome: str) -> None:
+        self.metrics.sent(campaign, step, outcome)
+        self._alive(0)
 
     def _beat(self) -> None:
         """Say this worker is alive and take its fair share of the mailboxes: all of them
@@ -363,8 +417,10 @@ class Daemon:
                 return
 
     def _report_plan(self, decided: Plan, report: PassReport) -> None:
+        self._alive(0)
         for failure in decided.failures:  # one order's bug; its steps wait, the pass goes on
             report.outcomes["error"] += 1
+            self._counted(failure.campaign, failure.step, "error")
             log.error(
                 "plan.failed",
                 order=failure.order_id,
@@ -378,6 +434,8 @@ class Daemon:
             log.debug("send.waiting", **_fields(decision))
         for decision in decided.skipped:  # recorded with the batch
             report.outcomes["skipped"] += 1
+            self._counted(decision.campaign, decision.step, "skipped")
+            self.metrics.skipped(decision.reason)
             log.info("send.skipped", **_fields(decision))
 
     async def _copy_to_sent(self) -> None:
@@ -389,6 +447,7 @@ class Daemon:
         margin = timedelta(seconds=2 * self.settings.smtp.message_deadline_s + 60)
         for row in self.store.expire_claims(now - margin, now):
             report.outcomes["in_doubt"] += 1
+            self._counted(row.campaign, row.step, "in_doubt")
             log.warning(
                 "send.in_doubt",
                 send_id=row.id,
@@ -465,6 +524,7 @@ class Daemon:
                 if due.send_id in claim.refused:
                     reason = claim.refused[due.send_id]
                     report.outcomes["refused"] += 1
+                    self._counted(due.decision.campaign, due.decision.step, "refused")
                     log.info("send.refused_at_claim", **{**_fields(due.decision), "reason": reason})
                     continue
                 send = sends.get(due.send_id)
@@ -582,12 +642,18 @@ class Daemon:
     ) -> None:
         self.store.withdraw(send.id, refused.reason, final=refused.final, now=self.clock.now())
         report.outcomes["refused"] += 1
+        self._counted(send.campaign, send.step, "refused")
         log.info("send.refused_at_claim", **{**_fields(decision), "reason": refused.reason})
 
     def _reply_token(self, order_id: str) -> str | None:
         if not self.settings.inbox.reply_tokens:
             return None
         return self.store.reply_token(order_id, lambda: secrets.token_hex(8))
+
+    def _unsubscribe_token(self, order: Order) -> str | None:
+        if self.one_click is None or not self.settings.unsubscribe.one_click:
+            return None
+        return self.one_click.token(order.order_id, order.buyer_email)
 
     def _message_id(self, send: Send) -> str:
         return self.signer.message_id(send, self.settings.sender_domain)
@@ -612,6 +678,7 @@ class Daemon:
                 settings=self.settings,
                 now=self.clock.now(),
                 reply_token=self._reply_token(order.order_id),
+                unsubscribe_token=self._unsubscribe_token(order),
             )
         except WorkerError as exc:
             failed = Failed(f"cannot build the message: {exc}", None, False)
@@ -657,6 +724,7 @@ class Daemon:
         self._relay_down_passes = 0
         for item in done:
             report.outcomes["sent"] += 1
+            self._counted(item.send.campaign, item.send.step, "sent")
             log.info(
                 "send.sent",
                 **_send_fields(item.send),
@@ -667,6 +735,7 @@ class Daemon:
         """Synchronous, like ``_record``: the row is scheduled again before anything else."""
         self.store.unclaim(send.id, reason, self.clock.now())
         report.outcomes["given_back"] += 1
+        self._counted(send.campaign, send.step, "given_back")
         log.info("send.given_back", send_id=send.id, order=send.order_id, reason=reason)
 
     def _relay_is_down(self, reason: str, report: PassReport) -> None:
@@ -695,12 +764,14 @@ class Daemon:
         if isinstance(outcome, Sent):
             self.store.mark_sent(send.id, outcome.reply, now, text)
             report.outcomes["sent"] += 1
+            self._counted(send.campaign, send.step, "sent")
             self._relay_down_passes = 0
             log.info("send.sent", **fields, relay_message_id=outcome.relay_message_id)
         elif isinstance(outcome, Retry) and send.attempts < self.settings.smtp.max_passes:
             not_before = now + timedelta(seconds=self.settings.smtp.retry_after_s)
             self.store.release(send.id, outcome.reason, not_before, now)
             report.outcomes["retry"] += 1
+            self._counted(send.campaign, send.step, "retry")
             log.warning(
                 "send.retry_later",
                 **fields,
@@ -711,10 +782,12 @@ class Daemon:
             reason = f"gave up after {send.attempts} passes: {outcome.reason}"
             self.store.mark_failed(send.id, reason, now)
             report.outcomes["failed"] += 1
+            self._counted(send.campaign, send.step, "failed")
             log.error("send.failed", **fields, reason=reason)
         elif isinstance(outcome, Failed):
             self.store.mark_failed(send.id, outcome.reason, now)
             report.outcomes["failed"] += 1
+            self._counted(send.campaign, send.step, "failed")
             log.error(
                 "send.failed",
                 **fields,
@@ -727,6 +800,7 @@ class Daemon:
         else:
             self.store.mark_in_doubt(send.id, outcome.reason, now)
             report.outcomes["in_doubt"] += 1
+            self._counted(send.campaign, send.step, "in_doubt")
             log.warning("send.in_doubt", **fields, reason=outcome.reason)
 
     def _suppress(self, email: str, outcome: Failed, now: datetime) -> None:

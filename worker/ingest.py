@@ -153,6 +153,8 @@ class Ingest:
         self.dkim_dns = dkim_dns
         self.last_read_at: datetime | None = None
         """When every folder was last read to the end; sending waits while this is stale."""
+        self.on_stored: Callable[[str], None] | None = None
+        """Told the kind of each new message stored (the daemon's metrics)."""
 
     async def run_once(self) -> IngestReport:
         """Connect, read every folder up to date, disconnect: ``worker ingest --once``.
@@ -502,6 +504,8 @@ class Ingest:
             log.info("mail.duplicate", **where)
             return
         report.stored[verdict.kind.value] += 1
+        if self.on_stored is not None:
+            self.on_stored(verdict.kind.value)
         report.unmatched += order_id is None
         report.with_errors += bool(message.errors)
         report.withheld += bool(withheld)
@@ -562,12 +566,17 @@ class Ingest:
     def fresh(self, now: datetime) -> bool:
         """Read recently enough, by this worker or by the one holding the mailbox, that no
         complaint can be sitting unread for long."""
+        read = self.last_read()
+        return read is not None and now - read <= timedelta(seconds=self.lease_s)
+
+    def last_read(self) -> datetime | None:
+        """When the mailbox was last read to the end, by this worker or the lease holder."""
         read = self.last_read_at
         if not self.holding:
             lease = self.store.mailbox_lease(self.name)
             if lease is not None and lease[2] is not None and (read is None or lease[2] > read):
                 read = lease[2]
-        return read is not None and now - read <= timedelta(seconds=self.lease_s)
+        return read
 
     def _take_lease(self) -> bool:
         now = self.clock.now()

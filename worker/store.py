@@ -35,6 +35,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 
 from worker.errors import SchemaOutOfDate, StoreConflict, StoreError
 from worker.store_disputes import DisputeRow, DisputesMixin
+from worker.store_figures import FiguresMixin
 from worker.store_inbound import (
     Awaiting,
     Checkpoint,
@@ -214,6 +215,7 @@ class Store(
     OperatorMixin,
     PausesMixin,
     ReportMixin,
+    FiguresMixin,
 ):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

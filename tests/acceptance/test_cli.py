@@ -46,7 +46,7 @@ class Workdir:
             "seller: {name: Kettle & Co, signature: Anna}\n"
             f"smtp: {{host: 127.0.0.1, port: {smtp_port}, tls: none, attempts: 1, "
             "backoff_initial_s: 0, timeout_s: 5}\n"
-            "poll_interval_s: 1\nshutdown_timeout_s: 10\n",
+            "poll_interval_s: 1\nshutdown_timeout_s: 10\nhttp: {port: 0}\n",
             encoding="utf-8",
         )
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}

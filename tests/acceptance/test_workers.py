@@ -195,7 +195,7 @@ def shop(tmp_path: Path, relay_port: int, fresh_database: str) -> Shop:
         f"smtp: {{host: 127.0.0.1, port: {relay_port}, tls: none, attempts: 1, "
         f"backoff_initial_s: 0, timeout_s: 20, concurrency: {CONCURRENCY}}}\n"
         f"campaigns_dir: {ROOT / 'campaigns'}\ntemplates_dir: {ROOT / 'templates'}\n"
-        "log_format: json\n",
+        "log_format: json\nhttp: {port: 0}\n",
         encoding="utf-8",
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
