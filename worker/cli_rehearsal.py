@@ -10,6 +10,7 @@ from worker import cli
 from worker.clock import SystemClock
 from worker.config import Settings
 from worker.errors import UnknownOrder
+from worker.pauses import PAUSED
 from worker.rehearsal import Calendar, Explanation, explain, rehearse
 
 
@@ -64,6 +65,7 @@ def cmd_plan_or_calendar(args: argparse.Namespace, settings: Settings) -> int:
         args.days or 30,
         daemon.policy,
         keep_orders=args.orders,
+        paused=daemon.store.pauses(),
     )
     print_calendar(calendar, orders=args.orders)
     return 0
@@ -74,12 +76,19 @@ def print_calendar(calendar: Calendar, *, orders: bool) -> None:
         f"calendar {calendar.start:%Y-%m-%d %H:%M} .. {calendar.end:%Y-%m-%d %H:%M} UTC "
         "(hourly, every due step taken as sent; nothing written)"
     )
+    for pause in calendar.paused:
+        print(
+            f"held all along: {cli._shown(pause.describe())} is paused "
+            "(`worker resume` lets what waited go out within its max_lateness)"
+        )
     print(f"{'day':10} {'campaign/step':36} {'what':5} {'count':>5}  reason")
     sent: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
+    held: Counter[str] = Counter()
     for day in calendar.days():
         rows = [(c, s, "send", "sent", n) for (d, c, s), n in calendar.sent.items() if d == day]
         rows += [(c, s, "skip", r, n) for (d, c, s, r), n in calendar.skipped.items() if d == day]
+        rows += [(c, s, "held", PAUSED, n) for (d, c, s), n in calendar.held.items() if d == day]
         for campaign, step, what, reason, count in sorted(rows):
             shown = "" if what == "send" else cli._shown(reason)
             name = cli._shown(f"{campaign}/{step}")
@@ -87,10 +96,12 @@ def print_calendar(calendar: Calendar, *, orders: bool) -> None:
             if orders:
                 ids = calendar.orders[(day, campaign, step, reason)]
                 print("    orders: " + ", ".join(cli._shown(i) for i in ids))
-            (sent if what == "send" else skipped)[f"{campaign}/{step}"] += count
-    print(f"total sent {sum(sent.values())}, skipped {sum(skipped.values())}")
-    for name in sorted(sent.keys() | skipped.keys()):
-        print(f"  {name:36} sent {sent[name]:5}  skipped {skipped[name]:5}")
+            {"send": sent, "skip": skipped, "held": held}[what][f"{campaign}/{step}"] += count
+    total = f"total sent {sum(sent.values())}, skipped {sum(skipped.values())}"
+    print(total + (f", held by a pause {sum(held.values())}" if held else ""))
+    for name in sorted(sent.keys() | skipped.keys() | held.keys()):
+        line = f"  {name:36} sent {sent[name]:5}  skipped {skipped[name]:5}"
+        print(line + (f"  held {held[name]:5}" if held else ""))
 
 
 def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
@@ -99,7 +110,10 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
     histories = daemon.store.buyer_histories(args.order_id)
     if not any(h.order.order_id == args.order_id for h in histories):
         raise UnknownOrder(f"order {cli._shown(args.order_id)!r} is not stored")
-    print_explanation(explain(histories, args.order_id, daemon.campaigns, now, daemon.policy))
+    paused = daemon.store.pauses()
+    print_explanation(
+        explain(histories, args.order_id, daemon.campaigns, now, daemon.policy, paused)
+    )
     return 0
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from worker.domain import Campaign, Send, SendState
+from worker.pauses import PAUSED, Pause
 from worker.plan import Decision, OrderHistory, Policy, Verdict, next_looks, plan
 
 # explain ---------------------------------------------------------------------------------
@@ -148,13 +149,15 @@ def explain(
     campaigns: Sequence[Campaign],
     now: datetime,
     policy: Policy,
+    paused: Sequence[Pause] = (),
 ) -> Explanation:
     """The story of one order at ``now``. ``histories``: every order of its buyer, as the
-    daemon plans them together (buyer caps and disputes span orders)."""
+    daemon plans them together (buyer caps and disputes span orders); ``paused``: the pauses
+    in force, which hold a due step as they would in the daemon."""
     target = next(h for h in histories if h.order.order_id == order_id)
     decided = {
         (d.campaign, d.step): d
-        for d in plan(histories, campaigns, now, policy).decisions
+        for d in plan(histories, campaigns, now, policy, paused).decisions
         if d.order_id == order_id
     }
     stories: list[CampaignStory] = []
@@ -214,13 +217,18 @@ class Calendar:
     """(day, campaign, step) -> messages that would go out."""
     skipped: Counter[tuple[date, str, str, str]] = field(default_factory=Counter)
     """(day, campaign, step, reason) -> steps that would be skipped for good."""
+    held: Counter[tuple[date, str, str]] = field(default_factory=Counter)
+    """(day, campaign, step) -> steps falling due that day under a pause in force: they wait
+    until ``worker resume`` (the rehearsal never resumes), counted once each."""
+    paused: tuple[Pause, ...] = ()
+    """The pauses in force, held for the whole window as the daemon would hold them."""
     orders: dict[tuple[date, str, str, str], list[str]] = field(
         default_factory=lambda: defaultdict(list)
     )
     """The order ids behind each count; the key's reason is ``sent`` for sends."""
 
     def days(self) -> list[date]:
-        keys = {k[0] for k in self.sent} | {k[0] for k in self.skipped}
+        keys = {k[0] for k in self.sent} | {k[0] for k in self.skipped} | {k[0] for k in self.held}
         return sorted(keys)
 
 
@@ -239,6 +247,7 @@ def rehearse(
     tick: timedelta = STEP,
     *,
     keep_orders: bool = True,
+    paused: Sequence[Pause] = (),
 ) -> Calendar:
     """Step a clock from ``start`` through ``days`` days by ``tick`` and plan at each instant
     a buyer may change; every due step is taken as sent then, every skip as recorded then.
@@ -249,7 +258,7 @@ def rehearse(
     follows the number of days and steps, not of orders.
     """
     end = start + timedelta(days=days)
-    calendar = Calendar(start, end)
+    calendar = Calendar(start, end, paused=tuple(paused))
     for batch in batches:
         _rehearse_batch(list(batch), campaigns, calendar, policy, tick, keep_orders)
     return calendar
@@ -269,6 +278,7 @@ def _rehearse_batch(
     for history in batch:
         buyers[history.order.buyer_email].append(history)
     looks: dict[str, datetime] = dict.fromkeys(buyers, calendar.start)
+    held: set[tuple[str, str, str]] = set()
     synthetic = -1
     while looks:
         ticks = -(-(min(looks.values()) - calendar.start) // tick)  # the first tick at or after
@@ -277,11 +287,20 @@ def _rehearse_batch(
             return
         due = [buyer for buyer, moment in looks.items() if moment <= now]
         histories = [h for buyer in due for h in buyers[buyer]]
-        result = plan(histories, campaigns, now, policy)
+        result = plan(histories, campaigns, now, policy, calendar.paused)
         changed: dict[str, dict[tuple[str, str], Send]] = {}
         by_order = {h.order.order_id: h for h in histories}
         sent_to: set[str] = set()
         for decision in result.decisions:
+            if decision.reason == PAUSED:
+                key3 = (decision.order_id, decision.campaign, decision.step)
+                if key3 not in held:
+                    held.add(key3)
+                    calendar.held[(now.date(), decision.campaign, decision.step)] += 1
+                    if keep_orders:
+                        place = (now.date(), decision.campaign, decision.step, PAUSED)
+                        calendar.orders[place].append(decision.order_id)
+                continue
             if decision.verdict not in (Verdict.DUE, Verdict.SKIP):
                 continue
             order = by_order[decision.order_id]

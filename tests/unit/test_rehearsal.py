@@ -17,6 +17,7 @@ from worker.domain import (
     SuppressionReason,
     ThreadEntry,
 )
+from worker.pauses import PAUSED, Pause, PauseScope
 from worker.plan import Verdict
 from worker.rehearsal import Explanation, StepStory, explain, reason_kind, rehearse
 
@@ -176,3 +177,25 @@ def test_without_orders_the_calendar_keeps_counts_only() -> None:
     calendar = rehearse([[history()]], [FOLLOW_UP], DELIVERED, 60, POLICY, keep_orders=False)
     assert sum(calendar.sent.values()) == 3
     assert not calendar.orders
+
+
+def test_a_pause_in_force_holds_its_campaign_in_the_calendar_and_in_explain() -> None:
+    paused = (Pause(PauseScope.CAMPAIGN, "review-follow-up", "maria", "new template", DELIVERED),)
+
+    calendar = rehearse([[history()]], [FOLLOW_UP], DELIVERED, 60, POLICY, paused=paused)
+
+    assert sum(calendar.sent.values()) == 0
+    # Each step counted once, on the day it falls due; the reminder follows a sent request,
+    # so it never falls due.
+    assert calendar.held == {
+        (date(2026, 3, 9), "review-follow-up", "check-in"): 1,
+        (date(2026, 4, 6), "review-follow-up", "review-request"): 1,
+    }
+    assert calendar.orders[(date(2026, 3, 9), "review-follow-up", "check-in", PAUSED)] == ["1001"]
+    story = explain([history()], "1001", [FOLLOW_UP], DELIVERED + 7 * DAY, POLICY, paused)
+    assert _steps(story)["check-in"].verdict is Verdict.WAIT
+    assert "paused" in _steps(story)["check-in"].happened
+    # Another marketplace's pause holds nothing of this shop order.
+    other = (Pause(PauseScope.MARKETPLACE, "amazon", "maria", "", DELIVERED),)
+    free = rehearse([[history()]], [FOLLOW_UP], DELIVERED, 60, POLICY, paused=other)
+    assert sum(free.sent.values()) == 3 and not free.held
