@@ -61,6 +61,7 @@ _STEP_KEYS = (
     "hold_while_awaiting_answer",
     "buyer_cap",
     "holdout",
+    "latest",
 )
 _AFTER_KEYS = ("event", "step", "delay", "rating")
 
@@ -182,6 +183,17 @@ def _lateness(at: _At) -> timedelta:
         raise at.error(str(exc)) from exc
     if value <= timedelta(0):
         raise at.error("must be longer than zero, or every step would be skipped as too late")
+    return value
+
+
+def _latest(at: _At, delay_max: timedelta) -> timedelta:
+    """``latest: 30d``: at least the delay's upper end, or some orders could never be sent."""
+    value = _lateness(at)
+    if value < delay_max:
+        raise at.error(
+            f"{_text(at)} is sooner than the delay's upper end; the step could never go out "
+            "for some orders (latest counts from the same moment as the delay)"
+        )
     return value
 
 
@@ -328,6 +340,7 @@ def _step(at: _At, steps: _StepIds, campaign_cap: timedelta | None) -> CampaignS
         hold_while_awaiting_answer=_hold(fields.get("hold_while_awaiting_answer"), kind),
         buyer_cap=_cap(fields["buyer_cap"]) if "buyer_cap" in fields else campaign_cap,
         holdout=_holdout(fields["holdout"]) if "holdout" in fields else 0.0,
+        latest=_latest(fields["latest"], delay_max) if "latest" in fields else None,
     )
 
 

@@ -376,15 +376,16 @@ def _amazon_timing(
             "amazon",
             f"review request {_days(step.delay_min)} after delivery; Amazon allows 5d to 30d",
         )
-    elif step.delay_max + step.max_lateness > AMAZON_REVIEW_MAX:
+    elif step.latest is None or step.latest > AMAZON_REVIEW_MAX:
+        said = "no 'latest:'" if step.latest is None else f"latest: {_days(step.latest)}"
         yield Finding(
             path,
             line,
             "A2",
             "amazon",
-            f"review request up to {_days(step.delay_max + step.max_lateness)} after delivery "
-            f"(delay {_days(step.delay_max)} + max_lateness {_days(step.max_lateness)}); "
-            "Amazon allows 5d to 30d",
+            f"review request with {said}; a dispute, the buyer cap, an unanswered message or a "
+            "pause can hold it past 30 days after delivery, so set 'latest: 30d' or less "
+            "(Amazon allows 5d to 30d)",
         )
 
 

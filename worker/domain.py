@@ -298,6 +298,11 @@ class CampaignStep:
     buyer_cap: timedelta | None = None
     """At most one message to the buyer within this span, counting every campaign and order;
     None: the ``buyer_cap`` setting."""
+    latest: timedelta | None = None
+    """Never sent later than this after the step's ``after`` moment, whatever held it (a
+    dispute, the buyer cap, an unanswered message, a pause): a marketplace's window, such as
+    Amazon's 30 days after delivery, which ``max_lateness`` alone cannot promise since it counts
+    from the moved due time. None: no such bound."""
     holdout: float = 0.0
     """The share of orders (0 to 0.5) that never get this step, to measure what it adds:
     a stable sample (:func:`worker.plan.held_out`), recorded ``skipped`` with reason

@@ -370,6 +370,10 @@ def _plan_step(
         return decide(Verdict.SKIP, condition.value, nominal)
     if history.suppression is not None and history.suppression.created_at <= now:
         return decide(Verdict.SKIP, f"suppressed:{history.suppression.reason.value}", nominal)
+    if step.latest is not None and now - anchor > step.latest:
+        since = step.trigger.event.value if step.trigger.event else f"step {step.trigger.step}"
+        late = f"too_late: {_compact(now - anchor)} after {since} (latest {_compact(step.latest)})"
+        return decide(Verdict.SKIP, late, nominal)
 
     zone = zone_for(
         history.customer.country or order.country, history.customer.timezone, policy.default_zone

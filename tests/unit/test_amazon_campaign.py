@@ -19,7 +19,7 @@ from worker.campaign import load_campaigns
 from worker.compose import compose
 from worker.config import SellerSettings, Settings
 from worker.delivery import delivery_of
-from worker.domain import Customer, Order, Review, Send, SendState
+from worker.domain import Customer, Dispute, DisputeKind, Order, Review, Send, SendState
 from worker.feeds import Format, RejectedRow, read_orders
 from worker.plan import OrderHistory, Policy, plan
 from worker.render import Renderer, message_context
@@ -107,6 +107,39 @@ def test_an_amazon_order_reviewed_before_the_request_gets_nothing() -> None:
     assert sent == []
 
 
+@pytest.mark.parametrize(("closed_after", "sent"), [(20, True), (28, False)])
+def test_a_dispute_never_pushes_the_amazon_request_past_30_days_after_delivery(
+    closed_after: int, sent: bool
+) -> None:
+    order = imported()[0]
+    assert order.ordered_at is not None
+    delivery = delivery_of(order, order.country, POLICY.transit)
+    assert delivery is not None and delivery.at is not None
+    # Opened before the request's day, closed 20 or 28 days after delivery: with the 3-day
+    # cool-down the request may go on day 23, and may not on day 31.
+    dispute = Dispute(
+        order.order_id,
+        DisputeKind.NOT_AS_DESCRIBED,
+        delivery.at + timedelta(days=2),
+        closed_at=delivery.at + timedelta(days=closed_after),
+    )
+    held = replace(history(order), disputes=(dispute,))
+
+    done = run([held], order.ordered_at, days=60)
+
+    assert [(s.campaign, s.step) for _, s in done] == (
+        [("amazon-review-request", "review-request")] if sent else []
+    )
+    for _, row in done:
+        assert row.sent_at is not None and row.sent_at - delivery.at <= timedelta(days=30)
+    if not sent:
+        after = delivery.at + timedelta(days=closed_after + 4)
+        (decision,) = plan([held], [AMAZON], after, POLICY).decisions
+        assert decision.reason.startswith("too_late: ") and "after delivered (latest 30d)" in (
+            decision.reason
+        )
+
+
 def test_the_shipped_follow_up_and_thanks_skip_amazon_and_the_amazon_campaign_skips_the_rest() -> (
     None
 ):
@@ -131,7 +164,7 @@ def test_the_amazon_step_keeps_inside_amazons_window() -> None:
     assert step.kind.asks_for_review
     assert step.trigger.event is not None and step.trigger.event.value == "delivered"
     assert step.delay_min >= timedelta(days=5)
-    assert step.delay_max + step.max_lateness <= timedelta(days=30)
+    assert step.latest is not None and step.latest <= timedelta(days=30)
 
 
 @pytest.mark.parametrize("locale", Renderer(ROOT / "templates").locales("amazon_review_request"))

@@ -144,6 +144,7 @@ BAD = [
     ("bad-enabled", 2, "enabled: expected true or false"),
     ("bad-unless", 6, "steps[0].unless[1]: 'disputed' is not one of reviewed, replied"),
     ("zero-lateness", 6, "steps[0].max_lateness: must be longer than zero"),
+    ("latest-before-delay", 6, "steps[0].latest: 12d is sooner than the delay's upper end"),
     ("review-not-held", 6, "steps[0].hold_while_awaiting_answer: a review_request step always"),
     ("bad-kind", 6, "steps[0].kind: 'advert' is not one of shipping_notice, check_in"),
     ("bad-cap", 2, "buyer_cap: 'soon' is not a duration like 7d"),

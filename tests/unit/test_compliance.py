@@ -41,6 +41,7 @@ AMAZON_STEP = """  - id: review-request
     after: {event: delivered, delay: 10d}
     template: review_request
     max_lateness: 5d
+    latest: 30d
 """
 
 
@@ -118,10 +119,15 @@ def test_a1_counts_requests_across_campaigns(tmp_path: Path) -> None:
     assert one(findings, "A1").path.endswith("x.yaml")
 
 
-def test_a2_counts_the_lateness(tmp_path: Path) -> None:
-    step = AMAZON_STEP.replace("10d}", "28d}")
-    findings = lint(tmp_path, amazon_campaign(step), {"review_request/en": amazon_ok()})
-    assert "up to 33d after delivery" in one(findings, "A2").message
+def test_a2_wants_a_latest_inside_amazons_window(tmp_path: Path) -> None:
+    for step, said in [
+        (AMAZON_STEP.replace("    latest: 30d\n", ""), "with no 'latest:'"),
+        (AMAZON_STEP.replace("latest: 30d", "latest: 35d"), "with latest: 35d"),
+    ]:
+        findings = lint(tmp_path, amazon_campaign(step), {"review_request/en": amazon_ok()})
+        a2 = one(findings, "A2")
+        assert said in a2.message and "set 'latest: 30d' or less" in a2.message
+        assert a2.line == 5
 
 
 def test_a2_refuses_a_request_after_shipping(tmp_path: Path) -> None:
@@ -138,7 +144,7 @@ def test_a3_refuses_a_check_in(tmp_path: Path) -> None:
     templates = {"review_request/en": amazon_ok(), "check_in/en": amazon_ok(text=text)}
     findings = lint(tmp_path, amazon_campaign(step), templates)
     assert rules(findings) == {"A3"}
-    assert one(findings, "A3").line == 9
+    assert one(findings, "A3").line == 10
 
 
 def test_a4_refuses_html(tmp_path: Path) -> None:
@@ -463,7 +469,7 @@ def test_a1_holds_inside_a_disabled_campaign(tmp_path: Path) -> None:
     steps = AMAZON_STEP + AMAZON_STEP.replace("id: review-request", "id: again")
     campaign = amazon_campaign(steps).replace("applies_to:", "enabled: false\napplies_to:")
     findings = lint(tmp_path, campaign, {"review_request/en": amazon_ok()})
-    assert [(f.rule_id, f.line) for f in findings] == [("A1", 10)]
+    assert [(f.rule_id, f.line) for f in findings] == [("A1", 11)]
 
 
 def test_an_address_is_reported_once_not_also_as_a_link(tmp_path: Path) -> None:
