@@ -139,6 +139,17 @@ def _default_agent() -> str:
         return "agent"
 
 
+def add_resolve_arguments(resolve: argparse.ArgumentParser) -> None:
+    """``SEND_ID --sent|--not-sent``: ``worker sends resolve`` and ``worker in-doubt resolve``."""
+    resolve.add_argument("send_id", type=int, help="the id `worker in-doubt list` shows")
+    outcome = resolve.add_mutually_exclusive_group(required=True)
+    outcome.add_argument("--sent", action="store_true", help="the relay took it: mark it sent")
+    outcome.add_argument(
+        "--not-sent", action="store_true", help="it never left: mark it failed, not re-sent"
+    )
+    resolve.set_defaults(handler=cmd_sends_resolve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="worker",
@@ -200,13 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     resolve = send_actions.add_parser(
         "resolve", help="record what the relay's log says about an in_doubt send; sends nothing"
     )
-    resolve.add_argument("send_id", type=int)
-    outcome = resolve.add_mutually_exclusive_group(required=True)
-    outcome.add_argument("--sent", action="store_true", help="the relay took it: mark it sent")
-    outcome.add_argument(
-        "--not-sent", action="store_true", help="it never left: mark it failed, not re-sent"
-    )
-    resolve.set_defaults(handler=cmd_sends_resolve)
+    add_resolve_arguments(resolve)
 
     check = commands.add_parser(
         "check", help="validate settings, database schema, campaigns and templates"

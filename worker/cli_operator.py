@@ -32,7 +32,7 @@ from worker.cli import (
     _open_store,
     _preview,
     _shown,
-    cmd_sends_resolve,
+    add_resolve_arguments,
 )
 from worker.clock import SystemClock
 from worker.compose import ComposedMessage, compose
@@ -118,13 +118,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     resolve = doubt_actions.add_parser(
         "resolve", help="record what the relay's log says (as `worker sends resolve`)"
     )
-    resolve.add_argument("send_id", type=int, help="the id `worker in-doubt list` shows")
-    outcome = resolve.add_mutually_exclusive_group(required=True)
-    outcome.add_argument("--sent", action="store_true", help="the relay took it: mark it sent")
-    outcome.add_argument(
-        "--not-sent", action="store_true", help="it never left: mark it failed, not re-sent"
-    )
-    resolve.set_defaults(handler=cmd_sends_resolve)
+    add_resolve_arguments(resolve)
 
     suppress = commands.add_parser(
         "suppress", help="addresses never written to: add, remove, list, import"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_template_content import UNSUBSCRIBE_WORD
 from worker.classify import classify
 from worker.config import SellerSettings
 from worker.domain import MessageKind, Order, Review
@@ -22,16 +23,7 @@ from worker.rules import MailRules, load_rules
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ("check_in", "review_request", "review_reminder", "review_thanks", "shipping_notice")
 # The word in the template's last paragraph, as the buyer would type it back.
-WORD = {
-    "en": "unsubscribe",
-    "de": "Abmelden",
-    "fr": "désabonner",
-    "es": "baja",
-    "it": "cancellami",
-    "ja": "配信停止",
-    "zh": "退订",
-    "zh-Hant": "取消訂閱",
-}
+WORD = UNSUBSCRIBE_WORD
 THANKS = {
     "en": "Thanks, all good.",
     "de": "Danke, alles gut.",
