@@ -284,8 +284,10 @@ class Daemon:
         grace = self.settings.poll_interval_s + self.settings.smtp.message_deadline_s
         self.heartbeat.beat(self.clock.now(), wait_s + grace)
 
-    def _counted(self, campaign: str, step: str, outcome: str) -> None:
-        self.metrics.sent(campaign, step, outcome)
+    def _counted(self, report: PassReport, campaign: str, step: str, outcome: str) -> None:
+        """One step's outcome: in the pass's report, the metrics and the heartbeat."""
+        report.outcomes[outcome] += 1
+        self.metrics.step_outcome(campaign, step, outcome)
         self._alive(0)
 
     def _beat(self) -> None:
@@ -419,8 +421,7 @@ class Daemon:
     def _report_plan(self, decided: Plan, report: PassReport) -> None:
         self._alive(0)
         for failure in decided.failures:  # one order's bug; its steps wait, the pass goes on
-            report.outcomes["error"] += 1
-            self._counted(failure.campaign, failure.step, "error")
+            self._counted(report, failure.campaign, failure.step, "error")
             log.error(
                 "plan.failed",
                 order=failure.order_id,
@@ -433,8 +434,7 @@ class Daemon:
             report.waiting[decision.reason.split(":")[0]] += 1
             log.debug("send.waiting", **_fields(decision))
         for decision in decided.skipped:  # recorded with the batch
-            report.outcomes["skipped"] += 1
-            self._counted(decision.campaign, decision.step, "skipped")
+            self._counted(report, decision.campaign, decision.step, "skipped")
             self.metrics.skipped(decision.reason)
             log.info("send.skipped", **_fields(decision))
 
@@ -446,8 +446,7 @@ class Daemon:
     def _expire_stale_claims(self, now: datetime, report: PassReport) -> None:
         margin = timedelta(seconds=2 * self.settings.smtp.message_deadline_s + 60)
         for row in self.store.expire_claims(now - margin, now):
-            report.outcomes["in_doubt"] += 1
-            self._counted(row.campaign, row.step, "in_doubt")
+            self._counted(report, row.campaign, row.step, "in_doubt")
             log.warning(
                 "send.in_doubt",
                 send_id=row.id,
@@ -523,8 +522,7 @@ class Daemon:
             for position, due in enumerate(chunk):
                 if due.send_id in claim.refused:
                     reason = claim.refused[due.send_id]
-                    report.outcomes["refused"] += 1
-                    self._counted(due.decision.campaign, due.decision.step, "refused")
+                    self._counted(report, due.decision.campaign, due.decision.step, "refused")
                     log.info("send.refused_at_claim", **{**_fields(due.decision), "reason": reason})
                     continue
                 send = sends.get(due.send_id)
@@ -641,8 +639,7 @@ class Daemon:
         self, send: Send, decision: Decision, refused: Refusal, report: PassReport
     ) -> None:
         self.store.withdraw(send.id, refused.reason, final=refused.final, now=self.clock.now())
-        report.outcomes["refused"] += 1
-        self._counted(send.campaign, send.step, "refused")
+        self._counted(report, send.campaign, send.step, "refused")
         log.info("send.refused_at_claim", **{**_fields(decision), "reason": refused.reason})
 
     def _reply_token(self, order_id: str) -> str | None:
@@ -723,8 +720,7 @@ class Daemon:
         self.store.mark_sent_many(records)
         self._relay_down_passes = 0
         for item in done:
-            report.outcomes["sent"] += 1
-            self._counted(item.send.campaign, item.send.step, "sent")
+            self._counted(report, item.send.campaign, item.send.step, "sent")
             log.info(
                 "send.sent",
                 **_send_fields(item.send),
@@ -734,8 +730,7 @@ class Daemon:
     def _give_back(self, send: Send, reason: str, report: PassReport) -> None:
         """Synchronous, like ``_record``: the row is scheduled again before anything else."""
         self.store.unclaim(send.id, reason, self.clock.now())
-        report.outcomes["given_back"] += 1
-        self._counted(send.campaign, send.step, "given_back")
+        self._counted(report, send.campaign, send.step, "given_back")
         log.info("send.given_back", send_id=send.id, order=send.order_id, reason=reason)
 
     def _relay_is_down(self, reason: str, report: PassReport) -> None:
@@ -763,15 +758,13 @@ class Daemon:
         fields = _send_fields(send)
         if isinstance(outcome, Sent):
             self.store.mark_sent(send.id, outcome.reply, now, text)
-            report.outcomes["sent"] += 1
-            self._counted(send.campaign, send.step, "sent")
+            self._counted(report, send.campaign, send.step, "sent")
             self._relay_down_passes = 0
             log.info("send.sent", **fields, relay_message_id=outcome.relay_message_id)
         elif isinstance(outcome, Retry) and send.attempts < self.settings.smtp.max_passes:
             not_before = now + timedelta(seconds=self.settings.smtp.retry_after_s)
             self.store.release(send.id, outcome.reason, not_before, now)
-            report.outcomes["retry"] += 1
-            self._counted(send.campaign, send.step, "retry")
+            self._counted(report, send.campaign, send.step, "retry")
             log.warning(
                 "send.retry_later",
                 **fields,
@@ -781,13 +774,11 @@ class Daemon:
         elif isinstance(outcome, Retry):
             reason = f"gave up after {send.attempts} passes: {outcome.reason}"
             self.store.mark_failed(send.id, reason, now)
-            report.outcomes["failed"] += 1
-            self._counted(send.campaign, send.step, "failed")
+            self._counted(report, send.campaign, send.step, "failed")
             log.error("send.failed", **fields, reason=reason)
         elif isinstance(outcome, Failed):
             self.store.mark_failed(send.id, outcome.reason, now)
-            report.outcomes["failed"] += 1
-            self._counted(send.campaign, send.step, "failed")
+            self._counted(report, send.campaign, send.step, "failed")
             log.error(
                 "send.failed",
                 **fields,
@@ -799,8 +790,7 @@ class Daemon:
                 self._suppress(recipient, outcome, now)
         else:
             self.store.mark_in_doubt(send.id, outcome.reason, now)
-            report.outcomes["in_doubt"] += 1
-            self._counted(send.campaign, send.step, "in_doubt")
+            self._counted(report, send.campaign, send.step, "in_doubt")
             log.warning("send.in_doubt", **fields, reason=outcome.reason)
 
     def _suppress(self, email: str, outcome: Failed, now: datetime) -> None:

@@ -67,7 +67,7 @@ class Metrics:
         )
         self.registry.register(_Gauges(figures, clock, readers, heartbeat, started))
 
-    def sent(self, campaign: str, step: str, outcome: str) -> None:
+    def step_outcome(self, campaign: str, step: str, outcome: str) -> None:
         self.sends.labels(_label(campaign), _label(step), _label(outcome)).inc()
 
     def skipped(self, reason: str) -> None:
