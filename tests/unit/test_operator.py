@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.cli_operator import address_problem, read_addresses, sample_marketplace, status_lines
+from worker.cli_operator import sample_marketplace, status_lines
+from worker.cli_suppress import address_problem, read_addresses
 from worker.domain import Campaign
 from worker.store_status import FailedSend, MailboxRead, Status
 
