@@ -147,6 +147,9 @@ def add_resolve_arguments(resolve: argparse.ArgumentParser) -> None:
     outcome.add_argument(
         "--not-sent", action="store_true", help="it never left: mark it failed, not re-sent"
     )
+    resolve.add_argument(
+        "--by", type=_agent, help="who decided (default: the account running this)"
+    )
     resolve.set_defaults(handler=cmd_sends_resolve)
 
 
@@ -642,8 +645,9 @@ def cmd_sends_requeue(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_sends_resolve(args: argparse.Namespace, settings: Settings) -> int:
     store = _open_store(settings)
-    row = store.resolve(args.send_id, sent=args.sent, now=SystemClock().now())
-    log.warning("send.resolved", send_id=row.id, order=row.order_id, state=row.state.value)
+    by = args.by or _default_agent()
+    row = store.resolve(args.send_id, sent=args.sent, now=SystemClock().now(), by=by)
+    log.warning("send.resolved", send_id=row.id, order=row.order_id, state=row.state.value, by=by)
     print(f"send {row.id} ({_shown(row.order_id)} {row.campaign}/{row.step}) is now {row.state}")
     return 0
 

@@ -263,11 +263,13 @@ class SendsMixin(_Database):
         reason = "requeued by an operator after in_doubt"
         return self._settle(send_id, SendState.SCHEDULED, now, reason=reason, not_before=None)
 
-    def resolve(self, send_id: int, *, sent: bool, now: datetime) -> Send:
-        """An operator read the relay's log: the ``in_doubt`` send went out, or never did."""
+    def resolve(self, send_id: int, *, sent: bool, now: datetime, by: str = "an operator") -> Send:
+        """An operator read the relay's log: the ``in_doubt`` send went out, or never did.
+        Who decided stays in the row's reason."""
         if sent:
-            return self._settle(send_id, SendState.SENT, now, reason="", sent_at=now)
-        reason = "not sent (resolved by an operator after in_doubt)"
+            reason = f"resolved by {by} after in_doubt"
+            return self._settle(send_id, SendState.SENT, now, reason=reason, sent_at=now)
+        reason = f"not sent (resolved by {by} after in_doubt)"
         return self._settle(send_id, SendState.FAILED, now, reason=reason)
 
     @retried_on_conflict

@@ -309,12 +309,13 @@ def test_in_doubt_list_and_resolve_next_to_the_old_command(workdir: Workdir, sto
     assert listed.index(f"{first.id:6} since") < listed.index(f"{second.id:6} since")
     assert f"Message-ID <w{first.id}.x@shop.example>" in listed and "to ann@example.com" in listed
 
-    done = workdir.run("in-doubt", "resolve", str(first.id), "--sent", check=True)
-    assert "is now sent" in done.stdout
+    done = workdir.run("in-doubt", "resolve", str(first.id), "--sent", "--by", "maria", check=True)
+    assert "is now sent" in done.stdout and '"by": "maria"' in done.stderr
     done = workdir.run("sends", "resolve", str(second.id), "--not-sent", check=True)
     assert "is now failed" in done.stdout
-    states = {s.id: s.state.value for s in store.sends()}
-    assert states == {first.id: "sent", second.id: "failed"}
+    states = {s.id: (s.state.value, s.reason) for s in store.sends()}
+    assert states[first.id] == ("sent", "resolved by maria after in_doubt")
+    assert states[second.id][0] == "failed" and "after in_doubt" in states[second.id][1]
     again = workdir.run("in-doubt", "resolve", str(first.id), "--not-sent")
     assert again.returncode == 1 and "is not in_doubt (it is sent)" in again.stderr
     assert workdir.run("in-doubt", "list", check=True).stdout.startswith("0 send(s)")

@@ -240,9 +240,10 @@ def test_an_operator_settles_in_doubt_and_nothing_else(store: Store) -> None:
 
 def test_resolved_as_sent_keeps_the_message_id_for_threading(store: Store) -> None:
     send_id = _in_doubt(store)
-    sent = store.resolve(send_id, sent=True, now=CHECK_IN_DUE + timedelta(hours=1))
+    sent = store.resolve(send_id, sent=True, now=CHECK_IN_DUE + timedelta(hours=1), by="maria")
     assert (sent.state, sent.message_id) == (SendState.SENT, f"<w{send_id}.x@shop>")
     assert sent.sent_at == CHECK_IN_DUE + timedelta(hours=1)
+    assert sent.reason == "resolved by maria after in_doubt"
 
 
 def test_a_deadlock_with_another_worker_costs_a_retry_not_the_record(
