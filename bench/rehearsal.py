@@ -218,7 +218,7 @@ def _order_id(rng: Random, marketplace: str, number: int) -> str:
 
 
 def make_orders(rng: Random, count: int, days: int) -> list[Order]:
-    """~5% Amazon (which the shipped campaigns ignore), ~10% from a returning buyer, a few
+    """~5% Amazon (one review request each, nothing else), ~10% from a returning buyer, a few
     orders of several items. Parcels arrive between half the route's transit time and two
     days after it, so the estimate is never far off and a reported delivery reaches the
     seller before the check-in the estimate would have sent."""
@@ -869,14 +869,28 @@ def check_disputes(world: World, cooldown: timedelta, what: str) -> Check:
     return Check(what, problems)
 
 
+AMAZON_REQUEST = ("amazon-review-request", "review-request")
+AMAZON_WINDOW = (timedelta(days=5), timedelta(days=30))
+"""Amazon's rules: one review request per order, 5 to 30 days after delivery, nothing else."""
+
+
 def check_amazon(world: World) -> Check:
-    amazon = {o.order_id for o in world.shop.orders if o.marketplace == "amazon"}
-    problems = [
-        f"{m.order_id} {m.campaign}/{m.step} at {_iso(m.at)}"
-        for m in world.mails
-        if m.order_id in amazon
-    ]
-    return Check("amazon orders got nothing", problems)
+    problems = []
+    low, high = AMAZON_WINDOW
+    for order in world.shop.orders:
+        if order.marketplace != "amazon":
+            continue
+        mails = [m for m in world.mails if m.order_id == order.order_id]
+        for mail in mails:
+            after = mail.at - order.delivered_at
+            if (mail.campaign, mail.step) != AMAZON_REQUEST or not low <= after <= high:
+                problems.append(
+                    f"{order.order_id} delivered {_iso(order.delivered_at)}: "
+                    f"{mail.campaign}/{mail.step} at {_iso(mail.at)}"
+                )
+        if len(mails) > 1:
+            problems.append(f"{order.order_id}: {len(mails)} messages ({_times(mails)})")
+    return Check("amazon orders: at most one review request, 5 to 30 days after delivery", problems)
 
 
 def parse_summary(text: str) -> Counter[tuple[str, str, str]]:

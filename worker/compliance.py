@@ -15,6 +15,7 @@ operator-written files.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -656,23 +657,28 @@ def _sample_order(order: OrderView, marketplace: str) -> OrderView:
     return replace(order, marketplace=marketplace, review_url=urls[marketplace])
 
 
-def _environment(source: TemplateSource) -> SandboxedEnvironment:
+@functools.lru_cache(maxsize=64)
+def _compiled(text: str) -> jinja2.Template | None:
+    """One compilation per template text: it is rendered once per marketplace, and
+    compiling is most of the lint's cost at start-up. None: it does not compile."""
     env = SandboxedEnvironment(
-        loader=jinja2.DictLoader({"t": source.text}),
+        loader=jinja2.DictLoader({"t": text}),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
     add_filters(env)
-    return env
+    try:
+        return env.get_template("t")
+    except jinja2.TemplateError:
+        return None
 
 
 def _rendered(source: TemplateSource, context: dict[str, Any]) -> dict[str, str]:
     """Each block rendered; a template that does not render is the start-up check's
     business, not the lint's, so it yields nothing here."""
-    try:
-        template = _environment(source).get_template("t")
-    except jinja2.TemplateError:
+    template = _compiled(source.text)
+    if template is None:
         return {}
     out = {}
     for name in BLOCKS & set(template.blocks):
