@@ -179,6 +179,20 @@ class Imported:
 Importer = Callable[..., Imported]
 
 
+def opened_stores(monkeypatch: pytest.MonkeyPatch) -> list[Store]:
+    """Every store a command handler opens from here on, for the test to close after it, as
+    a process would close its connections on exit."""
+    opened: list[Store] = []
+    open_store = Store.open
+
+    def tracked(url: str) -> Store:
+        opened.append(open_store(url))
+        return opened[-1]
+
+    monkeypatch.setattr(Store, "open", tracked)
+    return opened
+
+
 @pytest.fixture
 def run_import(
     store: Store, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -189,14 +203,7 @@ def run_import(
     closed when the handler returns, as a process would close its connections on exit.
     """
     settings = settings_for(store, 8025)
-    opened: list[Store] = []
-    open_store = Store.open
-
-    def tracked(url: str) -> Store:
-        opened.append(open_store(url))
-        return opened[-1]
-
-    monkeypatch.setattr(Store, "open", tracked)
+    opened = opened_stores(monkeypatch)
 
     def run(*args: str | Path) -> Imported:
         parsed = build_parser().parse_args(["import", *map(str, args)])

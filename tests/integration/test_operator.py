@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import settings_for
+from tests.conftest import opened_stores, settings_for
 from tests.integration.smtp_server import Script, scripted_server
 from worker.cli import build_parser
 from worker.config import Settings
@@ -49,14 +49,7 @@ def send_test(monkeypatch: pytest.MonkeyPatch) -> Iterator[SendTest]:
     """``worker send-test review-follow-up check-in ARGS...`` as the command line runs it,
     in a thread of its own (it runs its own event loop); the stores it opens are closed after
     it, as a process would close its connections on exit."""
-    opened: list[Store] = []
-    open_store = Store.open
-
-    def tracked(url: str) -> Store:
-        opened.append(open_store(url))
-        return opened[-1]
-
-    monkeypatch.setattr(Store, "open", tracked)
+    opened = opened_stores(monkeypatch)
 
     async def run(settings: Settings, *args: str) -> int:
         parsed = build_parser().parse_args(["send-test", "review-follow-up", "check-in", *args])
